@@ -1,0 +1,12 @@
+//! The boot server: network-boots diskless PCs (DHCP, TFTP, HTTP) and brokers their desktops.
+//!
+//! Protocol cores are pure (parse, decide, emit) and driven by thin tokio loops, so that each
+//! can be tested with byte vectors and fuzzed.
+
+pub mod bootfiles;
+pub mod config;
+pub mod dhcp;
+pub mod http;
+pub mod net;
+pub mod server;
+pub mod tftp;

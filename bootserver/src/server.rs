@@ -1,0 +1,96 @@
+//! Starts the services a [`Settings`] asks for and runs them until a signal arrives.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+use crate::bootfiles::BootFiles;
+use crate::config::Settings;
+use crate::http::{ipxe::BootPlan, HttpState};
+
+/// Name under which the generated iPXE script is also served by TFTP.
+pub const SCRIPT_NAME: &str = "boot.ipxe";
+
+/// Registers a kernel or initramfs given outside the boot dir and returns the name it is served
+/// under.
+fn serve_name(files: &mut BootFiles, path: &Path, fallback: &str) -> anyhow::Result<String> {
+    if path.is_absolute() {
+        if !path.is_file() {
+            anyhow::bail!("{} does not exist or is not a file", path.display());
+        }
+        files.add_named(fallback, path.to_path_buf());
+        Ok(fallback.to_string())
+    } else {
+        let name = path.to_string_lossy().into_owned();
+        if files.open(name.as_bytes()).is_err() {
+            log::warn!("{name} is not in the boot dir {}; clients will fail to load it", files.root().display());
+        }
+        Ok(name)
+    }
+}
+
+pub fn boot_plan(s: &Settings, files: &mut BootFiles) -> anyhow::Result<BootPlan> {
+    let kernel = serve_name(files, &s.kernel, "vmlinuz").context("key `kernel`")?;
+    let initrd = serve_name(files, &s.initrd, "initrd.img").context("key `initrd`")?;
+    let params = proto::cmdline::BootParams { broker: Some(s.broker), ..Default::default() };
+    let cmdline = format!("{} {params}", s.cmdline).trim().to_string();
+    Ok(BootPlan {
+        server: s.address,
+        http_port: s.http_port,
+        tftp_port: s.tftp.port,
+        transport: s.transport,
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+/// Runs every enabled service until SIGINT or SIGTERM, or until one of them fails.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.state_dir)
+        .with_context(|| format!("creating state dir {}", settings.state_dir.display()))?;
+    let mut files = BootFiles::new(&settings.boot_dir)
+        .with_context(|| format!("opening boot dir {}", settings.boot_dir.display()))?;
+    let plan = boot_plan(&settings, &mut files)?;
+    // TFTP-only firmware that chain-loads iPXE can fetch the same script by name.
+    let script_path: PathBuf = settings.state_dir.join(SCRIPT_NAME);
+    std::fs::write(&script_path, plan.script(None))
+        .with_context(|| format!("writing {}", script_path.display()))?;
+    files.add_named(SCRIPT_NAME, script_path);
+    let files = Arc::new(files);
+    log::info!(
+        "serving {} on {} ({}), kernel {} initrd {}, broker {}",
+        settings.boot_dir.display(),
+        settings.interface,
+        settings.address,
+        plan.kernel,
+        plan.initrd,
+        settings.broker
+    );
+
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    if settings.enable_http {
+        let addr = SocketAddr::new(settings.address.into(), settings.http_port);
+        let listener = crate::net::tcp_listener(&settings.interface, addr)?;
+        let state = Arc::new(HttpState { files: files.clone(), plan: plan.clone() });
+        tasks.spawn(crate::http::run(listener, state));
+    }
+    if tasks.is_empty() {
+        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http");
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
+        _ = term.recv() => log::info!("terminated, stopping"),
+        res = tasks.join_next() => {
+            if let Some(res) = res {
+                res.context("service task panicked")??;
+            }
+        }
+    }
+    Ok(())
+}

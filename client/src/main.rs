@@ -1,0 +1,53 @@
+//! `thinclient`: the firmware of a diskless PC.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Firmware of a diskless PC that shows its user's virtual desktop.
+///
+/// Runs as `/init` of the boot image built by `initramfs build`. It reads the `tc.*` keys that the
+/// boot server's iPXE script put on the kernel command line.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the boot parameters (broker address, NFS root, log filter) read from a kernel
+    /// command line, to check what the boot server handed this PC.
+    ///
+    /// Example: `thinclient params` or `thinclient params --cmdline-file saved-cmdline.txt`
+    Params {
+        /// File holding the kernel command line.
+        #[arg(long, default_value = "/proc/cmdline")]
+        cmdline_file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Params { cmdline_file } => {
+            let line = std::fs::read_to_string(&cmdline_file)
+                .with_context(|| format!("reading {}", cmdline_file.display()))?;
+            let params = proto::cmdline::BootParams::parse(&line)
+                .with_context(|| format!("parsing {}", cmdline_file.display()))?;
+            match params.broker {
+                Some(b) => println!("broker: {b}"),
+                None => println!("broker: (none)"),
+            }
+            println!("nfsroot: {}", params.nfsroot.as_deref().unwrap_or("(none)"));
+            println!("log: {}", params.log.as_deref().unwrap_or("(default)"));
+            for (k, v) in &params.unknown {
+                println!("unknown key {k}={v}");
+            }
+        }
+    }
+    Ok(())
+}

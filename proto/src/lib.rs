@@ -1,0 +1,7 @@
+//! Wire types and contracts shared by the thin-client agent (`thinclient`), the boot
+//! server's broker (`bootserver`) and the host agent (`server-host`).
+//!
+//! Everything here is pure data: parsing and emitting, no I/O, so that every side can test
+//! its half of a contract against byte vectors.
+
+pub mod cmdline;
