@@ -1,1 +1,242 @@
-//! Test support.
+//! Test support shared by the crates' integration tests: the lab (network namespaces made by
+//! `scripts/lab`), child processes that die with the test, QEMU guests under KVM or TCG, and the
+//! boot assets that `scripts/setup` caches.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the repo").to_path_buf()
+}
+
+/// Where `scripts/setup` caches downloads (`TC_CACHE` overrides `<repo>/.cache`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("TC_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"))
+}
+
+/// Debian's kernel, fetched by `scripts/setup`.
+pub fn kernel() -> anyhow::Result<PathBuf> {
+    let k = cache_dir().join("kernel/vmlinuz");
+    if !k.exists() {
+        bail!("{} is missing: run scripts/setup first", k.display());
+    }
+    Ok(k)
+}
+
+/// The cached kernel's version, e.g. `6.1.0-56-amd64`.
+pub fn kernel_version() -> anyhow::Result<String> {
+    let p = cache_dir().join("kernel/version");
+    Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
+}
+
+/// The cached kernel's module tree (`lib/modules/<version>`).
+pub fn modules_dir() -> anyhow::Result<PathBuf> {
+    Ok(cache_dir().join("kernel/root/lib/modules").join(kernel_version()?))
+}
+
+/// A child process killed (by its PID) and reaped when the guard drops, so a failing test
+/// leaves nothing running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        Ok(KillOnDrop(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends SIGTERM and waits up to `grace` before SIGKILL.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on the PID of our own unreaped child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        self.0.wait().ok()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A lab made by `scripts/lab up` and removed by `scripts/lab down` when dropped: namespace
+/// `name` with bridge `br0` at `<subnet>.1/24`, taps `tap0..`, and hosts `name-h1..` whose
+/// `eth0` sits on the bridge.
+#[derive(Debug)]
+pub struct Lab {
+    pub name: String,
+    pub subnet: String,
+}
+
+static LAB_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Lab {
+    pub fn new(taps: u32, hosts: u32) -> anyhow::Result<Self> {
+        Self::with_subnet(taps, hosts, "10.77.0")
+    }
+
+    pub fn with_subnet(taps: u32, hosts: u32, subnet: &str) -> anyhow::Result<Self> {
+        let seq = LAB_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("lab-{}-{seq}", std::process::id());
+        let st = Command::new(repo_root().join("scripts/lab"))
+            .args(["up", &name, "--taps", &taps.to_string(), "--hosts", &hosts.to_string()])
+            .args(["--subnet", subnet])
+            .status()
+            .context("running scripts/lab up")?;
+        if !st.success() {
+            bail!("scripts/lab up {name} failed: {st}");
+        }
+        Ok(Lab { name, subnet: subnet.to_string() })
+    }
+
+    /// The bridge's address, where the boot server listens.
+    pub fn server_addr(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// A command that runs inside the lab (the bridge side).
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// A command that runs inside host `k` (1-based).
+    pub fn host_cmd(&self, k: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &format!("{}-h{k}", self.name)]).arg(program);
+        c
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/lab")).args(["down", &self.name]).status();
+    }
+}
+
+/// Polls `path` until it contains `needle`; returns the file's text.
+pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            let mut buf = Vec::new();
+            let _ = f.read_to_end(&mut buf);
+            text = String::from_utf8_lossy(&buf).into_owned();
+            if text.contains(needle) {
+                return Ok(text);
+            }
+        }
+        if Instant::now() >= deadline {
+            let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("{needle:?} did not appear in {} within {timeout:?}; last output:\n{tail}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kvm` when KVM boots a kernel within a short deadline, `tcg` otherwise. On some machines
+/// /dev/kvm opens and then hangs the guest, so only a timed boot tells. Probed once per process.
+pub fn accel() -> &'static str {
+    static ACCEL: OnceLock<&'static str> = OnceLock::new();
+    ACCEL.get_or_init(|| if probe_kvm().unwrap_or(false) { "kvm" } else { "tcg" })
+}
+
+fn probe_kvm() -> anyhow::Result<bool> {
+    if std::env::var("TC_ACCEL").as_deref() == Ok("tcg") || !Path::new("/dev/kvm").exists() {
+        return Ok(false);
+    }
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("serial.log");
+    let mut guest = KillOnDrop::spawn(
+        Command::new("qemu-system-x86_64")
+            .args(["-accel", "kvm", "-m", "128", "-display", "none", "-nic", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(kernel()?)
+            .args(["-append", "console=ttyS0 panic=-1"])
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    // With working KVM the kernel prints its banner in well under a second.
+    let ok = wait_for_text(&log, "Linux version", Duration::from_secs(8)).is_ok();
+    guest.stop(Duration::from_secs(1));
+    log::info!("kvm probe: {}", if ok { "works" } else { "hangs or fails, using tcg" });
+    Ok(ok)
+}
+
+/// Arguments that select the accelerator found by [`accel`].
+pub fn accel_args() -> Vec<String> {
+    match accel() {
+        "kvm" => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
+        _ => vec!["-accel".into(), "tcg".into()],
+    }
+}
+
+/// Builds a tiny initramfs (newc cpio, uncompressed) of Debian's static busybox with `init`
+/// as its `/init` script. For tests that need a guest to run a few shell commands.
+pub fn busybox_initramfs(out: &Path, init: &str) -> anyhow::Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox missing: run scripts/setup (busybox-static)");
+    }
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(busybox, root.join("bin/busybox"))?;
+    for applet in ["sh", "mount", "echo", "cat", "ip", "udhcpc", "poweroff", "sleep", "ls", "wget", "reboot"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    let init_path = root.join("init");
+    std::fs::write(&init_path, init)?;
+    let mut perms = std::fs::metadata(&init_path)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&init_path, perms)?;
+    let outf = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut find = Command::new("sh")
+        .arg("-c")
+        .arg("find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0")
+        .current_dir(root)
+        .stdout(outf)
+        .spawn()
+        .context("running cpio")?;
+    let st = find.wait()?;
+    if !st.success() {
+        bail!("cpio failed: {st}");
+    }
+    Ok(())
+}
+
+/// A free TCP/UDP port on loopback (bound, then released; good enough for tests).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a loopback port");
+    let p = s.local_addr().expect("local addr").port();
+    drop(s);
+    p
+}
