@@ -44,6 +44,8 @@ pub struct PlanArgs {
 /// One arrival and where it left everybody.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// Which arrival this is (1 for u1).
+    pub arrival: usize,
     /// Users connected after this step.
     pub users: usize,
     /// Every user's VM size in bytes, newest first.
@@ -78,7 +80,7 @@ pub fn arrivals(
         let allocations =
             state.newest_first().iter().map(|u| planner.levels.size(u.level)).collect();
         let free = state.total_free(&planner.levels);
-        rows.push(Row { users: state.users.len(), allocations, free, decision });
+        rows.push(Row { arrival: i, users: state.users.len(), allocations, free, decision });
     }
     Ok(rows)
 }
@@ -88,7 +90,7 @@ pub fn render_table(rows: &[Row], explain: bool) -> String {
     let mut out = String::from("users | allocations, newest first (GiB) | free (GiB)\n");
     for row in rows {
         if let Some(message) = row.decision.refusal() {
-            let _ = writeln!(out, "{:>5} | refused: {message}", row.users + 1);
+            let _ = writeln!(out, "{:>5} | refused u{}: {message}", row.users + 1, row.arrival);
         } else {
             let alloc: Vec<String> = row.allocations.iter().map(|&b| gib_number(b)).collect();
             let _ =
