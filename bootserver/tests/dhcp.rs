@@ -76,7 +76,7 @@ fn udhcpc_script(dir: &Path) -> PathBuf {
     std::fs::write(
         &p,
         "#!/bin/sh\n\
-         echo \"event=$1 ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease serverid=$serverid\"\n\
+         echo \"event=$1 ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease serverid=$serverid hostname=$hostname\"\n\
          case \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\" ;; deconfig) ip addr flush dev \"$interface\" ;; esac\n",
     )
     .unwrap();
@@ -206,7 +206,7 @@ fn real_clients_reservation_release_decline_restart_and_garbage() {
     let d = dir.path();
     let config = "[dhcp]\nrouter = \"10.77.0.1\"\ndns = [\"10.77.0.53\"]\ndomain = \"lab.test\"\n\
                   router_advertisement = false\n\
-                  [[dhcp.reservation]]\nmac = \"02:00:00:00:00:42\"\naddress = \"10.77.0.42\"\n";
+                  [[dhcp.reservation]]\nmac = \"02:00:00:00:00:42\"\naddress = \"10.77.0.42\"\nhostname = \"pc42\"\n";
     let full_config = format!("range = \"10.77.0.100-10.77.0.120\"\n{config}");
     let mut server = start(&lab, d, &full_config, &[]);
     let script = udhcpc_script(d);
@@ -243,7 +243,8 @@ fn real_clients_reservation_release_decline_restart_and_garbage() {
 
     // A reservation by MAC.
     sh(lab.host_cmd(2, "ip").args(["link", "set", "eth0", "address", "02:00:00:00:00:42"]));
-    assert_eq!(udhcpc(&lab, 2, &script, &[])["ip"], "10.77.0.42");
+    let h2 = udhcpc(&lab, 2, &script, &[]);
+    assert_eq!((h2["ip"].as_str(), h2["hostname"].as_str()), ("10.77.0.42", "pc42"));
 
     // ISC dhclient.
     let h3 = dhclient(&lab, 3, d, &["BOUND"]);

@@ -78,6 +78,7 @@ pub struct Reservation {
     /// `aa:bb:cc:dd:ee:ff`
     pub mac: String,
     pub address: Ipv4Addr,
+    /// Host name handed to that client (option 12).
     pub hostname: Option<String>,
 }
 
@@ -151,6 +152,11 @@ impl Service {
             router: d.router,
             dns: d.dns.clone(),
             domain: d.domain.clone(),
+            host_names: d
+                .reservations
+                .iter()
+                .filter_map(|r| Some((parse_mac(&r.mac)?, r.hostname.clone()?)))
+                .collect(),
             proxy: s.proxy_dhcp,
             boot: BootChoice {
                 bios: d.bios_boot_file.clone(),
@@ -253,6 +259,7 @@ pub fn fuzz_one(data: &[u8]) {
             router: Some(ip(1)),
             dns: vec![ip(1)],
             domain: Some("fuzz".into()),
+            host_names: [("02:00:00:00:00:42".to_string(), "pc42".to_string())].into(),
             proxy,
             boot: BootChoice {
                 bios: "undionly.kpxe".into(),

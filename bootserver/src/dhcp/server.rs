@@ -34,6 +34,8 @@ pub(crate) struct CoreConfig {
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
+    /// Host names of reserved clients (option 12), by MAC.
+    pub host_names: std::collections::HashMap<String, String>,
     pub proxy: bool,
     pub boot: BootChoice,
 }
@@ -132,8 +134,11 @@ impl Server {
         r
     }
 
-    fn network_options(&self, r: &mut Reply) {
+    fn network_options(&self, r: &mut Reply, req: &Request) {
         let c = &self.cfg;
+        if let Some(name) = c.host_names.get(&req.mac_string()) {
+            r.add(opt::HOST_NAME, name.as_bytes());
+        }
         r.add(opt::SUBNET_MASK, c.netmask.octets());
         let bcast = u32::from(c.address) | !u32::from(c.netmask);
         r.add(opt::BROADCAST, Ipv4Addr::from(bcast).octets());
@@ -197,7 +202,7 @@ impl Server {
         let mut r = self.base_reply(req, Msg::Offer, kind);
         r.yiaddr = ip;
         self.lease_options(&mut r);
-        self.network_options(&mut r);
+        self.network_options(&mut r, req);
         self.boot_options(&mut r, req, kind);
         self.send(req, r, Via::Dhcp, unspecified())
     }
@@ -219,7 +224,7 @@ impl Server {
         r.ciaddr = req.ciaddr;
         r.yiaddr = ip;
         self.lease_options(&mut r);
-        self.network_options(&mut r);
+        self.network_options(&mut r, req);
         self.boot_options(&mut r, req, kind);
         self.send(req, r, Via::Dhcp, unspecified())
     }
@@ -317,7 +322,7 @@ impl Server {
         }
         let mut r = self.base_reply(req, Msg::Ack, kind);
         r.ciaddr = req.ciaddr;
-        self.network_options(&mut r);
+        self.network_options(&mut r, req);
         self.boot_options(&mut r, req, kind);
         self.send(req, r, Via::Dhcp, unspecified())
     }
@@ -372,6 +377,7 @@ mod tests {
             router: Some(ip(254)),
             dns: vec![ip(53), ip(54)],
             domain: Some("lab.test".into()),
+            host_names: [("02:00:00:00:00:42".to_string(), "pc42".to_string())].into(),
             proxy,
             boot: BootChoice {
                 bios: "undionly.kpxe".into(),
@@ -591,6 +597,8 @@ mod tests {
     fn reservation_is_honoured() {
         let mut s = server();
         assert_eq!(lease(&mut s, RESERVED_MAC, 0), ip(42));
+        let o = go(&mut s, &msg(1, RESERVED_MAC, &[]), 1);
+        assert_eq!(o.reply.option(opt::HOST_NAME), Some(&b"pc42"[..]));
         let r = go(&mut s, &msg(1, MAC, &[(opt::REQUESTED_IP, &[10, 0, 0, 42])]), 0);
         assert_eq!(r.reply.yiaddr, ip(100));
     }
