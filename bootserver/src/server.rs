@@ -78,6 +78,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let state = Arc::new(HttpState { files: files.clone(), plan: plan.clone() });
         tasks.spawn(crate::http::run(listener, state));
     }
+    if !settings.nfs.exports.is_empty() {
+        tasks.spawn(crate::nfs::run(
+            settings.interface.clone(),
+            settings.address,
+            settings.netmask,
+            settings.nfs.clone(),
+        ));
+    }
     if tasks.is_empty() {
         anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http");
     }
