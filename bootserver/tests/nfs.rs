@@ -50,7 +50,7 @@ fn libnfs_reads_the_export_and_cannot_write() {
     .unwrap();
     wait_for_text(&log, "nfs: exporting", Duration::from_secs(30)).unwrap();
     // Host 1 is in the server's /24, host 2 is not.
-    for (k, addr) in [(1, "10.81.0.2/24"), (2, "10.81.0.200/25")] {
+    for (k, addr) in [(1, "10.81.0.2/24"), (2, "10.82.0.5/32")] {
         let mut c = lab.host_cmd(k, "ip");
         c.args(["addr", "add", addr, "dev", "eth0"]);
         assert!(run(c).status.success());
@@ -60,7 +60,7 @@ fn libnfs_reads_the_export_and_cannot_write() {
     c.args(["route", "add", "10.81.0.1/32", "dev", "eth0"]);
     assert!(run(c).status.success());
     let mut c = lab.cmd("ip");
-    c.args(["route", "add", "10.81.0.200/32", "dev", "br0"]);
+    c.args(["route", "add", "10.82.0.5/32", "dev", "br0"]);
     assert!(run(c).status.success());
 
     let url = "nfs://10.81.0.1/client";
@@ -103,6 +103,8 @@ fn libnfs_reads_the_export_and_cannot_write() {
     c.arg(format!("{url}/"));
     let o = run(c);
     assert!(!o.status.success(), "host outside the client list listed the export");
+    let server_log = std::fs::read_to_string(&log).unwrap();
+    assert!(server_log.contains("nfs: refused connection from 10.82.0.5"), "{server_log}");
 
     // Garbage on the NFS and portmapper ports does not stop the server.
     let mut c = lab.host_cmd(1, "bash");
