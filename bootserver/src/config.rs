@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::dhcp::DhcpConfig;
+use crate::nfs::{ExportConfig, NfsConfig};
 use crate::tftp::TftpConfig;
 
 /// How iPXE fetches the kernel and initramfs named in its boot script.
@@ -45,6 +46,8 @@ pub struct FileConfig {
     pub dhcp: DhcpConfig,
     #[serde(default)]
     pub tftp: TftpConfig,
+    #[serde(default)]
+    pub nfs: NfsConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -107,6 +110,13 @@ pub struct ServeArgs {
     /// TFTP port. Default: 69.
     #[arg(long)]
     pub tftp_port: Option<u16>,
+    /// Export a folder read-only over NFSv3 as NAME=PATH (e.g. /client=/srv/client-root),
+    /// to the server's subnet; repeatable. Adds to the config's [[nfs.export]] list.
+    #[arg(long, value_name = "NAME=PATH")]
+    pub nfs_export: Vec<String>,
+    /// NFS port. Default: 2049.
+    #[arg(long)]
+    pub nfs_port: Option<u16>,
 }
 
 /// A validated configuration, with every default applied.
@@ -130,6 +140,7 @@ pub struct Settings {
     pub enable_http: bool,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
+    pub nfs: NfsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +308,16 @@ impl Settings {
         if let Some(p) = args.tftp_port {
             tftp.port = p;
         }
+        let mut nfs = file.nfs;
+        if let Some(p) = args.nfs_port {
+            nfs.port = p;
+        }
+        for spec in &args.nfs_export {
+            let (name, path) = spec.split_once('=').ok_or_else(|| {
+                invalid("nfs.export", format!("--nfs-export {spec:?}: write NAME=PATH, e.g. /client=/srv/root"))
+            })?;
+            nfs.exports.push(ExportConfig { name: name.into(), path: path.into(), clients: Vec::new() });
+        }
         let broker = args
             .broker
             .or(file.broker)
@@ -320,6 +341,7 @@ impl Settings {
             enable_http: !args.no_http && file.enable_http.unwrap_or(true),
             dhcp: file.dhcp,
             tftp,
+            nfs,
         })
     }
 }

@@ -86,8 +86,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             tasks.spawn(crate::dhcp::ra::run(settings.interface.clone(), every));
         }
     }
+    if !settings.nfs.exports.is_empty() {
+        tasks.spawn(crate::nfs::run(
+            settings.interface.clone(),
+            settings.address,
+            settings.netmask,
+            settings.nfs.clone(),
+        ));
+    }
     if tasks.is_empty() {
-        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http");
+        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs");
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
