@@ -61,6 +61,9 @@ pub(crate) struct ViewArgs {
     /// Exit when the connection ends instead of reconnecting with backoff.
     #[arg(long)]
     pub once: bool,
+    /// Longest wait between reconnection attempts, in seconds (the wait doubles from 0.5 s).
+    #[arg(long, default_value_t = 15.0)]
+    pub reconnect_max_delay: f64,
     /// Write what the viewer shows to this PNG after the first complete frame, and again on
     /// every SIGUSR1.
     #[arg(long)]
@@ -110,6 +113,7 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
         jpeg_quality: args.jpeg_quality,
         compress_level: args.compress_level,
         reconnect: !args.once,
+        backoff_max: Duration::from_secs_f64(args.reconnect_max_delay.clamp(0.5, 3600.0)),
     };
     let opts = presenter::Options {
         layout: args.layout,

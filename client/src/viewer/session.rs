@@ -77,6 +77,8 @@ pub(crate) struct SessionConfig {
     pub compress_level: Option<u8>,
     /// Reconnect after failures; off: the first failure ends the viewer.
     pub reconnect: bool,
+    /// Longest wait between reconnection attempts.
+    pub backoff_max: Duration,
 }
 
 impl SessionConfig {
@@ -177,7 +179,6 @@ impl Shared {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
 /// A connection that lived this long was healthy: the next failure starts the backoff anew.
 const HEALTHY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -223,7 +224,7 @@ pub(crate) async fn run(
                 Some(ev) = input.recv() => if ev == InputEvent::Quit { shared.request_quit(); }
             }
         }
-        delay = (delay * 2).min(BACKOFF_MAX);
+        delay = (delay * 2).min(cfg.backoff_max.max(BACKOFF_MIN));
     }
 }
 
