@@ -342,6 +342,10 @@ impl VncClient {
             return Err(VncError::ClientNotRunning);
         }
         let permit = self.input_ch.reserve().await?;
+        // Closed while waiting for queue space: queue nothing stale.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(VncError::ClientNotRunning);
+        }
         let screen = unpack_screen(self.screen.load(Ordering::Acquire));
         permit.send(input_message(screen, event)?);
         Ok(())

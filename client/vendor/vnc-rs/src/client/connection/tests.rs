@@ -139,7 +139,8 @@ async fn raw_is_implicit_and_resize_changes_decoder_bounds() {
     )
     .await;
     assert!(matches!(result, Err(VncError::IoError(_))));
-    let output = output.into_inner().unwrap();
+    let mut output = output.into_inner().unwrap();
+    output.retain(|e| !matches!(e, VncEvent::UpdateEnd));
     assert!(
         matches!(&output[0], VncEvent::SetResolution(size) if (size.width, size.height) == (128, 96))
     );
@@ -280,12 +281,15 @@ async fn full_input_queue_does_not_hold_the_client_lock_during_close() {
     let (network_stop, network_stopped) = oneshot::channel();
     let (decoder_stop, decoder_stopped) = oneshot::channel();
     let desktop = Arc::new(DesktopState::default());
+    let screen = Arc::new(AtomicU32::new(pack_screen((1, 1))));
     let client = VncClient {
         desktop: Arc::clone(&desktop),
         input_ch: input_ch.clone(),
+        screen: Arc::clone(&screen),
+        closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         inner: Arc::new(Mutex::new(VncInner {
             name: String::new(),
-            screen: Arc::new(AtomicU32::new(pack_screen((1, 1)))),
+            screen,
             desktop,
             input_ch,
             output_ch,
