@@ -134,6 +134,7 @@ impl Framebuffer {
         std::mem::take(&mut self.damage)
     }
 
+    #[cfg_attr(not(feature = "sdl"), allow(dead_code))]
     pub(crate) fn damage_all(&mut self) {
         self.damage.clear();
         self.add_damage(Rect::new(0, 0, self.width, self.height));

@@ -230,6 +230,7 @@ impl Keyboard {
 
 /// SDL scancodes are USB HID usage ids; this maps them to Linux key codes so that both
 /// presenters share one layout table.
+#[cfg_attr(not(feature = "sdl"), allow(dead_code))]
 pub(crate) fn hid_to_linux(usage: u32) -> Option<u16> {
     const LETTERS: [u16; 26] = [
         30, 48, 46, 32, 18, 33, 34, 35, 23, 36, 37, 38, 50, 49, 24, 25, 16, 19, 31, 20, 22, 47,

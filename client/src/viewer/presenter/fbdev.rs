@@ -15,7 +15,7 @@ use memmap2::MmapMut;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Options, Presenter};
-use crate::viewer::framebuffer::{Framebuffer, Rect, BPP};
+use crate::viewer::framebuffer::{Cursor, Framebuffer, Rect, BPP};
 use crate::viewer::input::{self, InputEvent, Keyboard};
 use crate::viewer::layout::Fit;
 use crate::viewer::overlay;
@@ -148,6 +148,32 @@ pub(crate) fn blit(
             dst[o..o + fmt.bytes].copy_from_slice(&v.to_le_bytes()[..fmt.bytes]);
         }
     }
+}
+
+/// Draws the server's cursor (not scaled) with its hotspot at `at`; returns the screen area
+/// it covers.
+fn draw_cursor(dst: &mut [u8], line: usize, fmt: PixFmt, c: &Cursor, at: (i32, i32), size: (u32, u32)) -> Option<Rect> {
+    let x0 = at.0 - c.hot_x as i32;
+    let y0 = at.1 - c.hot_y as i32;
+    let (mut lo, mut hi) = ((i32::MAX, i32::MAX), (i32::MIN, i32::MIN));
+    for cy in 0..c.h as i32 {
+        for cx in 0..c.w as i32 {
+            let (x, y) = (x0 + cx, y0 + cy);
+            if x < 0 || y < 0 || x >= size.0 as i32 || y >= size.1 as i32 {
+                continue;
+            }
+            let p = &c.bgra[((cy as u32 * c.w + cx as u32) * 4) as usize..][..4];
+            // vnc-rs puts the cursor mask into the alpha byte.
+            if p[3] == 0 {
+                continue;
+            }
+            let o = y as usize * line + x as usize * fmt.bytes;
+            dst[o..o + fmt.bytes].copy_from_slice(&fmt.pack(p).to_le_bytes()[..fmt.bytes]);
+            lo = (lo.0.min(x), lo.1.min(y));
+            hi = (hi.0.max(x), hi.1.max(y));
+        }
+    }
+    (hi.0 >= lo.0).then(|| Rect::new(lo.0 as u32, lo.1 as u32, (hi.0 - lo.0 + 1) as u32, (hi.1 - lo.1 + 1) as u32))
 }
 
 /// Puts the console back into text mode when the viewer ends.
@@ -293,6 +319,9 @@ impl Presenter for Fbdev {
         let (mut xmap, mut ymap) = (vec![], vec![]);
         let mut seen = u64::MAX;
         let mut status_h = 0u32;
+        let (mut cursor, mut cursor_gen): (Option<Cursor>, u64) = (None, u64::MAX);
+        let mut under_cursor: Option<Rect> = None;
+        let mut drawn_at = (-1, -1);
         let send = |ev: InputEvent| {
             let _ = input.send(ev);
         };
@@ -341,11 +370,15 @@ impl Presenter for Fbdev {
                 }
             }
             let dirty = shared.dirty();
-            if dirty == seen {
+            if dirty == seen && ptr == drawn_at {
                 continue;
             }
             seen = dirty;
             let mut s = shared.lock();
+            if s.cursor_gen != cursor_gen {
+                cursor_gen = s.cursor_gen;
+                cursor = s.cursor.clone();
+            }
             let mut full = false;
             if s.size_gen != size_gen {
                 size_gen = s.size_gen;
@@ -378,9 +411,14 @@ impl Presenter for Fbdev {
                     let end = self.origin + sh as usize * line;
                     &mut self.map[self.origin..end]
                 };
-                for r in rects {
+                // The pointer is drawn over the desktop: put back what it covered first.
+                for r in rects.into_iter().chain(under_cursor.take()) {
                     blit(screen, line, fmt, fb, &fit, &xmap, &ymap, r);
                 }
+                if let Some(cur) = &cursor {
+                    under_cursor = draw_cursor(screen, line, fmt, cur, ptr, (sw, sh));
+                }
+                drawn_at = ptr;
             }
             if let Some(text) = s.status.clone() {
                 drop(s);
@@ -443,6 +481,17 @@ mod tests {
         assert_eq!(px(3, 0), 0x07e0); // green
         assert_eq!(px(0, 3), 0xf800); // red
         assert_eq!(px(3, 3), 0xffff);
+    }
+
+    #[test]
+    fn cursor_is_clipped_and_masked() {
+        let fmt = PixFmt { bytes: 4, r: (16, 8), g: (8, 8), b: (0, 8) };
+        let c = Cursor { hot_x: 1, hot_y: 1, w: 2, h: 2, bgra: [[1, 2, 3, 255], [9, 9, 9, 0], [4, 5, 6, 255], [7, 8, 9, 255]].concat() };
+        let mut scr = vec![0u8; 4 * 4 * 4];
+        let r = draw_cursor(&mut scr, 16, fmt, &c, (0, 0), (4, 4)).unwrap();
+        assert_eq!(r, Rect::new(0, 0, 1, 1));
+        assert_eq!(&scr[..4], &[7, 8, 9, 0]);
+        assert!(draw_cursor(&mut scr, 16, fmt, &c, (-5, -5), (4, 4)).is_none());
     }
 
     #[test]

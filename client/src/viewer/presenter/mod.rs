@@ -30,6 +30,7 @@ pub(crate) struct Options {
     /// Scale the desktop to the screen (aspect ratio kept); false shows it 1:1.
     pub scale: bool,
     /// SDL: a window of this size instead of full screen.
+    #[cfg_attr(not(feature = "sdl"), allow(dead_code))]
     pub window: Option<(u32, u32)>,
     pub fbdev: std::path::PathBuf,
 }
