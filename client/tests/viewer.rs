@@ -61,13 +61,18 @@ struct Xvnc {
 }
 
 fn xvnc(dir: &Path, w: u32, h: u32) -> Xvnc {
+    xvnc_with(dir, w, h, &["-SecurityTypes", "None"])
+}
+
+fn xvnc_with(dir: &Path, w: u32, h: u32, security: &[&str]) -> Xvnc {
     let display = free_display();
     let sock = dir.join("xvnc.sock");
     let p = spawn(
         "Xvnc",
         Command::new("Xvnc")
             .arg(format!(":{display}"))
-            .args(["-geometry", &format!("{w}x{h}"), "-depth", "24", "-SecurityTypes", "None", "-rfbport", "-1"])
+            .args(["-geometry", &format!("{w}x{h}"), "-depth", "24", "-rfbport", "-1"])
+            .args(security)
             .arg("-rfbunixpath")
             .arg(&sock)
             .stdout(Stdio::null())
@@ -266,6 +271,60 @@ fn keys_clicks_and_wheel_reach_an_x_client() {
     }
     // The click landed where the pointer was: xev window coordinates equal the desktop's.
     assert!(text.contains("(200,150)"), "click position not (200,150):\n{text}");
+}
+
+#[test]
+fn vnc_password_from_file_and_from_fd() {
+    use std::os::unix::process::CommandExt;
+    let dir = tmpdir();
+    let obfuscated = Command::new("sh").args(["-c", "echo secret | vncpasswd -f"]).output().unwrap();
+    assert!(obfuscated.status.success(), "vncpasswd");
+    let pwfile = dir.path().join("xvnc.passwd");
+    std::fs::write(&pwfile, &obfuscated.stdout).unwrap();
+    let srv = xvnc_with(dir.path(), 320, 240, &["-SecurityTypes", "VncAuth", "-PasswordFile", pwfile.to_str().unwrap()]);
+    x(srv.display, "xsetroot", &["-solid", "#336699"]);
+    let (_xvfb, vd) = xvfb(320, 240);
+    let server = format!("unix:{}", srv.sock.display());
+    let run = |extra: &[&str], fd: Option<&str>| {
+        let mut cmd = Command::new(VIEWER);
+        cmd.args(["view", &server, "--presenter", "sdl", "--once", "--screenshot"])
+            .arg(dir.path().join("pw.png"))
+            .args(["--exit-after-screenshot"])
+            .args(extra)
+            .env("DISPLAY", format!(":{vd}"));
+        if let Some(pw) = fd.map(str::to_owned) {
+            // The agent's way: the password in a pipe whose read end the viewer inherits as fd 3.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut p = [0; 2];
+                    if libc::pipe(p.as_mut_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::write(p[1], pw.as_ptr().cast(), pw.len());
+                    libc::close(p[1]);
+                    if p[0] != 3 {
+                        libc::dup2(p[0], 3);
+                        libc::close(p[0]);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let good = dir.path().join("good");
+    std::fs::write(&good, "secret\n").unwrap();
+    let o = run(&["--password-file", good.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(dir.path().join("pw.png")).unwrap().into_rgb8();
+    assert_eq!(img.get_pixel(10, 10).0, [0x33, 0x66, 0x99]);
+    let o = run(&["--password-fd", "3"], Some("secret\n"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let o = run(&["--password-file", bad.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.to_lowercase().contains("authentication failure"), "{err}");
 }
 
 /// QEMU paused before its first instruction shows its own "display not initialized" screen:
