@@ -1,6 +1,8 @@
 //! SDL2 presenter: one streaming texture the size of the desktop, updated only where the
 //! desktop changed, scaled by the GPU (or SDL's software renderer) into the window.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{anyhow, Context};
 use log::{debug, info};
 use sdl2::event::{Event, WindowEvent};
@@ -15,6 +17,8 @@ use crate::viewer::input::{self, InputEvent, Keyboard};
 use crate::viewer::layout::Fit;
 use crate::viewer::overlay;
 use crate::viewer::session::Shared;
+
+const FRAME: Duration = Duration::from_millis(16);
 
 pub(crate) struct Sdl {
     sdl: sdl2::Sdl,
@@ -64,6 +68,7 @@ impl Presenter for Sdl {
         let mut buttons = 0u8;
         let mut pos = (0u16, 0u16);
         let mut redraw = true;
+        let mut last_present = Instant::now() - FRAME;
         let send = |ev: InputEvent| {
             let _ = input.send(ev);
         };
@@ -110,10 +115,13 @@ impl Presenter for Sdl {
                 }
             }
             let dirty = shared.dirty();
-            if dirty == seen && !redraw {
+            // At most one present per display refresh: a busy desktop changes far more often,
+            // and every present costs a full-screen copy.
+            if (dirty == seen && !redraw) || last_present.elapsed() < FRAME {
                 continue;
             }
             seen = dirty;
+            last_present = Instant::now();
             {
                 let mut s = shared.lock();
                 if s.size_gen != size_gen {
