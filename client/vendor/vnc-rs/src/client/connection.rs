@@ -19,7 +19,9 @@ use tokio_util::compat::*;
 use tracing::*;
 
 use crate::{codec, PixelFormat, Rect, VncEncoding, VncError, VncEvent, X11Event};
-const NETWORK_CHANNEL_SIZE: usize = 4096;
+// Read-ahead is bounded: 4096 chunks of up to 64 KiB let a fast server park up to 256 MiB
+// in this queue while the decoder catches up.
+const NETWORK_CHANNEL_SIZE: usize = 16;
 const INPUT_CHANNEL_SIZE: usize = 4096;
 const OUTPUT_CHANNEL_SIZE: usize = 2;
 
