@@ -244,7 +244,7 @@ fn options_window_and_partial_ack_on_the_wire() {
     let (n, tid) = sock.recv_from(&mut buf).unwrap();
     assert_ne!(tid.port(), s.port, "answers come from a new transfer ID");
     // Unknown and bad options are left out of the OACK.
-    assert_eq!(&buf[..n], b"\0\x06blksize\01000\0windowsize\04\0tsize\010000\0");
+    assert_eq!(&buf[..n], b"\0\x06blksize\x001000\0windowsize\x004\0tsize\x0010000\0");
     let mut recv_blocks = |sock: &UdpSocket, count: usize| -> Vec<(u16, Vec<u8>)> {
         (0..count)
             .map(|_| {

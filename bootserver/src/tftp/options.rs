@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(n.timeout, Some(Duration::from_secs(3)));
         assert_eq!(
             n.oack().unwrap(),
-            b"\0\x06blksize\01468\0tsize\01000\0windowsize\016\0timeout\03\0"
+            b"\0\x06blksize\x001468\0tsize\x001000\0windowsize\x0016\0timeout\x003\0"
         );
         let n = run(Mode::Octet, &[("blksize", "1024")]);
         assert_eq!(n.blksize, 1024);

@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn rrq_with_options() {
-        let raw = b"\0\x01pxelinux.0\0OcTeT\0blksize\01468\0tsize\00\0";
+        let raw = b"\0\x01pxelinux.0\0OcTeT\0blksize\x001468\0tsize\x000\0";
         let Ok(Packet::Rrq(r)) = parse(raw) else { panic!("{:?}", parse(raw)) };
         assert_eq!(r.filename, b"pxelinux.0");
         assert_eq!(r.mode, Mode::Octet);
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(parse(b"\0\x04\0\x07\0"), Ok(Packet::Ack(7)));
         assert_eq!(parse(b"\0\x05\0\x01nope\0"), Ok(Packet::Error { code: 1, message: b"nope" }));
         assert_eq!(parse(b"\0\x05\0\x08"), Ok(Packet::Error { code: 8, message: b"" }));
-        let Ok(Packet::Oack(o)) = parse(b"\0\x06blksize\0512\0") else { panic!() };
+        let Ok(Packet::Oack(o)) = parse(b"\0\x06blksize\x00512\0") else { panic!() };
         assert_eq!(o.clone().count(), 1);
         assert_eq!(o.clone().next().unwrap().number(), Some(512));
     }
@@ -364,7 +364,7 @@ mod tests {
             (b"\0\x01file\0binary\0", ParseError::UnknownMode("binary".into())),
             (b"\0\x01file\0octet\0blksize", ParseError::Unterminated("option name")),
             (b"\0\x01file\0octet\0blksize\0", ParseError::OptionWithoutValue("blksize".into())),
-            (b"\0\x01file\0octet\0blksize\01024", ParseError::OptionWithoutValue("blksize".into())),
+            (b"\0\x01file\0octet\0blksize\x001024", ParseError::OptionWithoutValue("blksize".into())),
             (b"\0\x02f\0octet\0x\0", ParseError::OptionWithoutValue("x".into())),
             (b"\0\x03", ParseError::Truncated("DATA")),
             (b"\0\x03\x01", ParseError::Truncated("DATA")),
@@ -393,7 +393,7 @@ mod tests {
     fn writers_round_trip() {
         let mut v = Vec::new();
         request_packet(&mut v, OP_RRQ, b"boot.ipxe", Mode::Octet, &[("blksize", "1468"), ("windowsize", "16")]);
-        assert_eq!(v, b"\0\x01boot.ipxe\0octet\0blksize\01468\0windowsize\016\0");
+        assert_eq!(v, b"\0\x01boot.ipxe\0octet\0blksize\x001468\0windowsize\x0016\0");
         let Ok(Packet::Rrq(r)) = parse(&v) else { panic!() };
         assert_eq!(r.options().count(), 2);
         error(&mut v, ErrorCode::AccessViolation, "no\0pe");
@@ -410,9 +410,9 @@ mod tests {
     #[test]
     fn never_panics() {
         let samples: [&[u8]; 4] = [
-            b"\0\x01f\0octet\0blksize\01468\0",
+            b"\0\x01f\0octet\0blksize\x001468\0",
             b"\0\x05\0\x01msg\0",
-            b"\0\x06tsize\01\0",
+            b"\0\x06tsize\x001\0",
             b"\0\x03\0\x01data",
         ];
         for s in samples {

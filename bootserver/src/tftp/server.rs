@@ -316,22 +316,33 @@ async fn drive<R: Read>(sock: &UdpSocket, t: &mut Transfer<R>) -> anyhow::Result
     }
 }
 
-/// Sends a window with as few syscalls as the kernel allows.
+/// Sends a window with as few syscalls as the kernel allows, without allocating.
 async fn send_all<'a>(sock: &UdpSocket, packets: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
-    let packets: Vec<&[u8]> = packets.collect();
-    let mut done = 0;
-    while done < packets.len() {
-        done += sock
-            .async_io(tokio::io::Interest::WRITABLE, || send_batch(sock.as_raw_fd(), &packets[done..]))
-            .await?;
+    let mut packets = packets.peekable();
+    while packets.peek().is_some() {
+        let mut batch: [&[u8]; BATCH] = [&[]; BATCH];
+        let mut n = 0;
+        for p in packets.by_ref().take(BATCH) {
+            batch[n] = p;
+            n += 1;
+        }
+        let mut done = 0;
+        while done < n {
+            done += sock
+                .async_io(tokio::io::Interest::WRITABLE, || send_batch(sock.as_raw_fd(), &batch[done..n]))
+                .await?;
+        }
     }
     Ok(())
 }
 
+/// Datagrams per sendmmsg(2) call.
+const BATCH: usize = 64;
+
 /// One sendmmsg(2) on a connected socket: a window of 16 blocks costs one syscall instead of
 /// 16. Neither tokio nor socket2 offers it, and nix's wrapper allocates per call.
 fn send_batch(fd: RawFd, packets: &[&[u8]]) -> std::io::Result<usize> {
-    const MAX: usize = 64;
+    const MAX: usize = BATCH;
     let n = packets.len().min(MAX);
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid (null
     // pointers, zero lengths).

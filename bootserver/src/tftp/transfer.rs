@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn oack_then_ack_zero() {
         let data = vec![1u8; 20];
-        let oack = b"\0\x06blksize\08\0".to_vec();
+        let oack = b"\0\x06blksize\x008\0".to_vec();
         let mut t = Transfer::new(&data[..], params(8, 1), Some(oack.clone()));
         assert_eq!(t.start(), Step::Send);
         assert_eq!(t.outgoing().collect::<Vec<_>>(), [&oack[..]]);
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn client_error_after_oack_ends_transfer() {
-        let mut t = Transfer::new(&b"x"[..], params(8, 1), Some(b"\0\x06tsize\01\0".to_vec()));
+        let mut t = Transfer::new(&b"x"[..], params(8, 1), Some(b"\0\x06tsize\x001\0".to_vec()));
         t.start();
         let step = t.on_packet(b"\0\x05\0\x08option refused\0");
         assert!(matches!(step, Step::Failed(m) if m.contains("error 8")));
