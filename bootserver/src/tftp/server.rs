@@ -132,14 +132,13 @@ async fn serve_requests(socket: UdpSocket, service: Arc<Service>) -> anyhow::Res
         };
         let datagram = &buf[..n];
         match packet::parse(datagram) {
-            Ok(Packet::Rrq(req)) => {
+            Ok(Packet::Rrq(_)) => {
                 if !service.active.lock().unwrap_or_else(|e| e.into_inner()).insert(peer) {
                     log::debug!("tftp: {peer} repeated its request; its transfer is running");
                     continue;
                 }
                 let raw = datagram.to_vec();
                 let service = service.clone();
-                drop(req);
                 tokio::spawn(async move {
                     if let Err(e) = serve_read(&service, peer, &raw).await {
                         log::warn!("tftp: {peer}: {e:#}");
