@@ -94,6 +94,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             settings.nfs.clone(),
         ));
     }
+    if settings.enable_tftp {
+        let addr = SocketAddr::new(settings.address.into(), settings.tftp.port);
+        let socket = crate::net::udp_socket(&settings.interface, addr, false)?;
+        let service = crate::tftp::Service::new(
+            files.clone(),
+            &settings.interface,
+            settings.address,
+            settings.tftp.clone(),
+        );
+        tasks.spawn(crate::tftp::run(socket, Arc::new(service)));
+    }
     if tasks.is_empty() {
         anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs");
     }
