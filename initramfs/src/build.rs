@@ -225,7 +225,9 @@ pub fn build(loaded: &Loaded) -> Result<Image> {
     }
     let entries = b.entries(c.mtime);
     info!("{} entries, {} bytes before compression", entries.len(), entries.iter().map(|e| e.data.len()).sum::<usize>());
-    Ok(Image::single(c.compression, entries))
+    let mut img = Image::single(c.compression, entries);
+    img.level = c.compression_level;
+    Ok(img)
 }
 
 fn modules(b: &mut Builder, c: &Config, version: &str, dir: &Path) -> Result<()> {

@@ -60,6 +60,8 @@ pub struct Segment {
 #[derive(Debug, Clone, Default)]
 pub struct Image {
     pub segments: Vec<Segment>,
+    /// Level for archives that get re-encoded; `None` for each format's default.
+    pub level: Option<i32>,
 }
 
 fn skip_zeros(buf: &[u8], mut at: usize) -> usize {
@@ -115,7 +117,7 @@ impl Image {
             at = skip_zeros(buf, at);
             segments.push(Segment { compression, offset: start, raw: buf[start..at].to_vec(), entries, modified: false });
         }
-        Ok(Image { segments })
+        Ok(Image { segments, level: None })
     }
 
     /// The image's bytes: untouched archives verbatim, edited ones re-encoded.
@@ -128,7 +130,8 @@ impl Image {
             }
             let block = if s.compression == Compression::None { 512 } else { 4 };
             let cpio = newc::write_archive(&s.entries, block);
-            let packed = compress::compress(s.compression, &cpio)
+            let level = self.level.unwrap_or(compress::default_level(s.compression));
+            let packed = compress::compress_level(s.compression, &cpio, level)
                 .map_err(|source| ImageError::Compress { index, offset: out.len(), source })?;
             out.extend_from_slice(&packed);
             if index + 1 < self.segments.len() {
@@ -140,7 +143,7 @@ impl Image {
 
     /// A new image of one archive.
     pub fn single(compression: Compression, entries: Vec<Entry>) -> Image {
-        Image { segments: vec![Segment { compression, offset: 0, raw: Vec::new(), entries, modified: true }] }
+        Image { segments: vec![Segment { compression, offset: 0, raw: Vec::new(), entries, modified: true }], level: None }
     }
 
     /// Every member in archive order, as the kernel unpacks them.
