@@ -110,6 +110,25 @@ fn built_image_boots_and_loads_its_modules() {
     let v = initramfs(&["verify", a.to_str().unwrap()]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 
+    // verify catches what breaks a boot: a module of another kernel, a missing dependency,
+    // a missing library.
+    let broken = dir.path().join("broken.img");
+    let drm = ours.iter().find(|l| l.ends_with("/drm.ko")).unwrap().clone();
+    let e1000 = cache().join("kernel/root").join(ours.iter().find(|l| l.ends_with("/e1000.ko")).unwrap());
+    let step = |args: &[&str]| {
+        let o = initramfs(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    step(&["remove", a.to_str().unwrap(), &drm, "--out", broken.to_str().unwrap()]);
+    step(&["add", broken.to_str().unwrap(), "lib/modules/9.9.9-other/e1000.ko", "--from", e1000.to_str().unwrap()]);
+    step(&["add", broken.to_str().unwrap(), "usr/bin/dyn", "--from", "/bin/true"]);
+    let v = initramfs(&["verify", broken.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(1), "{report}");
+    assert!(report.contains("depends on drm"), "{report}");
+    assert!(report.contains(&format!("built for kernel {version}, but sits under lib/modules/9.9.9-other")), "{report}");
+    assert!(report.contains("/usr/bin/dyn: needs libc.so.6"), "{report}");
+
     let serial = boot(&cache().join("kernel/vmlinuz"), &a, Duration::from_secs(180));
     assert!(serial.contains(&format!("TC-INIT-RAN {version}")), "/init did not run; serial:\n{serial}");
     for m in ["e1000", "virtio_net", "bochs"] {
