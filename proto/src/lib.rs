@@ -5,3 +5,4 @@
 //! its half of a contract against byte vectors.
 
 pub mod cmdline;
+pub mod host;
