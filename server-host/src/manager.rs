@@ -248,6 +248,9 @@ impl Manager {
         let mine: Vec<&VmRow> = rows.iter().filter(|r| r.user == req.user && r.persistent).collect();
         let (os_disk, os_temporary, data, data_disk) = if req.persistent {
             let udir = self.user_dir(&req.user);
+            if !udir.exists() {
+                undo.dirs.push(udir.clone());
+            }
             std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
             let own_os = udir.join(format!("os-{}.qcow2", template.name));
             let os_busy = mine.iter().any(|r| Path::new(&r.os_disk) == own_os);
@@ -290,9 +293,10 @@ impl Manager {
         };
         let pid = qemu::spawn(&launch)?;
         undo.pid = Some((pid, files.qmp()));
-        let (svc, events) = qmp::connect(&files.qmp()).await?;
+        let (svc, mut events) = qmp::connect(&files.qmp()).await?;
         let password = req.vnc_password.clone().unwrap_or_else(random_password);
-        qmp::exec(&svc, &req.name, qapi::qmp::change_vnc_password { password: password.clone() }).await?;
+        let set = qapi::qmp::change_vnc_password { password: password.clone() };
+        qmp::exec_early(&svc, &mut events, &req.name, set).await?;
         let row = VmRow {
             name: req.name.clone(),
             template: template.name.clone(),

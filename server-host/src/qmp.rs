@@ -48,3 +48,19 @@ pub(crate) async fn hmp(svc: &Service, vm: &str, line: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs a command before the VM's watcher owns the event stream: answers arrive through that
+/// stream, so it is driven here meanwhile (events this early carry nothing we act on).
+pub(crate) async fn exec_early<C: qapi::qmp::QmpCommand>(svc: &Service, events: &mut Events, vm: &str, cmd: C) -> Result<C::Ok> {
+    use futures::StreamExt;
+    let fut = exec(svc, vm, cmd);
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            ev = events.next() => if ev.is_none() {
+                return Err(Error::Internal(format!("VM {vm}: QEMU closed QMP while starting")));
+            },
+        }
+    }
+}
