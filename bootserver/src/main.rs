@@ -26,9 +26,11 @@ enum Command {
     /// Example: bootserver boot vmlinuz initrd.img --interface eth1 --cmdline "console=ttyS0"
     Boot {
         /// Kernel image (bzImage).
-        kernel: PathBuf,
+        #[arg(value_name = "KERNEL")]
+        kernel_image: PathBuf,
         /// Initramfs image.
-        initrd: PathBuf,
+        #[arg(value_name = "INITRD")]
+        initrd_image: PathBuf,
         #[command(flatten)]
         args: ServeArgs,
     },
@@ -52,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let settings = match cli.command {
-        Command::Boot { kernel, initrd, mut args } => {
+        Command::Boot { kernel_image: kernel, initrd_image: initrd, mut args } => {
             for (what, p) in [("kernel", &kernel), ("initrd", &initrd)] {
                 if !p.is_file() {
                     anyhow::bail!("{what} {} does not exist or is not a file", p.display());
