@@ -287,23 +287,8 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::agent::{MacAddr, HEADER, MAX_FRAME};
-
-    fn hello(last: u8) -> Hello {
-        Hello {
-            version: PROTOCOL,
-            mac: MacAddr([0x52, 0x54, 0, 0, 0, last]),
-            ipv4: "127.0.0.1".parse().unwrap(),
-            cpu_model: "test".into(),
-            cpu_count: 1,
-            ram_bytes: 256 << 20,
-            display_modes: vec![],
-            agent_version: "test".into(),
-            boot_ms: 1,
-            boot_phases: vec![],
-            resume_token: None,
-        }
-    }
+    use crate::broker::registry::sample_hello as hello;
+    use proto::agent::{HEADER, MAX_FRAME};
 
     async fn start_broker(dir: &std::path::Path) -> (SocketAddr, Arc<Broker>) {
         let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap());
@@ -316,11 +301,13 @@ mod tests {
         (addr, broker)
     }
 
-    /// A well-behaved agent: hello, then answers pings; returns every message it got.
+    /// A well-behaved agent after its hello and the broker's welcome.
     async fn good_agent(addr: SocketAddr, last: u8) -> (TcpStream, Decoder<BrokerMessage>) {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&encode(&AgentMessage::Hello(hello(last))).unwrap()).await.unwrap();
-        (s, Decoder::new())
+        let mut d = Decoder::new();
+        assert!(matches!(next(&mut s, &mut d).await, Some(BrokerMessage::Welcome(_))));
+        (s, d)
     }
 
     async fn next(s: &mut TcpStream, d: &mut Decoder<BrokerMessage>) -> Option<BrokerMessage> {
@@ -352,7 +339,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (addr, broker) = start_broker(dir.path()).await;
         let (mut good, mut dec) = good_agent(addr, 1).await;
-        assert!(matches!(next(&mut good, &mut dec).await, Some(BrokerMessage::Welcome(_))));
 
         // Garbage (not JSON), an oversized length, a frame cut short, a frame before the hello,
         // and a second hello on a live connection.
@@ -366,8 +352,7 @@ mod tests {
         truncated.shutdown().await.unwrap();
         let mut early = TcpStream::connect(addr).await.unwrap();
         early.write_all(&encode(&AgentMessage::Pong { seq: 1 }).unwrap()).await.unwrap();
-        let (mut twice, mut dec2) = good_agent(addr, 2).await;
-        assert!(matches!(next(&mut twice, &mut dec2).await, Some(BrokerMessage::Welcome(_))));
+        let (mut twice, _) = good_agent(addr, 2).await;
         twice.write_all(&encode(&AgentMessage::Hello(hello(2))).unwrap()).await.unwrap();
         let silent = TcpStream::connect(addr).await.unwrap();
 
@@ -404,8 +389,7 @@ mod tests {
     async fn an_agent_that_stops_answering_pings_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let (addr, broker) = start_broker(dir.path()).await;
-        let (mut mute, mut dec) = good_agent(addr, 7).await;
-        assert!(matches!(next(&mut mute, &mut dec).await, Some(BrokerMessage::Welcome(_))));
+        let (mute, _) = good_agent(addr, 7).await;
         assert!(closed_by_broker(mute).await);
         let rec = broker.registry.get("52:54:00:00:00:07").unwrap().unwrap();
         assert_eq!(rec.state, ClientState::Offline);

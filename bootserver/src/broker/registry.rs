@@ -248,25 +248,30 @@ impl Registry {
     }
 }
 
+/// An announce of PC `52:54:00:00:00:{last}` with 256 MiB, for tests.
+#[cfg(test)]
+pub(crate) fn sample_hello(last: u8) -> Hello {
+    Hello {
+        version: proto::agent::PROTOCOL,
+        mac: proto::agent::MacAddr([0x52, 0x54, 0, 0, 0, last]),
+        ipv4: "10.0.0.100".parse().unwrap(),
+        cpu_model: "QEMU".into(),
+        cpu_count: 1,
+        ram_bytes: 256 << 20,
+        display_modes: vec![DisplayMode { width: 1024, height: 768, refresh_mhz: None }],
+        agent_version: "0.1.0".into(),
+        boot_ms: 9000,
+        boot_phases: vec![BootPhase { name: "kernel".into(), ms: 1700 }],
+        resume_token: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::agent::{MacAddr, PROTOCOL};
 
-    fn hello(mac: u8, token: Option<&str>) -> Hello {
-        Hello {
-            version: PROTOCOL,
-            mac: MacAddr([0x52, 0x54, 0, 0, 0, mac]),
-            ipv4: "10.0.0.100".parse().unwrap(),
-            cpu_model: "QEMU".into(),
-            cpu_count: 1,
-            ram_bytes: 256 << 20,
-            display_modes: vec![DisplayMode { width: 1024, height: 768, refresh_mhz: None }],
-            agent_version: "0.1.0".into(),
-            boot_ms: 9000,
-            boot_phases: vec![BootPhase { name: "kernel".into(), ms: 1700 }],
-            resume_token: token.map(str::to_string),
-        }
+    fn hello(last: u8, token: Option<&str>) -> Hello {
+        Hello { resume_token: token.map(str::to_string), ..sample_hello(last) }
     }
 
     #[test]
