@@ -108,6 +108,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     if tasks.is_empty() {
         anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs");
     }
+    // The broker: the agents' announces, the client registry and the admin API.
+    crate::broker::listener::start(&settings, &mut tasks).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

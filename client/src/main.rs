@@ -1,5 +1,7 @@
 //! `thinclient`: the firmware of a diskless PC.
 
+mod agent;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -33,11 +35,23 @@ enum Command {
     ///
     /// Example: `thinclient view 10.0.0.1:5901 --password-file /run/vnc.pass`
     View(viewer::ViewArgs),
+    /// Run as the boot image's `/init` (PID 1): drivers, network, announce to the broker,
+    /// viewer supervision. Configured by the kernel command line: tc.broker=IP:PORT (else DHCP
+    /// option 224), tc.nfsroot=IP:/EXPORT, tc.log=FILTER, tc.iface=NAME,
+    /// tc.dhcp_timeout=SECONDS, tc.error_delay=SECONDS (before restarting after an error).
+    ///
+    /// Example: `thinclient agent dhcp --interface eth0` tries its DHCP client alone.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // As the image's /init the kernel passes no subcommand, and possibly stray words of its
+    // command line: PID 1 is always the agent.
+    let cli = if std::process::id() == 1 { Cli::parse_from(["thinclient", "agent"]) } else { Cli::parse() };
+    // The agent sets up logging itself, from the kernel command line.
+    if !matches!(cli.command, Command::Agent(_)) {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    }
     match cli.command {
         Command::View(args) => return viewer::run(args),
         Command::Params { cmdline_file } => {
@@ -55,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                 println!("unknown key {k}={v}");
             }
         }
+        Command::Agent(args) => agent::main(args)?,
     }
     Ok(())
 }
