@@ -6,100 +6,17 @@
 //! Needs Xvnc, Xvfb, xwd, xwud, xsetroot, xlogo, xev, xdotool and qemu-system-x86_64 (all from
 //! `scripts/setup`).
 
+mod viewer_support;
+
 use std::io::{BufRead, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use viewer_support::*;
+
 const VIEWER: &str = env!("CARGO_BIN_EXE_thinclient");
-
-/// Kills the process it holds (by its own PID) when the test ends, pass or fail.
-struct Proc(Child, &'static str);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-    Proc(cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")), name)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// X display numbers private to this test process, so parallel tests and other users of the
-/// machine do not collide.
-fn free_display() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    loop {
-        let n = 300 + (std::process::id() % 300) * 4 + NEXT.fetch_add(1, Ordering::SeqCst) % 1000;
-        if !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-            return n;
-        }
-    }
-}
-
-fn tmpdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-/// Xvnc serving its desktop on a unix socket (no TCP port to collide on).
-struct Xvnc {
-    _p: Proc,
-    display: u32,
-    sock: PathBuf,
-}
-
-fn xvnc(dir: &Path, w: u32, h: u32) -> Xvnc {
-    xvnc_with(dir, w, h, &["-SecurityTypes", "None"])
-}
-
-fn xvnc_with(dir: &Path, w: u32, h: u32, security: &[&str]) -> Xvnc {
-    let display = free_display();
-    let sock = dir.join("xvnc.sock");
-    let p = spawn(
-        "Xvnc",
-        Command::new("Xvnc")
-            .arg(format!(":{display}"))
-            .args(["-geometry", &format!("{w}x{h}"), "-depth", "24", "-rfbport", "-1"])
-            .args(security)
-            .arg("-rfbunixpath")
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("Xvnc", Duration::from_secs(30), || sock.exists() && Path::new(&format!("/tmp/.X11-unix/X{display}")).exists());
-    Xvnc { _p: p, display, sock }
-}
-
-fn xvfb(w: u32, h: u32) -> (Proc, u32) {
-    let display = free_display();
-    let p = spawn(
-        "Xvfb",
-        Command::new("Xvfb")
-            .arg(format!(":{display}"))
-            .args(["-screen", "0", &format!("{w}x{h}x24"), "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for("Xvfb", Duration::from_secs(30), || Path::new(&format!("/tmp/.X11-unix/X{display}")).exists());
-    (p, display)
-}
-
-fn x(display: u32, prog: &str, args: &[&str]) {
-    let st = Command::new(prog).args(args).env("DISPLAY", format!(":{display}")).status().unwrap();
-    assert!(st.success(), "{prog} {args:?} failed");
-}
 
 /// Runs the viewer (SDL under Xvfb) until it wrote its first-frame screenshot and exited.
 fn viewer_shot(display: u32, server: &str, encoding: &str, out: &Path) -> image::RgbImage {
@@ -112,25 +29,6 @@ fn viewer_shot(display: u32, server: &str, encoding: &str, out: &Path) -> image:
         .unwrap();
     assert!(o.status.success(), "viewer failed for {encoding}: {}", String::from_utf8_lossy(&o.stderr));
     image::open(out).unwrap().into_rgb8()
-}
-
-/// `xwd -root` of a display, decoded (32 bpp ZPixmap, as Xvnc and Xvfb at depth 24 produce).
-fn xwd_root(display: u32) -> image::RgbImage {
-    let o = Command::new("xwd").args(["-root", "-silent"]).env("DISPLAY", format!(":{display}")).output().unwrap();
-    assert!(o.status.success());
-    let d = o.stdout;
-    let u = |i: usize| u32::from_be_bytes(d[i * 4..i * 4 + 4].try_into().unwrap());
-    let (header, w, h, byte_order, bpp, bpl) = (u(0) as usize, u(4), u(5), u(7), u(11), u(12) as usize);
-    let (rm, gm, bm, ncolors) = (u(14), u(15), u(16), u(19) as usize);
-    assert_eq!(bpp, 32, "xwd with {bpp} bpp");
-    let data = &d[header + ncolors * 12..];
-    let ch = |v: u32, m: u32| ((v & m) >> m.trailing_zeros()) as u8;
-    image::RgbImage::from_fn(w, h, |px, py| {
-        let o = py as usize * bpl + px as usize * 4;
-        let b: [u8; 4] = data[o..o + 4].try_into().unwrap();
-        let v = if byte_order == 0 { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) };
-        image::Rgb([ch(v, rm), ch(v, gm), ch(v, bm)])
-    })
 }
 
 /// An XWD file of a smooth colour gradient: photo-like content that makes Tight use JPEG.
@@ -154,37 +52,6 @@ fn gradient_xwd(path: &Path, w: u32, h: u32) {
         }
     }
     std::fs::write(path, f).unwrap();
-}
-
-/// QEMU's screendump: binary PPM (P6, maxval 255).
-fn read_ppm(path: &Path) -> image::RgbImage {
-    let d = std::fs::read(path).unwrap();
-    let mut fields = Vec::new();
-    let mut i = 0;
-    while fields.len() < 4 {
-        while d[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let s = i;
-        while !d[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        fields.push(String::from_utf8_lossy(&d[s..i]).into_owned());
-    }
-    assert_eq!((fields[0].as_str(), fields[3].as_str()), ("P6", "255"));
-    let (w, h) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
-    image::RgbImage::from_raw(w, h, d[i + 1..].to_vec()).expect("PPM size")
-}
-
-fn diff(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8) {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let (mut sum, mut max) = (0u64, 0u8);
-    for (p, q) in a.as_raw().iter().zip(b.as_raw()) {
-        let d = p.abs_diff(*q);
-        sum += u64::from(d);
-        max = max.max(d);
-    }
-    (sum as f64 / a.as_raw().len() as f64, max)
 }
 
 #[test]
@@ -239,14 +106,7 @@ fn keys_clicks_and_wheel_reach_an_x_client() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let ready = dir.path().join("ready.png");
-    let _viewer = spawn(
-        "viewer",
-        Command::new(VIEWER)
-            .args(["view", &format!("unix:{}", srv.sock.display()), "--presenter", "sdl", "--encoding", "zrle", "--screenshot"])
-            .arg(&ready)
-            .env("DISPLAY", format!(":{vd}"))
-            .stderr(Stdio::null()),
-    );
+    let _viewer = sdl_viewer(vd, &format!("unix:{}", srv.sock.display()), &ready, None);
     wait_for("viewer's first frame", Duration::from_secs(60), || ready.exists());
     let xd = |args: &[&str]| x(vd, "xdotool", args);
     xd(&["mousemove", "200", "150"]);
@@ -257,15 +117,7 @@ fn keys_clicks_and_wheel_reach_an_x_client() {
     xd(&["type", "--delay", "50", "aZ1"]);
     xd(&["key", "ctrl+x"]);
     let want = ["button 1,", "button 3,", "button 4,", "(keysym 0x61, a)", "(keysym 0x5a, Z)", "(keysym 0x31, 1)", "(keysym 0x78, x)", "Control_L"];
-    let mut text = String::new();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        text = std::fs::read_to_string(&log_path).unwrap();
-        if want.iter().all(|w| text.contains(w)) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let text = wait_for_all(&log_path, &want, Duration::from_secs(60));
     for w in want {
         assert!(text.contains(w), "xev never saw {w:?}; it logged:\n{text}");
     }
@@ -455,4 +307,60 @@ fn lying_server_gets_errors_and_reconnects() {
     assert!(!text.contains("panicked"), "{text}");
     let lines = std::io::BufReader::new(std::fs::File::open(&log).unwrap()).lines().count();
     assert!(lines > LIES, "{text}");
+}
+
+/// The server's desktop changes size under a live session (`xrandr -s` on Xvnc, which then
+/// sends ExtendedDesktopSize): the viewer follows, and what it shows equals the new screen.
+#[test]
+fn desktop_resize_is_followed() {
+    let dir = tmpdir();
+    let srv = xvnc(dir.path(), 1024, 768);
+    x(srv.display, "xsetroot", &["-mod", "3", "9", "-fg", "#c04020", "-bg", "#102030"]);
+    let sd = format!(":{}", srv.display);
+    let _logo = spawn("xlogo", Command::new("xlogo").args(["-display", &sd, "-geometry", "160x120+30+30"]).stderr(Stdio::null()));
+    let (_xvfb, vd) = xvfb(1024, 768);
+    wait_for("xlogo", Duration::from_secs(30), || {
+        let img = xwd_root(srv.display);
+        img.get_pixel(80, 80) != img.get_pixel(500, 500)
+    });
+    let shot = dir.path().join("resize.png");
+    let log = dir.path().join("viewer.log");
+    let viewer = sdl_viewer(vd, &format!("unix:{}", srv.sock.display()), &shot, Some(&log));
+    wait_for("first frame", Duration::from_secs(60), || shot.exists());
+    assert_eq!(image::open(&shot).unwrap().into_rgb8().dimensions(), (1024, 768));
+    for (w, h) in [(800, 600), (1280, 1024)] {
+        x(srv.display, "xrandr", &["-s", &format!("{w}x{h}")]);
+        let truth_size = (w, h);
+        wait_for("the server's new size", Duration::from_secs(30), || xwd_root(srv.display).dimensions() == truth_size);
+        std::thread::sleep(Duration::from_millis(500));
+        let truth = xwd_root(srv.display);
+        let t = Instant::now();
+        let mut last = (f64::MAX, 255u8, (0, 0));
+        loop {
+            std::fs::remove_file(&shot).ok();
+            unsafe { libc::kill(viewer.0.id() as i32, libc::SIGUSR1) };
+            wait_for("screenshot", Duration::from_secs(20), || shot.exists());
+            let img = image::open(&shot).unwrap().into_rgb8();
+            if img.dimensions() == truth_size {
+                let (mean, max) = diff(&img, &truth);
+                if max == 0 {
+                    break;
+                }
+                last = (mean, max, img.dimensions());
+            } else {
+                last.2 = img.dimensions();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "after resizing to {w}x{h} the viewer shows {:?}, mean error {:.3}, max {}:\n{}",
+                last.2,
+                last.0,
+                last.1,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("desktop is 800x600") && text.contains("desktop is 1280x1024"), "{text}");
 }

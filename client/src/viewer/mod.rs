@@ -55,6 +55,12 @@ pub(crate) struct ViewArgs {
     /// Show the desktop 1:1 instead of scaling it to the screen (aspect ratio is always kept).
     #[arg(long)]
     pub no_scale: bool,
+    /// SDL: how to draw. `gpu` is SDL's own pick (OpenGL or GLES where there is one); `software`
+    /// scales on the CPU and hands finished frames to the display (X11 shared memory), which is
+    /// cheaper where the only GL is a software rasterizer (llvmpipe) and needs no GL stack in
+    /// memory; `auto` is `software` on X11 and `gpu` elsewhere.
+    #[arg(long, value_enum, default_value_t = presenter::Renderer::Auto)]
+    pub renderer: presenter::Renderer,
     /// SDL: a window of WIDTHxHEIGHT instead of full screen (for development).
     #[arg(long, value_parser = parse_size)]
     pub window: Option<(u32, u32)>,
@@ -104,7 +110,21 @@ fn read_password(args: &ViewArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(pw))
 }
 
+/// glibc raises its mmap threshold each time a large block is freed, after which the
+/// desktop-sized buffers (several MiB per rectangle) come from the heap and their pages stay
+/// resident after use; extra per-thread arenas keep more such heaps. A fixed threshold returns
+/// big buffers to the system as soon as they are freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
+    tune_allocator();
     let target = session::Target::parse(&args.server)?;
     let cfg = session::SessionConfig {
         target,
@@ -119,6 +139,7 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
         layout: args.layout,
         scale: !args.no_scale,
         window: args.window,
+        renderer: args.renderer,
         fbdev: args.fbdev.clone(),
     };
     let mut presenter = presenter::open(args.presenter, &opts)?;

@@ -386,19 +386,19 @@ fn resize(shared: &Shared, w: u32, h: u32) {
     s.size_gen += 1;
 }
 
+/// Decodes straight to the desktop's B, G, R, X layout (zune-jpeg converts while it writes),
+/// which saves a pass and a buffer per rectangle over decoding to RGB and swizzling.
 fn decode_jpeg(r: Rect, jpeg: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let img = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)
-        .context("decoding a Tight JPEG rectangle")?
-        .into_rgb8();
-    if img.width() != r.w || img.height() != r.h {
-        bail!("JPEG of {}x{} for a {}x{} rectangle", img.width(), img.height(), r.w, r.h);
+    use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::BGRA);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), opts);
+    dec.decode_headers().map_err(|e| anyhow!("decoding a Tight JPEG rectangle: {e:?}"))?;
+    let (w, h) = dec.dimensions().ok_or_else(|| anyhow!("decoding a Tight JPEG rectangle: no size"))?;
+    if (w, h) != (r.w as usize, r.h as usize) {
+        bail!("JPEG of {w}x{h} for a {}x{} rectangle", r.w, r.h);
     }
-    let mut out = vec![0u8; r.w as usize * r.h as usize * BPP];
-    for (d, s) in out.chunks_exact_mut(BPP).zip(img.as_raw().chunks_exact(3)) {
-        d[0] = s[2];
-        d[1] = s[1];
-        d[2] = s[0];
-    }
+    let mut out = vec![0u8; w * h * BPP];
+    dec.decode_into(&mut out).map_err(|e| anyhow!("decoding a Tight JPEG rectangle: {e:?}"))?;
     Ok(out)
 }
 

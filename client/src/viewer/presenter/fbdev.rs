@@ -4,10 +4,12 @@
 //! The two framebuffer ioctls and their structs are written out here: the crates that wrap them
 //! are unmaintained, and this is forty lines of `linux/fb.h`.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use log::{debug, info, warn};
@@ -269,11 +271,17 @@ const BTN_RIGHT: u16 = 0x111;
 const BTN_MIDDLE: u16 = 0x112;
 const BTN_TOUCH: u16 = 0x14a;
 
-/// One blocking reader thread per keyboard, mouse or tablet. Devices are grabbed so that
-/// typing does not also reach the console underneath.
-fn spawn_readers() -> std_mpsc::Receiver<RawEvent> {
-    let (tx, rx) = std_mpsc::channel();
+/// How often /dev/input is looked at again for keyboards and mice plugged in (or probed by
+/// the kernel) after the viewer started.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// One blocking reader thread per keyboard, mouse or tablet not yet in `known`. Devices are
+/// grabbed so that typing does not also reach the console underneath.
+fn spawn_readers(tx: &std_mpsc::Sender<RawEvent>, known: &Arc<Mutex<HashSet<PathBuf>>>) {
     for (path, mut dev) in evdev::enumerate() {
+        if !known.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone()) {
+            continue;
+        }
         let keys = dev.supported_keys().is_some_and(|k| k.contains(evdev::KeyCode::KEY_A) || k.contains(evdev::KeyCode::BTN_LEFT));
         let rel = dev.supported_relative_axes().is_some();
         let abs = dev.supported_absolute_axes().is_some_and(|a| a.contains(evdev::AbsoluteAxisCode::ABS_X));
@@ -293,8 +301,13 @@ fn spawn_readers() -> std_mpsc::Receiver<RawEvent> {
         }
         info!("input {}: {}", path.display(), dev.name().unwrap_or("?"));
         let tx = tx.clone();
+        let known = Arc::clone(known);
         std::thread::spawn(move || loop {
-            let Ok(events) = dev.fetch_events() else { return };
+            let Ok(events) = dev.fetch_events() else {
+                // Unplugged: the next scan may find it (or another device) at this path again.
+                known.lock().unwrap_or_else(PoisonError::into_inner).remove(&path);
+                return;
+            };
             for ev in events {
                 let abs_range = if ev.event_type().0 == EV_ABS && ev.code() < 2 { ranges[ev.code() as usize] } else { (0, 0) };
                 if tx.send(RawEvent { kind: ev.event_type().0, code: ev.code(), value: ev.value(), abs_range }).is_err() {
@@ -303,12 +316,14 @@ fn spawn_readers() -> std_mpsc::Receiver<RawEvent> {
             }
         });
     }
-    rx
 }
 
 impl Presenter for Fbdev {
     fn run(&mut self, shared: &Shared, input: &UnboundedSender<InputEvent>) -> anyhow::Result<()> {
-        let events = spawn_readers();
+        let (events_tx, events) = std_mpsc::channel();
+        let known = Arc::new(Mutex::new(HashSet::new()));
+        spawn_readers(&events_tx, &known);
+        let mut scanned = Instant::now();
         let mut kb = Keyboard::new(self.opts.layout);
         let (sw, sh) = (self.width, self.height);
         let mut ptr = (sw as i32 / 2, sh as i32 / 2);
@@ -326,6 +341,10 @@ impl Presenter for Fbdev {
             let _ = input.send(ev);
         };
         while !shared.quitting() {
+            if scanned.elapsed() >= RESCAN {
+                spawn_readers(&events_tx, &known);
+                scanned = Instant::now();
+            }
             // Input first, so that a busy desktop never delays it.
             let mut first = events.recv_timeout(Duration::from_millis(5)).ok();
             while let Some(ev) = first.take().or_else(|| events.try_recv().ok()) {

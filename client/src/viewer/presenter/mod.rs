@@ -24,6 +24,15 @@ pub(crate) enum Choice {
     Fbdev,
 }
 
+/// The SDL renderer to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Renderer {
+    /// `software` on X11, `gpu` elsewhere (KMS/DRM and Wayland show frames through GL).
+    Auto,
+    Gpu,
+    Software,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub layout: Layout,
@@ -32,6 +41,8 @@ pub(crate) struct Options {
     /// SDL: a window of this size instead of full screen.
     #[cfg_attr(not(feature = "sdl"), allow(dead_code))]
     pub window: Option<(u32, u32)>,
+    #[cfg_attr(not(feature = "sdl"), allow(dead_code))]
+    pub renderer: Renderer,
     pub fbdev: std::path::PathBuf,
 }
 

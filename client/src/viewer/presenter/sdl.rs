@@ -33,9 +33,23 @@ fn e(s: String) -> anyhow::Error {
 impl Sdl {
     pub(crate) fn open(opts: &Options) -> anyhow::Result<Sdl> {
         sdl2::hint::set("SDL_RENDER_SCALE_QUALITY", "linear");
+
         let sdl = sdl2::init().map_err(e).context("SDL init")?;
         let video = sdl.video().map_err(e).context("SDL video")?;
-        info!("SDL video driver: {}", video.current_video_driver());
+        let driver = video.current_video_driver();
+        info!("SDL video driver: {driver}");
+        // X11 can take finished frames from the CPU (shared memory images); elsewhere (KMS/DRM,
+        // Wayland) SDL needs GL to show anything, so `auto` keeps SDL's own pick there.
+        let software = match opts.renderer {
+            super::Renderer::Software => true,
+            super::Renderer::Gpu => false,
+            super::Renderer::Auto => driver == "x11",
+        };
+        if software {
+            // Otherwise SDL puts the software renderer's window surface on an OpenGL texture,
+            // which loads the GL stack (llvmpipe: 60 MiB resident) that this choice avoids.
+            sdl2::hint::set("SDL_FRAMEBUFFER_ACCELERATION", "0");
+        }
         let mut wb = match opts.window {
             Some((w, h)) => video.window("thinclient", w, h),
             None => {
@@ -46,7 +60,11 @@ impl Sdl {
             }
         };
         let window = wb.position(0, 0).build().context("SDL window")?;
-        let canvas = window.into_canvas().build().context("SDL renderer")?;
+        let mut cb = window.into_canvas();
+        if software {
+            cb = cb.software();
+        }
+        let canvas = cb.build().context("SDL renderer")?;
         info!("SDL renderer: {}", canvas.info().name);
         Ok(Sdl { sdl, canvas, opts: opts.clone() })
     }

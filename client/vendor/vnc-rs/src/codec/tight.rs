@@ -232,10 +232,15 @@ impl Decoder {
             .read_tight_data(stream, input, uncompressed_size)
             .await?;
         let mut image = Vec::with_capacity(uncompressed_size / 3 * 4);
-        let mut j = 0;
-        while j < uncompressed_size {
-            image.extend_from_slice(&self.to_true_color(format, &data[j..j + 3]));
-            j += 3;
+        if (format.red_shift, format.green_shift, format.blue_shift, self.alpha_shift) == (16, 8, 0, 24) {
+            // B, G, R, A in memory (what viewers usually ask for): a plain byte shuffle.
+            for p in data.chunks_exact(3) {
+                image.extend_from_slice(&[p[2], p[1], p[0], 255]);
+            }
+        } else {
+            for p in data.chunks_exact(3) {
+                image.extend_from_slice(&self.to_true_color(format, p));
+            }
         }
 
         output_func(VncEvent::RawImage(*rect, image)).await?;

@@ -115,6 +115,12 @@ impl Decoder {
                 (bpp, false)
             };
         let mut palette = Vec::with_capacity(128 * bpp);
+        // The whole rectangle is decoded into one buffer and handed over as one event: one
+        // event per 64x64 tile cost a channel hand-off and an allocation each.
+        let row_bytes = rect.width as usize * bpp;
+        let mut image = initialized_vec(row_bytes * rect.height as usize);
+        let mut pixels = Vec::with_capacity(64 * 64 * bpp);
+        let mut packed = Vec::with_capacity(64 * 64 * 4);
 
         let mut y = 0;
         while y < rect.height {
@@ -147,18 +153,21 @@ impl Decoder {
                     )?
                 }
 
-                let mut pixels = Vec::with_capacity(pixel_count * bpp);
+                pixels.clear();
                 match (is_rle, palette_size) {
                     (false, 0) => {
-                        // True Color pixels
-                        for _ in 0..pixel_count {
-                            copy_true_color(
-                                &mut reader,
-                                &mut pixels,
-                                alpha_at_first,
-                                compressed_bpp,
-                                bpp,
-                            )?
+                        // True Color pixels, read in one go.
+                        packed.resize(pixel_count * compressed_bpp, 0);
+                        std::io::Read::read_exact(&mut reader, &mut packed)?;
+                        if compressed_bpp == bpp {
+                            pixels.extend_from_slice(&packed);
+                        } else {
+                            let pad = alpha_at_first as usize;
+                            let mut px = [255u8; 4];
+                            for p in packed.chunks_exact(compressed_bpp) {
+                                px[pad..pad + compressed_bpp].copy_from_slice(p);
+                                pixels.extend_from_slice(&px[..bpp]);
+                            }
                         }
                     }
                     (false, 1) => {
@@ -238,22 +247,21 @@ impl Decoder {
                         return Err(VncError::InvalidImageData);
                     }
                 }
-                output_func(VncEvent::RawImage(
-                    Rect {
-                        x: rect.x + x,
-                        y: rect.y + y,
-                        width,
-                        height,
-                    },
-                    pixels,
-                ))
-                .await?;
+                if pixels.len() != pixel_count * bpp {
+                    return Err(VncError::InvalidImageData);
+                }
+                let tile_row = width as usize * bpp;
+                for (i, src) in pixels.chunks_exact(tile_row).enumerate() {
+                    let off = (y as usize + i) * row_bytes + x as usize * bpp;
+                    image[off..off + tile_row].copy_from_slice(src);
+                }
                 x += width;
             }
             y += height;
         }
 
         self.decompressor = Some(reader.into_inner()?);
+        output_func(VncEvent::RawImage(*rect, image)).await?;
 
         Ok(())
     }
