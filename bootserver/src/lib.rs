@@ -4,6 +4,7 @@
 //! can be tested with byte vectors and fuzzed.
 
 pub mod bootfiles;
+pub mod broker;
 pub mod config;
 pub mod dhcp;
 pub mod http;

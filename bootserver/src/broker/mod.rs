@@ -1,0 +1,3 @@
+//! The desktop broker: assigns each thin client a desktop VM and keeps it reachable.
+
+pub mod proxy;

@@ -1,0 +1,338 @@
+//! The VNC proxy against real QEMU VNC servers and a real viewer engine (vnc-rs): the viewer
+//! sees its own VM, a backend switch under a live connection shows the new VM's screen
+//! without a reconnect (across a change of screen size and with Tight's zlib streams), a wrong
+//! token is refused and a token opens only its own VM.
+//!
+//! VM A is a QEMU held at reset (`-S`): QEMU draws a fixed 640x480 notice. VM B boots Debian's
+//! kernel into a busybox initramfs that writes a banner on the 720x400 VGA text console and
+//! sleeps. Both are stable, so each can be compared with its `screendump`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bootserver::broker::proxy::{Backend, Proxy, ProxyOptions};
+use testkit::KillOnDrop;
+
+struct Vm {
+    _qemu: KillOnDrop,
+    vnc: PathBuf,
+    monitor: PathBuf,
+    password: String,
+}
+
+impl Vm {
+    fn start(dir: &Path, name: &str, password: &str, extra: &[&str]) -> anyhow::Result<Vm> {
+        let vnc = dir.join(format!("{name}.vnc"));
+        let monitor = dir.join(format!("{name}.mon"));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(testkit::accel_args())
+            .args(["-m", "128", "-nic", "none", "-display", "none", "-vga", "std"])
+            .arg("-vnc")
+            .arg(format!("unix:{},password=on", vnc.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let qemu = KillOnDrop::spawn(&mut cmd)?;
+        let vm = Vm { _qemu: qemu, vnc, monitor, password: password.to_string() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(vm.vnc.exists() && vm.monitor.exists()) {
+            if Instant::now() > deadline {
+                bail!("QEMU {name} did not create its sockets");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        vm.hmp(&format!("set_password vnc {password}"))?;
+        Ok(vm)
+    }
+
+    fn backend(&self) -> Backend {
+        Backend { addr: format!("unix:{}", self.vnc.display()).parse().unwrap(), password: Some(self.password.clone()) }
+    }
+
+    /// Runs one human monitor command and returns its output.
+    fn hmp(&self, command: &str) -> anyhow::Result<String> {
+        let s = UnixStream::connect(&self.monitor).context("connecting to the QEMU monitor")?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut w = s;
+        let read_prompt = |r: &mut BufReader<UnixStream>| -> anyhow::Result<String> {
+            let mut out = Vec::new();
+            loop {
+                let mut byte = [0u8; 1];
+                r.read_exact(&mut byte)?;
+                out.push(byte[0]);
+                if out.ends_with(b"(qemu) ") {
+                    return Ok(String::from_utf8_lossy(&out).into_owned());
+                }
+            }
+        };
+        read_prompt(&mut r)?;
+        writeln!(w, "{command}")?;
+        let out = read_prompt(&mut r)?;
+        let _ = r.fill_buf();
+        Ok(out)
+    }
+
+    /// The VM's screen as (width, height, RGB bytes), via `screendump` (PPM).
+    fn screen(&self, dir: &Path) -> anyhow::Result<Screen> {
+        let path = dir.join("dump.ppm");
+        let _ = std::fs::remove_file(&path);
+        self.hmp(&format!("screendump {}", path.display()))?;
+        let data = std::fs::read(&path).context("reading the screendump")?;
+        parse_ppm(&data)
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Screen {
+    width: usize,
+    height: usize,
+    rgb: Vec<u8>,
+}
+
+impl std::fmt::Debug for Screen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lit = self.rgb.chunks(3).filter(|p| p.iter().any(|&c| c > 0)).count();
+        write!(f, "{}x{} screen, {lit} non-black pixels", self.width, self.height)
+    }
+}
+
+fn parse_ppm(data: &[u8]) -> anyhow::Result<Screen> {
+    // "P6\n<w> <h>\n255\n" then RGB triples.
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while data.get(at).is_some_and(|c| c.is_ascii_whitespace()) {
+            at += 1;
+        }
+        let start = at;
+        while data.get(at).is_some_and(|c| !c.is_ascii_whitespace()) {
+            at += 1;
+        }
+        fields.push(std::str::from_utf8(&data[start..at])?.to_string());
+    }
+    at += 1;
+    if fields[0] != "P6" || fields[3] != "255" {
+        bail!("not an 8-bit P6 PPM");
+    }
+    let (width, height): (usize, usize) = (fields[1].parse()?, fields[2].parse()?);
+    let rgb = data.get(at..at + width * height * 3).context("short PPM")?.to_vec();
+    Ok(Screen { width, height, rgb })
+}
+
+/// What the viewer engine has drawn so far.
+#[derive(Default)]
+struct ViewerState {
+    width: usize,
+    height: usize,
+    /// BGRA, as asked with `PixelFormat::bgra()`.
+    pixels: Vec<u8>,
+    error: Option<String>,
+    closed: bool,
+    resizes: u32,
+}
+
+impl ViewerState {
+    fn screen(&self) -> Screen {
+        let rgb = self.pixels.chunks(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+        Screen { width: self.width, height: self.height, rgb }
+    }
+
+    fn resize(&mut self, w: usize, h: usize) {
+        if (w, h) != (self.width, self.height) {
+            self.resizes += 1;
+        }
+        (self.width, self.height) = (w, h);
+        self.pixels = vec![0; w * h * 4];
+    }
+
+    fn apply(&mut self, ev: vnc::VncEvent) {
+        match ev {
+            vnc::VncEvent::SetResolution(s) => self.resize(s.width as usize, s.height as usize),
+            vnc::VncEvent::DesktopUpdate(u) => {
+                if let Some(l) = u.layout {
+                    self.resize(l.width as usize, l.height as usize);
+                }
+            }
+            vnc::VncEvent::RawImage(r, data) => {
+                let (x0, y0, w) = (r.x as usize, r.y as usize, r.width as usize);
+                for row in 0..r.height as usize {
+                    let dst = ((y0 + row) * self.width + x0) * 4;
+                    let src = row * w * 4;
+                    if dst + w * 4 <= self.pixels.len() && src + w * 4 <= data.len() {
+                        self.pixels[dst..dst + w * 4].copy_from_slice(&data[src..src + w * 4]);
+                    }
+                }
+            }
+            vnc::VncEvent::Copy(dst, src) => {
+                let snapshot = self.pixels.clone();
+                for row in 0..dst.height as usize {
+                    let s = ((src.y as usize + row) * self.width + src.x as usize) * 4;
+                    let d = ((dst.y as usize + row) * self.width + dst.x as usize) * 4;
+                    let n = dst.width as usize * 4;
+                    self.pixels[d..d + n].copy_from_slice(&snapshot[s..s + n]);
+                }
+            }
+            vnc::VncEvent::Error(e) => self.error = Some(e),
+            _ => {}
+        }
+    }
+}
+
+/// A vnc-rs viewer connected to the proxy, drawing into a shared [`ViewerState`].
+struct Viewer {
+    state: Arc<Mutex<ViewerState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn connect_viewer(addr: std::net::SocketAddr, token: &str) -> Result<Viewer, vnc::VncError> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(vnc::VncError::IoError)?;
+    let token = token.to_string();
+    let client = vnc::VncConnector::new(tcp)
+        .set_auth_method(async move { Ok(token) })
+        .add_encoding(vnc::VncEncoding::Tight)
+        .add_encoding(vnc::VncEncoding::Zrle)
+        .add_encoding(vnc::VncEncoding::Raw)
+        .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
+        .allow_shared(true)
+        .set_pixel_format(vnc::PixelFormat::bgra())
+        .build()?
+        .try_start()
+        .await?
+        .finish()?;
+    let state = Arc::new(Mutex::new(ViewerState::default()));
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let mut last_refresh = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(50), client.recv_event()).await {
+                Ok(Ok(ev)) => st.lock().unwrap().apply(ev),
+                Ok(Err(e)) => {
+                    let mut s = st.lock().unwrap();
+                    s.error = Some(e.to_string());
+                    s.closed = true;
+                    return;
+                }
+                Err(_) => {}
+            }
+            if last_refresh.elapsed() > Duration::from_millis(100) {
+                if client.input(vnc::X11Event::Refresh).await.is_err() {
+                    st.lock().unwrap().closed = true;
+                    return;
+                }
+                last_refresh = Instant::now();
+            }
+        }
+    });
+    Ok(Viewer { state, task })
+}
+
+impl Viewer {
+    /// Waits until the viewer shows `want`; fails if its connection ends first.
+    async fn wait_for(&self, want: &Screen, what: &str) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            {
+                let s = self.state.lock().unwrap();
+                if s.closed {
+                    bail!("{what}: viewer connection ended: {:?}", s.error);
+                }
+                if s.screen() == *want {
+                    return Ok(t0.elapsed());
+                }
+                if t0.elapsed() > Duration::from_secs(60) {
+                    bail!("{what}: viewer shows {:?}, VM shows {want:?}", s.screen());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn boot_b(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let initrd = dir.join("b.cpio");
+    testkit::busybox_initramfs(
+        &initrd,
+        "#!/bin/sh\nmount -t devtmpfs dev /dev\n\
+         for i in 1 2 3 4 5 6; do echo '   DESKTOP B: a real guest behind the proxy' > /dev/tty0; done\n\
+         echo READY > /dev/ttyS0\nwhile true; do sleep 3600; done\n",
+    )?;
+    Ok(vec![
+        "-kernel".into(),
+        testkit::kernel()?.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        "console=ttyS0 quiet vt.global_cursor_default=0 panic=-1".into(),
+        "-serial".into(),
+        format!("file:{}", dir.join("b.serial").display()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let b_args = boot_b(dir.path())?;
+    let vm_b = Vm::start(dir.path(), "b", "pw-b-123", &b_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let vm_a = Vm::start(dir.path(), "a", "pw-a-456", &["-S"])?;
+    testkit::wait_for_text(&dir.path().join("b.serial"), "READY", Duration::from_secs(300))?;
+    // Let the console settle after the last write.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let screen_a = vm_a.screen(dir.path())?;
+    let screen_b = vm_b.screen(dir.path())?;
+    assert_ne!(screen_a, screen_b, "the two VMs must look different for this test to mean anything");
+    assert_eq!((screen_a.width, screen_a.height), (640, 480));
+    assert_eq!((screen_b.width, screen_b.height), (720, 400));
+
+    let proxy = Proxy::new(ProxyOptions { auth_fail_delay: Duration::from_millis(10), ..Default::default() });
+    let token_a = proxy.open_session("user-a", vm_a.backend());
+    let token_b = proxy.open_session("user-b", vm_b.backend());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(proxy.clone().serve(listener));
+
+    // A wrong token is refused.
+    assert!(connect_viewer(addr, "wrong-tk").await.is_err(), "a wrong token must be refused");
+
+    // Each token opens its own VM and no other.
+    let viewer_b = connect_viewer(addr, &token_b).await?;
+    viewer_b.wait_for(&screen_b, "token B shows VM B").await?;
+    let viewer_a = connect_viewer(addr, &token_a).await?;
+    viewer_a.wait_for(&screen_a, "token A shows VM A").await?;
+    drop(viewer_b);
+
+    // Hard handoff of user A to VM B's screen, under the live connection.
+    let report = proxy.switch(&token_a, vm_b.backend()).await?;
+    assert!(report.viewer_connected && report.resized, "{report:?}");
+    let shown_after = viewer_a.wait_for(&screen_b, "after the switch, viewer A shows VM B").await?;
+    eprintln!("switch: {report:?}; viewer showed the new screen {shown_after:?} after the switch returned");
+    {
+        let s = viewer_a.state.lock().unwrap();
+        assert!(!s.closed && s.error.is_none(), "viewer saw an error: {:?}", s.error);
+        assert_eq!(s.resizes, 2, "one size at connect, one at the switch");
+    }
+    // And back, to check that the viewer's zlib streams were reset and stay in step.
+    proxy.switch(&token_a, vm_a.backend()).await?;
+    viewer_a.wait_for(&screen_a, "after switching back, viewer A shows VM A").await?;
+
+    // A token that no longer exists opens nothing.
+    proxy.close_session(&token_b);
+    assert!(connect_viewer(addr, &token_b).await.is_err(), "a closed session's token must be refused");
+    server.abort();
+    Ok(())
+}
