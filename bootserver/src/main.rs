@@ -44,6 +44,8 @@ enum Command {
         #[command(flatten)]
         args: ServeArgs,
     },
+    /// Show what the memory algorithm does as users arrive (the paper's Table 3 by default).
+    Plan(bootserver::broker::explain::PlanArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             }
             Settings::resolve(FileConfig::default(), &args)?
         }
+        Command::Plan(args) => return bootserver::broker::explain::run(&args),
         Command::Serve { config, args } => {
             let file = match &config {
                 Some(p) => FileConfig::load(p)?,

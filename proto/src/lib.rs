@@ -4,4 +4,5 @@
 //! Everything here is pure data: parsing and emitting, no I/O, so that every side can test
 //! its half of a contract against byte vectors.
 
+pub mod agent;
 pub mod cmdline;

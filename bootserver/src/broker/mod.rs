@@ -1,3 +1,9 @@
-//! The desktop broker: assigns each thin client a desktop VM and keeps it reachable.
+//! The desktop broker. The decision cores (memory, placement, explain) are pure: state and
+//! event in, decision out, so that they can be tested on their own and reused by tools that
+//! explain a decision. The proxy, the host registry and the orchestrator do the I/O.
 
+pub mod explain;
+pub mod memory;
+mod placement;
 pub mod proxy;
+pub mod size;
