@@ -6,3 +6,4 @@
 
 pub mod agent;
 pub mod cmdline;
+pub mod host;

@@ -1,0 +1,654 @@
+//! The VM manager: creates, adopts, stops, resizes and accounts for the VMs of this host,
+//! keeps the database in step, and hands a user's data disk from one VM to the next.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use proto::host::*;
+use tokio::sync::{broadcast, watch};
+
+use crate::config::{AccelChoice, Config};
+use crate::error::{Error, Result};
+use crate::images;
+use crate::qemu::{self, Launch, Vnc, VmFiles};
+use crate::qmp;
+use crate::store::{now_ms, Store, VmRow};
+
+/// A VM this process watches over QMP.
+struct Live {
+    qmp: Arc<qmp::Service>,
+    stop_requested: Arc<AtomicBool>,
+    ended: watch::Receiver<Option<Event>>,
+}
+
+pub struct Manager {
+    cfg: Config,
+    store: Mutex<Store>,
+    live: Mutex<HashMap<String, Live>>,
+    events: broadcast::Sender<Event>,
+    accel: watch::Receiver<Option<(Accel, String)>>,
+    /// Serializes everything that decides who owns which disk (create, end of a VM, user ops).
+    ops: tokio::sync::Mutex<()>,
+}
+
+fn secs_now() -> u64 {
+    now_ms() / 1000
+}
+
+impl Manager {
+    /// Opens the state, starts the accelerator probe and re-adopts the VMs still running.
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Manager>> {
+        use anyhow::Context;
+        for d in ["vms", "users", "backups"] {
+            let p = cfg.state_dir.join(d);
+            std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        let store = Store::open(&cfg.state_dir.join("state.db"))?;
+        let (accel_tx, accel_rx) = watch::channel(None);
+        let probe_kernel = images::templates(&cfg.templates_dir)
+            .into_iter()
+            .find_map(|t| images::template(&cfg.templates_dir, &t.name).ok().and_then(|t| t.kernel));
+        let (qemu_bin, secs, choice) = (cfg.qemu.clone(), cfg.kvm_probe_secs, cfg.accel);
+        tokio::spawn(async move {
+            let r = match choice {
+                AccelChoice::Kvm => (Accel::Kvm, "set in the config".to_string()),
+                AccelChoice::Tcg => (Accel::Tcg, "set in the config".to_string()),
+                AccelChoice::Auto => crate::accel::probe(&qemu_bin, probe_kernel, secs).await,
+            };
+            log::info!("accelerator: {:?} ({})", r.0, r.1);
+            let _ = accel_tx.send(Some(r));
+        });
+        let m = Arc::new(Manager {
+            cfg,
+            store: Mutex::new(store),
+            live: Mutex::new(HashMap::new()),
+            events: broadcast::channel(256).0,
+            accel: accel_rx,
+            ops: tokio::sync::Mutex::new(()),
+        });
+        m.adopt_all().await;
+        Ok(m)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn files(&self, name: &str) -> VmFiles {
+        VmFiles { dir: self.cfg.state_dir.join("vms").join(name) }
+    }
+
+    fn user_dir(&self, user: &str) -> PathBuf {
+        self.cfg.state_dir.join("users").join(user)
+    }
+
+    fn emit(&self, kind: EventKind, vm: Option<&str>, user: Option<&str>, size: Option<u64>, detail: &str) -> Result<Event> {
+        let ev = self.store().record(kind, vm, user, size, detail)?;
+        log::info!("event {:?} vm={:?} user={:?}: {detail}", ev.kind, ev.vm, ev.user);
+        let _ = self.events.send(ev.clone());
+        Ok(ev)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn history(&self, since: i64, user: Option<&str>, vm: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        self.store().history(since, user, vm, limit)
+    }
+
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        images::templates(&self.cfg.templates_dir)
+    }
+
+    async fn accel(&self) -> Result<Accel> {
+        let mut rx = self.accel.clone();
+        let deadline = Duration::from_secs(self.cfg.kvm_probe_secs + 30);
+        let r = match tokio::time::timeout(deadline, rx.wait_for(|a| a.is_some())).await {
+            Ok(Ok(v)) => Ok(v.as_ref().map(|a| a.0).unwrap_or(Accel::Tcg)),
+            _ => Err(Error::Internal("the accelerator probe did not finish".into())),
+        };
+        r
+    }
+
+    fn live_qmp(&self, name: &str) -> Option<Arc<qmp::Service>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|l| l.qmp.clone())
+    }
+
+    async fn info(&self, r: &VmRow) -> VmInfo {
+        let balloon_mib = match self.live_qmp(&r.name) {
+            Some(q) => qmp::exec(&q, &r.name, qapi::qmp::query_balloon {}).await.ok().map(|b| b.actual as u64 >> 20),
+            None => None,
+        };
+        VmInfo {
+            name: r.name.clone(),
+            template: r.template.clone(),
+            user: r.user.clone(),
+            persistent: r.persistent,
+            memory_mib: r.memory_mib,
+            balloon_mib,
+            vcpus: r.vcpus,
+            state: r.state,
+            pid: r.pid,
+            vnc: match r.vnc.strip_prefix("tcp:") {
+                Some(a) => VncAddress::Tcp(a.to_owned()),
+                None => VncAddress::Unix(r.vnc.trim_start_matches("unix:").to_owned()),
+            },
+            data_disk: r.data_disk,
+            os_overlay_temporary: r.os_temporary,
+            created_at: r.created_at,
+        }
+    }
+
+    pub async fn vms(&self) -> Result<Vec<VmInfo>> {
+        let rows = self.store().vms()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(self.info(r).await);
+        }
+        Ok(out)
+    }
+
+    pub async fn vm(&self, name: &str) -> Result<VmInfo> {
+        let row = self.row(name)?;
+        Ok(self.info(&row).await)
+    }
+
+    fn row(&self, name: &str) -> Result<VmRow> {
+        self.store().vm(name)?.ok_or_else(|| Error::NotFound(format!("no VM named {name:?}")))
+    }
+
+    pub async fn host(&self) -> Result<HostFacts> {
+        let mem = meminfo();
+        let vms = self.vms().await?;
+        let committed: u64 = vms.iter().map(|v| v.memory_mib).sum();
+        let accel = self.accel.borrow().clone();
+        Ok(HostFacts {
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            memory_total_mib: mem.0,
+            memory_free_mib: mem.1,
+            memory_committed_mib: committed,
+            memory_allocatable_mib: mem.0.saturating_sub(self.cfg.reserved_memory_mib).saturating_sub(committed),
+            accel: accel.as_ref().map(|a| a.0),
+            accel_reason: accel.map(|a| a.1).unwrap_or_else(|| "KVM probe running".into()),
+            balloon: true,
+            vms,
+        })
+    }
+
+    fn validate(&self, req: &CreateVm) -> Result<images::Template> {
+        for (what, v) in [("VM name", &req.name), ("user", &req.user)] {
+            if !valid_name(v) {
+                return Err(Error::BadRequest(format!(
+                    "{what} {v:?} is not valid: 1-63 of a-z 0-9 - _, starting with a letter or digit"
+                )));
+            }
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        if req.vcpus == 0 || req.vcpus > cpus {
+            return Err(Error::BadRequest(format!("vcpus must be 1..={cpus} on this host, not {}", req.vcpus)));
+        }
+        if req.memory_mib < 64 {
+            return Err(Error::BadRequest(format!("memory_mib {} is below the 64 MiB a guest needs", req.memory_mib)));
+        }
+        if let Some(p) = &req.vnc_password {
+            if p.is_empty() || p.len() > VNC_PASSWORD_MAX {
+                return Err(Error::BadRequest(format!("vnc_password must be 1..={VNC_PASSWORD_MAX} bytes")));
+            }
+        }
+        images::template(&self.cfg.templates_dir, &req.template)
+    }
+
+    pub async fn create(self: &Arc<Self>, req: CreateVm) -> Result<CreatedVm> {
+        let template = self.validate(&req)?;
+        let accel = self.accel().await?;
+        let _ops = self.ops.lock().await;
+        let rows = self.store().vms()?;
+        if rows.iter().any(|r| r.name == req.name) {
+            return Err(Error::Conflict(format!("a VM named {:?} already exists", req.name)));
+        }
+        let (total, _) = meminfo();
+        let committed: u64 = rows.iter().map(|r| r.memory_mib).sum();
+        let allocatable = total.saturating_sub(self.cfg.reserved_memory_mib).saturating_sub(committed);
+        if req.memory_mib > allocatable {
+            return Err(Error::Unprocessable(format!(
+                "memory_mib {} is beyond what this host can still give ({allocatable} MiB: {total} total, {} reserved, {committed} promised)",
+                req.memory_mib, self.cfg.reserved_memory_mib
+            )));
+        }
+        let mut undo = Undo::default();
+        match self.create_inner(&req, &template, accel, &rows, &mut undo).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                log::warn!("creating VM {}: {e}; cleaning up", req.name);
+                undo.run();
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_inner(
+        self: &Arc<Self>,
+        req: &CreateVm,
+        template: &images::Template,
+        accel: Accel,
+        rows: &[VmRow],
+        undo: &mut Undo,
+    ) -> Result<CreatedVm> {
+        let files = self.files(&req.name);
+        // A folder left by a VM that ended while we were not running holds nothing of value.
+        let _ = std::fs::remove_dir_all(&files.dir);
+        std::fs::create_dir_all(&files.dir).map_err(crate::error::internal(format!("creating {}", files.dir.display())))?;
+        undo.dirs.push(files.dir.clone());
+        let mine: Vec<&VmRow> = rows.iter().filter(|r| r.user == req.user && r.persistent).collect();
+        let (os_disk, os_temporary, data, data_disk) = if req.persistent {
+            let udir = self.user_dir(&req.user);
+            if !udir.exists() {
+                undo.dirs.push(udir.clone());
+            }
+            std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
+            let own_os = udir.join(format!("os-{}.qcow2", template.name));
+            let os_busy = mine.iter().any(|r| Path::new(&r.os_disk) == own_os);
+            let (os, temp) = if os_busy { (files.dir.join("os.qcow2"), true) } else { (own_os, false) };
+            if !os.exists() {
+                images::create_overlay(&self.cfg.qemu_img, &template.disk, &os)?;
+                undo.files.push(os.clone());
+            }
+            let data = udir.join("data.img");
+            if !data.exists() {
+                images::create_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
+                undo.files.push(data.clone());
+            }
+            // Never two writers on one disk: the holder keeps it until its VM ends.
+            let held = mine.iter().any(|r| r.data_disk == DataDisk::Attached);
+            (os, temp, data, if held { DataDisk::Waiting } else { DataDisk::Attached })
+        } else {
+            let os = files.dir.join("os.qcow2");
+            images::create_overlay(&self.cfg.qemu_img, &template.disk, &os)?;
+            let data = files.dir.join("data.img");
+            images::create_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
+            (os, true, data, DataDisk::Attached)
+        };
+        let vnc = match &self.cfg.vnc_tcp_host {
+            Some(h) => Vnc::Tcp(h.clone(), qemu::free_vnc_display(h)?),
+            None => Vnc::Unix(files.vnc()),
+        };
+        let launch = Launch {
+            qemu: &self.cfg.qemu,
+            accel,
+            name: &req.name,
+            user: &req.user,
+            files: &files,
+            template,
+            os_disk: &os_disk,
+            data_disk: (data_disk == DataDisk::Attached).then_some(data.as_path()),
+            memory_mib: req.memory_mib,
+            vcpus: req.vcpus,
+            vnc: &vnc,
+        };
+        let pid = qemu::spawn(&launch)?;
+        undo.pid = Some((pid, files.qmp()));
+        let (svc, mut events) = qmp::connect(&files.qmp()).await?;
+        let password = req.vnc_password.clone().unwrap_or_else(random_password);
+        let set = qapi::qmp::change_vnc_password { password: password.clone() };
+        qmp::exec_early(&svc, &mut events, &req.name, set).await?;
+        let row = VmRow {
+            name: req.name.clone(),
+            template: template.name.clone(),
+            user: req.user.clone(),
+            persistent: req.persistent,
+            memory_mib: req.memory_mib,
+            vcpus: req.vcpus,
+            state: VmState::Running,
+            pid,
+            vnc: match &vnc {
+                Vnc::Unix(p) => format!("unix:{}", p.display()),
+                Vnc::Tcp(h, d) => format!("tcp:{h}:{}", 5900 + d),
+            },
+            data_disk,
+            os_disk: os_disk.to_string_lossy().into_owned(),
+            os_temporary,
+            created_at: secs_now(),
+        };
+        self.store().insert_vm(&row)?;
+        self.watch(row.clone(), svc, events);
+        let detail = format!(
+            "{} MiB, {} vCPU, {:?}, template {}, data disk {:?}",
+            row.memory_mib, row.vcpus, accel, row.template, row.data_disk
+        );
+        let _ = self.emit(EventKind::Created, Some(&row.name), Some(&row.user), Some(row.memory_mib << 20), &detail);
+        *undo = Undo::default();
+        Ok(CreatedVm { vm: self.info(&row).await, vnc_password: password })
+    }
+
+    /// Watches one VM's QMP stream; when it closes, the VM has ended.
+    fn watch(self: &Arc<Self>, row: VmRow, svc: qmp::Service, mut events: qmp::Events) {
+        let stop = Arc::new(AtomicBool::new(row.state == VmState::Stopping));
+        let (tx, rx) = watch::channel(None);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(row.name.clone(), Live { qmp: Arc::new(svc), stop_requested: stop.clone(), ended: rx });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = None;
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(qapi::qmp::Event::SHUTDOWN { data, .. }) => {
+                        log::info!("VM {}: SHUTDOWN ({:?})", row.name, data.reason);
+                        shutdown = Some(format!("{:?}", data.reason));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::warn!("VM {}: QMP stream: {e}", row.name);
+                        break;
+                    }
+                }
+            }
+            let (kind, detail) = match (shutdown, stop.load(Ordering::SeqCst)) {
+                (_, true) => (EventKind::Stopped, "stopped on request".to_string()),
+                (Some(r), false) => (EventKind::Stopped, format!("the guest powered off ({r})")),
+                (None, false) => (EventKind::Crashed, format!("QEMU (PID {}) went away without a shutdown", row.pid)),
+            };
+            let ev = me.finish(&row, kind, &detail).await;
+            let _ = tx.send(ev);
+        });
+    }
+
+    /// The end of a VM: make sure QEMU is gone, drop what was only its own, record why, and
+    /// give the user's data disk to a VM that waits for it.
+    async fn finish(self: &Arc<Self>, row: &VmRow, kind: EventKind, detail: &str) -> Option<Event> {
+        let qmp_path = self.files(&row.name).qmp();
+        for i in 0..100 {
+            if !qemu::alive(row.pid, &qmp_path) {
+                break;
+            }
+            if i == 50 {
+                log::warn!("VM {}: QEMU PID {} still there after its QMP closed; killing it", row.name, row.pid);
+                qemu::kill(row.pid);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ops = self.ops.lock().await;
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&row.name);
+        if let Err(e) = self.store().delete_vm(&row.name) {
+            log::error!("VM {}: {e}", row.name);
+        }
+        // One-time disks and throwaway overlays live in the VM folder; the user's own disks don't.
+        let dir = self.files(&row.name).dir;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            log::warn!("removing {}: {e}", dir.display());
+        }
+        let ev = self.emit(kind, Some(&row.name), Some(&row.user), None, detail).ok();
+        if row.persistent && row.data_disk == DataDisk::Attached {
+            self.hand_over_data_disk(&row.user).await;
+        }
+        ev
+    }
+
+    async fn hand_over_data_disk(&self, user: &str) {
+        let Ok(rows) = self.store().vms() else { return };
+        let Some(next) = rows.iter().find(|r| r.user == user && r.persistent && r.data_disk == DataDisk::Waiting) else {
+            return;
+        };
+        let Some(q) = self.live_qmp(&next.name) else { return };
+        let data = self.user_dir(user).join("data.img");
+        for line in qemu::data_disk_hotplug(&data) {
+            if let Err(e) = qmp::hmp(&q, &next.name, &line).await {
+                log::error!("handing the data disk of {user} to VM {}: {e}", next.name);
+                return;
+            }
+        }
+        if let Err(e) = self.store().set_data_disk(&next.name, DataDisk::Attached) {
+            log::error!("VM {}: {e}", next.name);
+        }
+        let _ = self.emit(EventKind::DataDiskAttached, Some(&next.name), Some(user), None, "the previous holder released it");
+    }
+
+    async fn adopt_all(self: &Arc<Self>) {
+        let rows = match self.store().vms() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("listing VMs to adopt: {e}");
+                return;
+            }
+        };
+        for row in rows {
+            let qmp_path = self.files(&row.name).qmp();
+            let adopted = if qemu::alive(row.pid, &qmp_path) {
+                match qmp::connect(&qmp_path).await {
+                    Ok((svc, events)) => {
+                        self.watch(row.clone(), svc, events);
+                        let _ = self.emit(EventKind::Adopted, Some(&row.name), Some(&row.user), None, &format!("QEMU PID {}", row.pid));
+                        true
+                    }
+                    Err(e) => {
+                        log::error!("VM {}: cannot adopt: {e}", row.name);
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            if !adopted {
+                let me = self.clone();
+                let kind = if row.state == VmState::Stopping { EventKind::Stopped } else { EventKind::Crashed };
+                me.finish(&row, kind, "ended while server-host was not watching").await;
+            }
+        }
+    }
+
+    /// Graceful stop (ACPI power button) with a deadline, then forced.
+    pub async fn stop(&self, name: &str, deadline: Duration) -> Result<Event> {
+        let row = self.row(name)?;
+        let (qmp, stop, mut ended) = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let l = live.get(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is already ending")))?;
+            (l.qmp.clone(), l.stop_requested.clone(), l.ended.clone())
+        };
+        stop.store(true, Ordering::SeqCst);
+        self.store().set_state(name, VmState::Stopping)?;
+        if !deadline.is_zero() {
+            if let Err(e) = qmp::exec(&qmp, name, qapi::qmp::system_powerdown {}).await {
+                log::warn!("{e}");
+            }
+            if let Ok(Ok(v)) = tokio::time::timeout(deadline, ended.wait_for(|e| e.is_some())).await {
+                return v.clone().ok_or_else(|| Error::Internal("no end event".into()));
+            }
+            log::info!("VM {name}: not off after {deadline:?}; forcing");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), qmp::exec(&qmp, name, qapi::qmp::quit {})).await;
+        if tokio::time::timeout(Duration::from_secs(10), ended.wait_for(|e| e.is_some())).await.is_err() {
+            if qemu::alive(row.pid, &self.files(name).qmp()) {
+                qemu::kill(row.pid);
+            }
+        }
+        let r = match tokio::time::timeout(Duration::from_secs(30), ended.wait_for(|e| e.is_some())).await {
+            Ok(Ok(v)) => v.clone().ok_or_else(|| Error::Internal("no end event".into())),
+            _ => Err(Error::Internal(format!("VM {name}: QEMU PID {} would not end", row.pid))),
+        };
+        r
+    }
+
+    pub async fn balloon(&self, name: &str, mib: u64) -> Result<VmInfo> {
+        let row = self.row(name)?;
+        if mib < 32 || mib > row.memory_mib {
+            return Err(Error::BadRequest(format!("balloon size must be 32..={} MiB (the boot size), not {mib}", row.memory_mib)));
+        }
+        let q = self.live_qmp(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is ending")))?;
+        qmp::exec(&q, name, qapi::qmp::balloon { value: (mib << 20) as i64 }).await?;
+        let _ = self.emit(EventKind::Ballooned, Some(name), Some(&row.user), Some(mib << 20), &format!("target {mib} MiB"));
+        Ok(self.info(&row).await)
+    }
+
+    pub async fn set_vnc_password(&self, name: &str, password: &str) -> Result<()> {
+        if password.is_empty() || password.len() > VNC_PASSWORD_MAX {
+            return Err(Error::BadRequest(format!("password must be 1..={VNC_PASSWORD_MAX} bytes")));
+        }
+        self.row(name)?;
+        let q = self.live_qmp(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is ending")))?;
+        qmp::exec(&q, name, qapi::qmp::change_vnc_password { password: password.to_owned() }).await?;
+        Ok(())
+    }
+
+    /// The VM's screen as PPM or PNG bytes.
+    pub async fn screen(&self, name: &str, png: bool) -> Result<Vec<u8>> {
+        self.row(name)?;
+        let q = self.live_qmp(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is ending")))?;
+        let file = self.files(name).dir.join(format!("screen-{}.{}", random_password(), if png { "png" } else { "ppm" }));
+        let format = Some(if png { qapi::qmp::ImageFormat::png } else { qapi::qmp::ImageFormat::ppm });
+        let r = qmp::exec(&q, name, qapi::qmp::screendump { device: None, head: None, format, filename: file.to_string_lossy().into() }).await;
+        let bytes = r.and_then(|_| std::fs::read(&file).map_err(crate::error::internal(format!("reading {}", file.display()))));
+        let _ = std::fs::remove_file(&file);
+        bytes
+    }
+
+    fn user_idle(&self, user: &str) -> Result<()> {
+        if !valid_name(user) {
+            return Err(Error::BadRequest(format!("user {user:?} is not a valid name")));
+        }
+        let running: Vec<String> = self.store().vms()?.into_iter().filter(|r| r.user == user).map(|r| r.name).collect();
+        if !running.is_empty() {
+            return Err(Error::Conflict(format!("user {user} has running VMs ({}); stop them first", running.join(", "))));
+        }
+        Ok(())
+    }
+
+    /// The user's own images: data disk first, then OS overlays.
+    fn user_images(&self, user: &str) -> Vec<PathBuf> {
+        let dir = self.user_dir(user);
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub async fn user(&self, user: &str) -> Result<UserInfo> {
+        if !valid_name(user) {
+            return Err(Error::BadRequest(format!("user {user:?} is not a valid name")));
+        }
+        let dir = self.user_dir(user);
+        let data = dir.join("data.img");
+        let os_overlays = self
+            .user_images(user)
+            .into_iter()
+            .filter_map(|p| {
+                let n = p.file_name()?.to_str()?;
+                let t = n.strip_prefix("os-")?.strip_suffix(".qcow2")?;
+                Some((t.to_owned(), images::allocated(&p)))
+            })
+            .collect();
+        let backups = self.store().backups(user)?.into_iter().map(|(id, at, size, _)| BackupInfo { id, at, size }).collect();
+        let vms = self.store().vms()?.into_iter().filter(|r| r.user == user).map(|r| r.name).collect();
+        Ok(UserInfo {
+            user: user.to_owned(),
+            data_disk_size: data.exists().then(|| images::allocated(&data)),
+            os_overlays,
+            backups,
+            vms,
+        })
+    }
+
+    /// Throws away the user's OS overlays and data disk; the next VM starts from the template.
+    pub async fn reset(&self, user: &str) -> Result<Event> {
+        let _ops = self.ops.lock().await;
+        self.user_idle(user)?;
+        let imgs = self.user_images(user);
+        let size: u64 = imgs.iter().map(|p| images::allocated(p)).sum();
+        for p in &imgs {
+            std::fs::remove_file(p).map_err(crate::error::internal(format!("removing {}", p.display())))?;
+        }
+        self.emit(EventKind::Reset, None, Some(user), Some(size), &format!("removed {} image(s)", imgs.len()))
+    }
+
+    pub async fn backup(&self, user: &str) -> Result<Event> {
+        let _ops = self.ops.lock().await;
+        self.user_idle(user)?;
+        let imgs = self.user_images(user);
+        if imgs.is_empty() {
+            return Err(Error::Conflict(format!("user {user} has no images to back up")));
+        }
+        let at = now_ms();
+        let dir = self.cfg.state_dir.join("backups").join(user).join(at.to_string());
+        std::fs::create_dir_all(&dir).map_err(crate::error::internal(format!("creating {}", dir.display())))?;
+        for p in &imgs {
+            if let Err(e) = images::sparse_copy(p, &dir.join(p.file_name().unwrap_or_default())) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+        let size = images::allocated_tree(&dir);
+        let id = self.store().add_backup(user, at / 1000, size, &dir.to_string_lossy())?;
+        self.emit(EventKind::Backup, None, Some(user), Some(size), &format!("backup {id}: {} image(s)", imgs.len()))
+    }
+
+    pub async fn restore(&self, user: &str, id: i64) -> Result<Event> {
+        let _ops = self.ops.lock().await;
+        self.user_idle(user)?;
+        let (owner, dir) = self.store().backup(id)?.ok_or_else(|| Error::NotFound(format!("no backup {id}")))?;
+        if owner != user {
+            return Err(Error::NotFound(format!("backup {id} is not one of user {user}'s")));
+        }
+        let udir = self.user_dir(user);
+        std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
+        for p in self.user_images(user) {
+            std::fs::remove_file(&p).map_err(crate::error::internal(format!("removing {}", p.display())))?;
+        }
+        let rd = std::fs::read_dir(&dir).map_err(crate::error::internal(format!("reading backup {dir}")))?;
+        for e in rd.flatten() {
+            images::sparse_copy(&e.path(), &udir.join(e.file_name()))?;
+        }
+        let size = images::allocated_tree(&udir);
+        self.emit(EventKind::Restore, None, Some(user), Some(size), &format!("restored backup {id}"))
+    }
+}
+
+/// What a failed create must take back.
+#[derive(Default)]
+struct Undo {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    pid: Option<(u32, PathBuf)>,
+}
+
+impl Undo {
+    fn run(&mut self) {
+        if let Some((pid, marker)) = self.pid.take() {
+            if qemu::alive(pid, &marker) {
+                qemu::kill(pid);
+            }
+        }
+        for f in self.files.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in self.dirs.drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut r = rand::thread_rng();
+    (0..VNC_PASSWORD_MAX).map(|_| CHARS[r.gen_range(0..CHARS.len())] as char).collect()
+}
+
+/// (MemTotal, MemAvailable) in MiB.
+fn meminfo() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            >> 10
+    };
+    (get("MemTotal:"), get("MemAvailable:"))
+}
