@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub dhcp: DhcpConfig,
     #[serde(default)]
     pub tftp: TftpConfig,
+    #[serde(default)]
+    pub desktops: crate::broker::settings::BrokerConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -130,6 +132,7 @@ pub struct Settings {
     pub enable_http: bool,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
+    pub desktops: crate::broker::settings::BrokerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +323,7 @@ impl Settings {
             enable_http: !args.no_http && file.enable_http.unwrap_or(true),
             dhcp: file.dhcp,
             tftp,
+            desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,
         })
     }
 }

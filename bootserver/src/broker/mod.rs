@@ -3,7 +3,10 @@
 //! explain a decision. The proxy, the host registry and the orchestrator do the I/O.
 
 pub mod explain;
+pub mod hosts;
 pub mod memory;
+pub mod orchestrator;
 mod placement;
 pub mod proxy;
+pub mod settings;
 pub mod size;

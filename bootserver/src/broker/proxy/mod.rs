@@ -174,18 +174,23 @@ impl Proxy {
             }
             // The viewer left meanwhile: fall through to a probe.
         }
-        let t0 = std::time::Instant::now();
-        let ready = backend::prepare(&backend, rfb::PixelFormat::rgb888(), vec![rfb::enc::RAW], self.opts.switch_timeout)
+        let mut report = self.probe(&backend).await?;
+        self.set_backend(token, backend);
+        report.swapped_ms = report.first_frame_ms;
+        Ok(report)
+    }
+
+    /// Connects to a VM as the proxy would and waits for its first full frame.
+    pub async fn probe(&self, backend: &Backend) -> Result<SwitchReport, ProxyError> {
+        let ready = backend::prepare(backend, rfb::PixelFormat::rgb888(), vec![rfb::enc::RAW], self.opts.switch_timeout)
             .await?;
-        let report = SwitchReport {
+        Ok(SwitchReport {
             viewer_connected: false,
             connect_ms: ready.connected_in.as_millis() as u64,
             first_frame_ms: ready.first_frame_in.as_millis() as u64,
-            swapped_ms: t0.elapsed().as_millis() as u64,
+            swapped_ms: 0,
             resized: false,
-        };
-        self.set_backend(token, backend);
-        Ok(report)
+        })
     }
 
     fn set_backend(&self, token: &str, backend: Backend) {
