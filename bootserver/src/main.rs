@@ -44,8 +44,46 @@ enum Command {
         #[command(flatten)]
         args: ServeArgs,
     },
+    /// List every PC that has announced itself to the broker, from the registry of a running
+    /// `bootserver serve` (through its admin API).
+    ///
+    /// Example: bootserver clients
+    Clients {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Admin API address.
+        #[arg(long, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+    },
+    /// Tell one PC to reboot, power off, or show a message on its screen.
+    ///
+    /// Example: bootserver client 52:54:00:12:34:56 message "Maintenance at 18:00"
+    Client {
+        /// The PC's MAC address, as `bootserver clients` lists it.
+        mac: String,
+        #[command(subcommand)]
+        action: ClientAction,
+        /// Admin API address.
+        #[arg(long, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+    },
     /// Show what the memory algorithm does as users arrive (the paper's Table 3 by default).
     Plan(bootserver::broker::explain::PlanArgs),
+}
+
+/// What `bootserver client MAC` asks the PC to do.
+#[derive(Subcommand)]
+enum ClientAction {
+    /// Restart the PC (it boots from the network again and announces itself).
+    Reboot,
+    /// Switch the PC off.
+    Poweroff,
+    /// Show TEXT on the PC's screen.
+    Message {
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +109,16 @@ fn main() -> anyhow::Result<()> {
             Settings::resolve(FileConfig::default(), &args)?
         }
         Command::Plan(args) => return bootserver::broker::explain::run(&args),
+        Command::Clients { json, admin } => return bootserver::admin::print_clients(admin, json),
+        Command::Client { mac, action, admin } => {
+            use bootserver::admin::Action;
+            let action = match action {
+                ClientAction::Reboot => Action::Reboot,
+                ClientAction::Poweroff => Action::Poweroff,
+                ClientAction::Message { text } => Action::Message { text: text.join(" ") },
+            };
+            return bootserver::admin::send_action(admin, &mac, &action);
+        }
         Command::Serve { config, args } => {
             let file = match &config {
                 Some(p) => FileConfig::load(p)?,

@@ -78,9 +78,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let state = Arc::new(HttpState { files: files.clone(), plan: plan.clone() });
         tasks.spawn(crate::http::run(listener, state));
     }
+    if settings.enable_dhcp {
+        let dhcp = crate::dhcp::Service::bind(&settings, &plan)?;
+        tasks.spawn(dhcp.run());
+        if settings.dhcp.router_advertisement {
+            let every = std::time::Duration::from_secs(settings.dhcp.ra_interval.max(1).into());
+            tasks.spawn(crate::dhcp::ra::run(settings.interface.clone(), every));
+        }
+    }
     if tasks.is_empty() {
         anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http");
     }
+    // The broker: the agents' announces, the client registry and the admin API.
+    crate::broker::listener::start(&settings, &mut tasks).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -1,5 +1,7 @@
 //! `thinclient`: the firmware of a diskless PC.
 
+mod agent;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -27,11 +29,21 @@ enum Command {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline_file: PathBuf,
     },
+    /// Run as the boot image's `/init` (PID 1): drivers, network, announce to the broker,
+    /// viewer supervision. Configured by the kernel command line: tc.broker=IP:PORT (else DHCP
+    /// option 224), tc.nfsroot=IP:/EXPORT, tc.log=FILTER, tc.iface=NAME,
+    /// tc.dhcp_timeout=SECONDS, tc.error_delay=SECONDS (before restarting after an error).
+    ///
+    /// Example: `thinclient agent dhcp --interface eth0` tries its DHCP client alone.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The agent sets up logging itself, from the kernel command line.
+    if !matches!(cli.command, Command::Agent(_)) {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    }
     match cli.command {
         Command::Params { cmdline_file } => {
             let line = std::fs::read_to_string(&cmdline_file)
@@ -48,6 +60,7 @@ fn main() -> anyhow::Result<()> {
                 println!("unknown key {k}={v}");
             }
         }
+        Command::Agent(args) => agent::main(args)?,
     }
     Ok(())
 }

@@ -4,9 +4,11 @@
 
 pub mod explain;
 pub mod hosts;
+pub mod listener;
 pub mod memory;
 pub mod orchestrator;
 mod placement;
 pub mod proxy;
 pub mod settings;
+pub mod registry;
 pub mod size;

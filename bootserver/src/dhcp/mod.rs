@@ -1,21 +1,53 @@
-//! DHCP service (RFC 2131/2132 with the PXE options of RFC 4578), and proxyDHCP.
+//! DHCP service (RFC 2131/2132 with the PXE options of RFC 4578), proxyDHCP, and the IPv6
+//! router advertisement that spares iPXE its autoconfiguration wait.
+//!
+//! `packet` parses and emits, `lease` keeps the table, `pxe` picks boot files, `server` decides;
+//! this module only moves datagrams between sockets and [`server::Server`].
 
-use std::net::Ipv4Addr;
+pub(crate) mod lease;
+pub(crate) mod packet;
+pub(crate) mod pxe;
+pub mod ra;
+pub(crate) mod server;
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
 use serde::Deserialize;
+use tokio::net::UdpSocket;
+
+use crate::config::Settings;
+use crate::http::ipxe::BootPlan;
+use lease::{FileStore, LeaseStore, LeaseTable};
+use pxe::BootChoice;
+use server::{CoreConfig, Server, Via};
 
 /// The `[dhcp]` table of the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DhcpConfig {
-    /// Lease time in seconds.
+    /// Lease time in seconds. Clients renew at half and rebind at 7/8 of it.
     pub lease_time: u32,
+    /// Seconds a DECLINEd address stays out of the pool.
+    pub quarantine_time: u32,
     /// Default gateway handed to clients (option 3). None: no router option.
     pub router: Option<Ipv4Addr>,
     /// DNS servers handed to clients (option 6).
     pub dns: Vec<Ipv4Addr>,
     /// Domain name (option 15).
     pub domain: Option<String>,
+    /// Boot file for BIOS PXE ROMs (client architecture 0).
+    pub bios_boot_file: String,
+    /// Boot file for UEFI x64 PXE ROMs (client architectures 7 and 9).
+    pub uefi_boot_file: String,
+    /// Boot file for other architectures; none: they get an address but no boot file.
+    pub other_boot_file: Option<String>,
+    /// Send IPv6 router advertisements (no prefix, M=0 O=0, router lifetime 0) so that iPXE
+    /// ends its IPv6 autoconfiguration at once instead of waiting for it to time out.
+    pub router_advertisement: bool,
+    /// Seconds between unsolicited router advertisements (solicitations are answered at once).
+    pub ra_interval: u32,
     /// Fixed addresses by MAC.
     #[serde(rename = "reservation")]
     pub reservations: Vec<Reservation>,
@@ -23,7 +55,19 @@ pub struct DhcpConfig {
 
 impl Default for DhcpConfig {
     fn default() -> Self {
-        DhcpConfig { lease_time: 3600, router: None, dns: Vec::new(), domain: None, reservations: Vec::new() }
+        DhcpConfig {
+            lease_time: 3600,
+            quarantine_time: 600,
+            router: None,
+            dns: Vec::new(),
+            domain: None,
+            bios_boot_file: "undionly.kpxe".into(),
+            uefi_boot_file: "ipxe.efi".into(),
+            other_boot_file: None,
+            router_advertisement: true,
+            ra_interval: 60,
+            reservations: Vec::new(),
+        }
     }
 }
 
@@ -34,5 +78,251 @@ pub struct Reservation {
     /// `aa:bb:cc:dd:ee:ff`
     pub mac: String,
     pub address: Ipv4Addr,
+    /// Host name handed to that client (option 12).
     pub hostname: Option<String>,
+}
+
+/// `aa:bb:cc:dd:ee:ff` (or with `-`), normalized to lower case with colons.
+pub(crate) fn parse_mac(text: &str) -> Option<String> {
+    let parts: Vec<&str> = text.trim().split([':', '-']).collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    ok.then(|| parts.join(":").to_ascii_lowercase())
+}
+
+impl DhcpConfig {
+    /// Checks the table against the server's subnet; returns the reservations as
+    /// (normalized MAC, address).
+    pub(crate) fn checked_reservations(&self, s: &Settings) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        if self.lease_time < 4 {
+            anyhow::bail!("key `dhcp.lease_time`: {} s is too short; use at least 4", self.lease_time);
+        }
+        let mask = u32::from(s.netmask);
+        let mut out: Vec<(String, Ipv4Addr)> = Vec::new();
+        for r in &self.reservations {
+            let mac = parse_mac(&r.mac).with_context(|| {
+                format!("key `dhcp.reservation.mac`: {:?} is not a MAC like aa:bb:cc:dd:ee:ff", r.mac)
+            })?;
+            let a = r.address;
+            if u32::from(a) & mask != u32::from(s.address) & mask || a == s.address {
+                anyhow::bail!(
+                    "key `dhcp.reservation.address`: {a} (for {mac}) is not a client address of {}/{}",
+                    s.address,
+                    s.netmask
+                );
+            }
+            if let Some((m, _)) = out.iter().find(|(m, b)| *m == mac || *b == a) {
+                anyhow::bail!("key `dhcp.reservation`: {mac} -> {a} clashes with the reservation of {m}");
+            }
+            out.push((mac, a));
+        }
+        Ok(out)
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The running DHCP (or proxyDHCP) service: its sockets and its decision core.
+pub struct Service {
+    server: Server,
+    dhcp: UdpSocket,
+    /// Port 4011, in proxyDHCP mode only.
+    pxe: Option<UdpSocket>,
+}
+
+impl Service {
+    /// Loads the lease table from the state dir and binds 0.0.0.0:67 (and :4011 in proxy mode)
+    /// on the configured interface only.
+    pub fn bind(s: &Settings, plan: &BootPlan) -> anyhow::Result<Service> {
+        let store: Box<dyn LeaseStore> = Box::new(FileStore::new(&s.state_dir));
+        Self::bind_with(s, plan, store)
+    }
+
+    pub(crate) fn bind_with(s: &Settings, plan: &BootPlan, store: Box<dyn LeaseStore>) -> anyhow::Result<Service> {
+        let d = &s.dhcp;
+        let reservations = d.checked_reservations(s)?;
+        let table = LeaseTable::open(s.range, vec![s.address], &reservations, store)
+            .with_context(|| format!("loading leases from {}", s.state_dir.display()))?;
+        let cfg = CoreConfig {
+            address: s.address,
+            netmask: s.netmask,
+            lease_time: d.lease_time,
+            quarantine: d.quarantine_time,
+            router: d.router,
+            dns: d.dns.clone(),
+            domain: d.domain.clone(),
+            host_names: d
+                .reservations
+                .iter()
+                .filter_map(|r| Some((parse_mac(&r.mac)?, r.hostname.clone()?)))
+                .collect(),
+            proxy: s.proxy_dhcp,
+            boot: BootChoice {
+                bios: d.bios_boot_file.clone(),
+                uefi: d.uefi_boot_file.clone(),
+                other: d.other_boot_file.clone(),
+                script_url: plan.script_url(),
+            },
+        };
+        let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        let dhcp = crate::net::udp_socket(&s.interface, any(server::SERVER_PORT), true)?;
+        let pxe = if s.proxy_dhcp {
+            Some(crate::net::udp_socket(&s.interface, any(server::PXE_PORT), true)?)
+        } else {
+            None
+        };
+        if s.proxy_dhcp {
+            log::info!("dhcp: proxyDHCP for PXE clients on {} (ports 67 and 4011)", s.interface);
+        } else {
+            log::info!(
+                "dhcp: serving {}-{} on {}, lease {} s, {} reservation(s)",
+                s.range.0,
+                s.range.1,
+                s.interface,
+                d.lease_time,
+                reservations.len()
+            );
+        }
+        Ok(Service { server: Server::new(cfg, table), dhcp, pxe })
+    }
+
+    /// Answers until a socket fails.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 65536];
+        let mut pxe_buf = vec![0u8; 65536];
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let pxe = async {
+                match &self.pxe {
+                    Some(s) => s.recv_from(&mut pxe_buf).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (len, peer, via) = tokio::select! {
+                r = self.dhcp.recv_from(&mut buf) => {
+                    let (n, p) = r.context("dhcp: receiving on port 67")?;
+                    (n, p, Via::Dhcp)
+                }
+                r = pxe => {
+                    let (n, p) = r.context("dhcp: receiving on port 4011")?;
+                    (n, p, Via::Pxe)
+                }
+                _ = tick.tick() => {
+                    match self.server.leases.expire(now()) {
+                        Ok(0) => {}
+                        Ok(n) => log::debug!("dhcp: {n} lease(s) expired"),
+                        Err(e) => log::error!("dhcp: saving expired leases: {e}"),
+                    }
+                    continue;
+                }
+            };
+            let SocketAddr::V4(peer) = peer else { continue };
+            let data = if via == Via::Pxe { &pxe_buf[..len] } else { &buf[..len] };
+            match self.server.handle(data, via, peer, now()) {
+                Ok(Some(out)) => {
+                    let sock = match out.via {
+                        Via::Pxe => self.pxe.as_ref().unwrap_or(&self.dhcp),
+                        Via::Dhcp => &self.dhcp,
+                    };
+                    let r = &out.reply;
+                    log::info!(
+                        "dhcp: {:?} {} to {} via {} (boot file {})",
+                        r.msg_type,
+                        r.yiaddr,
+                        packet::hex(&r.chaddr),
+                        out.to,
+                        r.file.as_deref().unwrap_or("none")
+                    );
+                    if let Err(e) = sock.send_to(&out.bytes, out.to).await {
+                        log::warn!("dhcp: sending {:?} to {}: {e}", r.msg_type, out.to);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => log::log!(why.level(), "dhcp: dropped {len} bytes from {peer}: {why}"),
+            }
+        }
+    }
+}
+
+/// Feeds arbitrary bytes to the decision core, normal and proxyDHCP, on both ports, with an
+/// in-memory lease table; the entry point of the `dhcp_packet` fuzz target. Any panic is a bug.
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8]) {
+    let ip = |n| Ipv4Addr::new(10, 0, 0, n);
+    for proxy in [false, true] {
+        let cfg = CoreConfig {
+            address: ip(1),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            lease_time: 3600,
+            quarantine: 600,
+            router: Some(ip(1)),
+            dns: vec![ip(1)],
+            domain: Some("fuzz".into()),
+            host_names: [("02:00:00:00:00:42".to_string(), "pc42".to_string())].into(),
+            proxy,
+            boot: BootChoice {
+                bios: "undionly.kpxe".into(),
+                uefi: "ipxe.efi".into(),
+                other: Some("other.efi".into()),
+                script_url: "http://10.0.0.1:8080/boot.ipxe".into(),
+            },
+        };
+        let reservations = [("02:00:00:00:00:42".to_string(), ip(42))];
+        let store = Box::new(lease::MemoryStore::default());
+        let Ok(table) = LeaseTable::open((ip(100), ip(103)), vec![ip(1)], &reservations, store) else {
+            return;
+        };
+        let mut server = Server::new(cfg, table);
+        let peer = SocketAddrV4::new(ip(7), 68);
+        for (via, now) in [(Via::Dhcp, 0), (Via::Pxe, 10), (Via::Dhcp, 5000)] {
+            let _ = server.handle(data, via, peer, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, ServeArgs};
+
+    fn settings(toml: &str) -> Settings {
+        let file = FileConfig::parse(toml).unwrap();
+        let args = ServeArgs { boot_dir: Some(std::env::temp_dir()), ..Default::default() };
+        let ifaces = [("br0".to_string(), Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(255, 255, 255, 0))];
+        Settings::resolve_with(file, &args, &ifaces).unwrap()
+    }
+
+    #[test]
+    fn config_keys_and_reservations() {
+        let s = settings(
+            "interface = \"br0\"\n[dhcp]\nlease_time = 600\nrouter = \"10.9.0.254\"\n\
+             dns = [\"10.9.0.53\"]\nrouter_advertisement = false\n\
+             [[dhcp.reservation]]\nmac = \"AA-BB-CC-DD-EE-01\"\naddress = \"10.9.0.42\"\n",
+        );
+        assert_eq!(s.dhcp.lease_time, 600);
+        assert!(!s.dhcp.router_advertisement);
+        assert_eq!(s.dhcp.bios_boot_file, "undionly.kpxe");
+        let r = s.dhcp.checked_reservations(&s).unwrap();
+        assert_eq!(r, vec![("aa:bb:cc:dd:ee:01".to_string(), Ipv4Addr::new(10, 9, 0, 42))]);
+        let e = FileConfig::parse("[dhcp]\nleas_time = 1").unwrap_err();
+        assert!(e.contains("leas_time"), "{e}");
+    }
+
+    #[test]
+    fn bad_reservations_name_the_key() {
+        let base = "interface = \"br0\"\n[[dhcp.reservation]]\n";
+        let s = settings(&format!("{base}mac = \"zz:bb:cc:dd:ee:01\"\naddress = \"10.9.0.42\"\n"));
+        let e = s.dhcp.checked_reservations(&s).unwrap_err().to_string();
+        assert!(e.contains("dhcp.reservation.mac"), "{e}");
+        let s = settings(&format!("{base}mac = \"aa:bb:cc:dd:ee:01\"\naddress = \"10.8.0.42\"\n"));
+        let e = s.dhcp.checked_reservations(&s).unwrap_err().to_string();
+        assert!(e.contains("dhcp.reservation.address"), "{e}");
+        let two = format!(
+            "{base}mac = \"aa:bb:cc:dd:ee:01\"\naddress = \"10.9.0.42\"\n\
+             [[dhcp.reservation]]\nmac = \"aa:bb:cc:dd:ee:02\"\naddress = \"10.9.0.42\"\n"
+        );
+        let s = settings(&two);
+        assert!(s.dhcp.checked_reservations(&s).unwrap_err().to_string().contains("clashes"));
+    }
 }

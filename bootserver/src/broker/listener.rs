@@ -1,0 +1,410 @@
+//! Accepts the agents' connections: one task per PC speaking `proto::agent` (hello, welcome,
+//! pings, commands). A connection that sends garbage, a truncated or an oversized frame is
+//! dropped with a log line; every other connection carries on.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use proto::agent::{
+    encode, negotiate, AgentMessage, BrokerMessage, Command, DecodeError, Decoder, Hello, Welcome, PROTOCOL,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::registry::{now_secs, ClientState, Registry};
+
+/// The broker's view of the connected PCs, shared by the listener and the admin API.
+pub struct Broker {
+    pub registry: Registry,
+    live: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<BrokerMessage>)>>,
+    next_id: AtomicU64,
+    /// How often each PC is pinged; three missed pongs end its connection.
+    pub ping_interval: Duration,
+    /// How long a new connection may take to send its hello.
+    pub hello_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("client {0} is not connected")]
+    NotConnected(String),
+}
+
+impl Broker {
+    pub fn new(registry: Registry) -> Self {
+        Broker {
+            registry,
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            ping_interval: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<BrokerMessage>)>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_connected(&self, mac: &str) -> bool {
+        self.live().contains_key(mac)
+    }
+
+    /// Queues `cmd` on the PC's connection and records what it means for the PC's state.
+    pub fn command(&self, mac: &str, cmd: Command) -> Result<(), SendError> {
+        let state = match cmd {
+            Command::Reboot => Some(ClientState::Rebooting),
+            Command::PowerOff => Some(ClientState::PoweredOff),
+            _ => None,
+        };
+        let sent = self
+            .live()
+            .get(mac)
+            .map(|(_, tx)| tx.send(BrokerMessage::Command(cmd)).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            return Err(SendError::NotConnected(mac.to_string()));
+        }
+        if let Some(state) = state {
+            if let Err(e) = self.registry.set_state(mac, state, now_secs()) {
+                log::error!("{e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn run(listener: TcpListener, broker: Arc<Broker>) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    log::info!("broker listening for agents on {local}");
+    loop {
+        let (stream, peer) = listener.accept().await.with_context(|| format!("accepting on {local}"))?;
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let mut who = peer.to_string();
+            match serve(stream, &broker, &mut who).await {
+                Ok(reason) => log::info!("agent {who}: {reason}"),
+                Err(e) => log::warn!("agent {who}: dropping the connection: {e:#}"),
+            }
+        });
+    }
+}
+
+async fn send(wr: &mut OwnedWriteHalf, msg: &BrokerMessage) -> anyhow::Result<()> {
+    let bytes = encode(msg)?;
+    tokio::time::timeout(Duration::from_secs(10), wr.write_all(&bytes))
+        .await
+        .context("the agent stopped reading")?
+        .context("writing to the agent")
+}
+
+/// Reads until at least one frame result is queued; `Ok(false)` at a clean end of stream.
+async fn fill(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    dec: &mut Decoder<AgentMessage>,
+    queue: &mut VecDeque<Result<AgentMessage, DecodeError>>,
+) -> anyhow::Result<bool> {
+    let mut buf = [0u8; 8192];
+    while queue.is_empty() {
+        let n = rd.read(&mut buf).await.context("reading from the agent")?;
+        if n == 0 {
+            dec.finish()?;
+            return Ok(false);
+        }
+        queue.extend(dec.feed(&buf[..n]));
+    }
+    Ok(true)
+}
+
+/// A decoded frame, or why the connection must end. Unknown message types (a newer agent)
+/// are skipped; anything else malformed ends the connection.
+fn accept(r: Result<AgentMessage, DecodeError>, who: &str) -> anyhow::Result<Option<AgentMessage>> {
+    match r {
+        Ok(m) => Ok(Some(m)),
+        Err(e @ DecodeError::UnknownType { .. }) => {
+            log::warn!("agent {who}: skipping a message: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn serve(stream: TcpStream, broker: &Broker, who: &mut String) -> anyhow::Result<String> {
+    let peer: SocketAddr = stream.peer_addr()?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut dec = Decoder::<AgentMessage>::new();
+    let mut queue = VecDeque::new();
+
+    let hello: Hello = tokio::time::timeout(broker.hello_timeout, async {
+        loop {
+            if !fill(&mut rd, &mut dec, &mut queue).await? {
+                bail!("closed before its hello");
+            }
+            while let Some(r) = queue.pop_front() {
+                match accept(r, who)? {
+                    Some(AgentMessage::Hello(h)) => return Ok(h),
+                    Some(other) => bail!("sent {} before its hello", proto::agent::Message::type_name(&other)),
+                    None => {}
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no hello within {:?}", broker.hello_timeout))??;
+
+    let mac = hello.mac.to_string();
+    *who = format!("{mac} at {peer}");
+    let version = match negotiate(PROTOCOL, hello.version) {
+        Ok(v) => v,
+        Err(reason) => {
+            send(&mut wr, &BrokerMessage::Refused { reason: reason.clone() }).await?;
+            return Ok(format!("refused: {reason}"));
+        }
+    };
+    let token = format!("{:032x}", rand::random::<u128>());
+    let record = broker.registry.announce(&hello, &token, now_secs())?;
+    log::info!(
+        "client {mac} announced from {peer}: {} MiB RAM, {} x {}, agent {}, {} ms after power-on, boot #{}",
+        hello.ram_bytes >> 20,
+        hello.cpu_count,
+        hello.cpu_model,
+        hello.agent_version,
+        hello.boot_ms,
+        record.boots
+    );
+    let welcome = Welcome {
+        version,
+        resume_token: token,
+        ping_interval_ms: broker.ping_interval.as_millis() as u64,
+    };
+    send(&mut wr, &BrokerMessage::Welcome(welcome)).await?;
+
+    let id = broker.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Some((_, old)) = broker.live().insert(mac.clone(), (id, tx)) {
+        // Dropping the old sender ends the older connection of the same PC.
+        drop(old);
+    }
+    let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who).await;
+    {
+        let mut live = broker.live();
+        if live.get(&mac).is_some_and(|(i, _)| *i == id) {
+            live.remove(&mac);
+        }
+    }
+    if let Err(e) = broker.registry.disconnected(&mac, now_secs()) {
+        log::error!("{e}");
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    dec: &mut Decoder<AgentMessage>,
+    queue: &mut VecDeque<Result<AgentMessage, DecodeError>>,
+    rx: &mut mpsc::UnboundedReceiver<BrokerMessage>,
+    broker: &Broker,
+    mac: &str,
+    who: &str,
+) -> anyhow::Result<String> {
+    let mut ping = tokio::time::interval(broker.ping_interval);
+    ping.tick().await;
+    let mut seq = 0u64;
+    let mut last_heard = Instant::now();
+    let dead_after = broker.ping_interval * 3;
+    loop {
+        while let Some(r) = queue.pop_front() {
+            last_heard = Instant::now();
+            match accept(r, who)? {
+                Some(AgentMessage::Pong { .. }) => broker.registry.seen(mac, now_secs())?,
+                Some(AgentMessage::Status(s)) => {
+                    let text = match &s.error {
+                        Some(e) => format!("{:?}: {e}", s.viewer).to_lowercase(),
+                        None => format!("{:?}", s.viewer).to_lowercase(),
+                    };
+                    log::info!("agent {who}: viewer {text}");
+                    broker.registry.set_viewer(mac, &text, now_secs())?;
+                }
+                Some(AgentMessage::Hello(_)) => bail!("sent a second hello on one connection"),
+                None => {}
+            }
+        }
+        tokio::select! {
+            more = fill(rd, dec, queue) => {
+                if !more? {
+                    return Ok("closed by the agent".into());
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > dead_after {
+                    bail!("no answer to pings for {:?}", last_heard.elapsed());
+                }
+                seq += 1;
+                send(wr, &BrokerMessage::Ping { seq }).await?;
+            }
+            msg = rx.recv() => match msg {
+                Some(msg) => {
+                    if let BrokerMessage::Command(c) = &msg {
+                        log::info!("agent {who}: sending command {c:?}");
+                    }
+                    send(wr, &msg).await?;
+                }
+                None => return Ok("replaced by a newer connection of the same PC".into()),
+            },
+        }
+    }
+}
+
+/// Opens the registry in the state dir and starts the agent listener on the broker address
+/// and the admin API on [`crate::admin::admin_addr`].
+pub async fn start(
+    settings: &crate::config::Settings,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Arc<Broker>> {
+    let db = settings.state_dir.join("clients.sqlite");
+    let broker = Arc::new(Broker::new(Registry::open(&db)?));
+    let agents = TcpListener::bind(settings.broker)
+        .await
+        .with_context(|| format!("listening for agents on {} (key `broker`)", settings.broker))?;
+    tasks.spawn(run(agents, broker.clone()));
+    let admin_addr = crate::admin::admin_addr()?;
+    let admin = TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("listening for the admin API on {admin_addr} ({})", crate::admin::ADMIN_ENV))?;
+    tasks.spawn(crate::admin::run(admin, broker.clone()));
+    Ok(broker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::registry::sample_hello as hello;
+    use proto::agent::{HEADER, MAX_FRAME};
+
+    async fn start_broker(dir: &std::path::Path) -> (SocketAddr, Arc<Broker>) {
+        let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap());
+        b.ping_interval = Duration::from_millis(200);
+        b.hello_timeout = Duration::from_millis(500);
+        let broker = Arc::new(b);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(run(l, broker.clone()));
+        (addr, broker)
+    }
+
+    /// A well-behaved agent after its hello and the broker's welcome.
+    async fn good_agent(addr: SocketAddr, last: u8) -> (TcpStream, Decoder<BrokerMessage>) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&encode(&AgentMessage::Hello(hello(last))).unwrap()).await.unwrap();
+        let mut d = Decoder::new();
+        assert!(matches!(next(&mut s, &mut d).await, Some(BrokerMessage::Welcome(_))));
+        (s, d)
+    }
+
+    async fn next(s: &mut TcpStream, d: &mut Decoder<BrokerMessage>) -> Option<BrokerMessage> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if let Some(r) = d.feed(&buf[..n]).into_iter().next() {
+                return r.ok();
+            }
+        }
+    }
+
+    async fn closed_by_broker(mut s: TcpStream) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_connections_are_dropped_and_good_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, broker) = start_broker(dir.path()).await;
+        let (mut good, mut dec) = good_agent(addr, 1).await;
+
+        // Garbage (not JSON), an oversized length, a frame cut short, a frame before the hello,
+        // and a second hello on a live connection.
+        let mut garbage = TcpStream::connect(addr).await.unwrap();
+        garbage.write_all(b"\x00\x00\x00\x05hello").await.unwrap();
+        let mut oversized = TcpStream::connect(addr).await.unwrap();
+        oversized.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes()).await.unwrap();
+        let mut truncated = TcpStream::connect(addr).await.unwrap();
+        let frame = encode(&AgentMessage::Hello(hello(3))).unwrap();
+        truncated.write_all(&frame[..HEADER + 10]).await.unwrap();
+        truncated.shutdown().await.unwrap();
+        let mut early = TcpStream::connect(addr).await.unwrap();
+        early.write_all(&encode(&AgentMessage::Pong { seq: 1 }).unwrap()).await.unwrap();
+        let (mut twice, _) = good_agent(addr, 2).await;
+        twice.write_all(&encode(&AgentMessage::Hello(hello(2))).unwrap()).await.unwrap();
+        let silent = TcpStream::connect(addr).await.unwrap();
+
+        for (name, s) in [("garbage", garbage), ("oversized", oversized), ("truncated", truncated), ("early", early), ("second hello", twice), ("silent", silent)] {
+            assert!(closed_by_broker(s).await, "{name} connection was not dropped");
+        }
+
+        // The good agent is still served: pings keep coming, answered, and a command arrives.
+        for _ in 0..3 {
+            match next(&mut good, &mut dec).await {
+                Some(BrokerMessage::Ping { seq }) => {
+                    good.write_all(&encode(&AgentMessage::Pong { seq }).unwrap()).await.unwrap()
+                }
+                other => panic!("expected a ping, got {other:?}"),
+            }
+        }
+        assert!(broker.is_connected("52:54:00:00:00:01"));
+        broker.command("52:54:00:00:00:01", Command::Reboot).unwrap();
+        loop {
+            match next(&mut good, &mut dec).await {
+                Some(BrokerMessage::Ping { seq }) => {
+                    good.write_all(&encode(&AgentMessage::Pong { seq }).unwrap()).await.unwrap()
+                }
+                Some(BrokerMessage::Command(Command::Reboot)) => break,
+                other => panic!("expected the reboot command, got {other:?}"),
+            }
+        }
+        let rec = broker.registry.get("52:54:00:00:00:01").unwrap().unwrap();
+        assert_eq!(rec.state, ClientState::Rebooting);
+        assert_eq!(broker.command("52:54:00:00:00:09", Command::Reboot), Err(SendError::NotConnected("52:54:00:00:00:09".into())));
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stops_answering_pings_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, broker) = start_broker(dir.path()).await;
+        let (mute, _) = good_agent(addr, 7).await;
+        assert!(closed_by_broker(mute).await);
+        let rec = broker.registry.get("52:54:00:00:00:07").unwrap().unwrap();
+        assert_eq!(rec.state, ClientState::Offline);
+        assert!(!broker.is_connected("52:54:00:00:00:07"));
+    }
+
+    #[tokio::test]
+    async fn a_newer_major_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _broker) = start_broker(dir.path()).await;
+        let mut h = hello(8);
+        h.version.major += 1;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&encode(&AgentMessage::Hello(h)).unwrap()).await.unwrap();
+        let mut dec = Decoder::new();
+        assert!(matches!(next(&mut s, &mut dec).await, Some(BrokerMessage::Refused { .. })));
+    }
+}

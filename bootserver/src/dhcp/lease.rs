@@ -1,0 +1,456 @@
+//! The lease table: which address belongs to which client until when, and its persistence.
+//!
+//! Persistence is one JSON file in the state dir, rewritten whole on every binding change
+//! (write to a temporary file, fsync, rename, fsync the folder). A boot LAN holds at most a few
+//! hundred leases, so a whole rewrite costs less than a millisecond, and a rename is atomic: a
+//! crash leaves either the old or the new table, never half of one. SQLite would give the same
+//! guarantee at the price of a C build and a schema for what is a single small map.
+//!
+//! Offers are kept in memory only and reach the file with the next binding change: an offer
+//! binds nothing, and after a restart a REQUEST for an offered address is checked against the
+//! persisted bindings like any other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LeaseState {
+    /// Offered, waiting for the REQUEST; `expires` ends the hold.
+    Offered,
+    /// Bound until `expires`.
+    Bound,
+    /// Released or expired: free, but remembered so the same client gets it back.
+    Free,
+    /// Declined (someone else answers on it): nobody gets it until `expires`.
+    Declined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lease {
+    pub ip: Ipv4Addr,
+    /// `Request::client_key()`.
+    pub client: String,
+    pub mac: String,
+    pub state: LeaseState,
+    /// Seconds since the Unix epoch.
+    pub expires: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+}
+
+impl Lease {
+    /// Whether the address is taken at `now` (by a client, or by quarantine).
+    pub(crate) fn active(&self, now: u64) -> bool {
+        self.state != LeaseState::Free && self.expires > now
+    }
+}
+
+/// Where the table lives between runs.
+pub(crate) trait LeaseStore: Send {
+    fn load(&mut self) -> Result<Vec<Lease>, StoreError>;
+    fn save(&mut self, leases: &[Lease]) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a lease file: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeaseFile {
+    version: u32,
+    leases: Vec<Lease>,
+}
+
+/// `leases.json` in the state dir.
+pub(crate) struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    pub(crate) fn new(state_dir: &std::path::Path) -> FileStore {
+        FileStore { path: state_dir.join("leases.json") }
+    }
+
+    fn io(&self, source: std::io::Error) -> StoreError {
+        StoreError::Io { path: self.path.clone(), source }
+    }
+}
+
+impl LeaseStore for FileStore {
+    fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let file: LeaseFile = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Format { path: self.path.clone(), message: e.to_string() })?;
+        Ok(file.leases)
+    }
+
+    fn save(&mut self, leases: &[Lease]) -> Result<(), StoreError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&LeaseFile { version: 1, leases: leases.to_vec() })
+            .map_err(|e| StoreError::Format { path: self.path.clone(), message: e.to_string() })?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| self.io(e))
+    }
+}
+
+/// Keeps the table in memory only: for tests, and to read a store's content back.
+#[derive(Default, Clone)]
+pub(crate) struct MemoryStore {
+    pub saved: std::sync::Arc<std::sync::Mutex<Vec<Lease>>>,
+}
+
+impl LeaseStore for MemoryStore {
+    fn load(&mut self) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.saved.lock().map(|v| v.clone()).unwrap_or_default())
+    }
+
+    fn save(&mut self, leases: &[Lease]) -> Result<(), StoreError> {
+        if let Ok(mut v) = self.saved.lock() {
+            *v = leases.to_vec();
+        }
+        Ok(())
+    }
+}
+
+/// The pool, the reservations and every lease, keyed by address.
+pub(crate) struct LeaseTable {
+    first: u32,
+    last: u32,
+    /// Addresses never handed out from the pool (the server's own).
+    excluded: Vec<Ipv4Addr>,
+    /// MAC (`aa:bb:..`) to reserved address, and back.
+    by_mac: HashMap<String, Ipv4Addr>,
+    reserved: HashMap<Ipv4Addr, String>,
+    leases: BTreeMap<Ipv4Addr, Lease>,
+    store: Box<dyn LeaseStore>,
+}
+
+impl LeaseTable {
+    pub(crate) fn open(
+        range: (Ipv4Addr, Ipv4Addr),
+        excluded: Vec<Ipv4Addr>,
+        reservations: &[(String, Ipv4Addr)],
+        mut store: Box<dyn LeaseStore>,
+    ) -> Result<LeaseTable, StoreError> {
+        let leases = store.load()?.into_iter().map(|l| (l.ip, l)).collect();
+        Ok(LeaseTable {
+            first: range.0.into(),
+            last: range.1.into(),
+            excluded,
+            by_mac: reservations.iter().cloned().collect(),
+            reserved: reservations.iter().map(|(m, ip)| (*ip, m.clone())).collect(),
+            leases,
+            store,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, ip: Ipv4Addr) -> Option<&Lease> {
+        self.leases.get(&ip)
+    }
+
+    pub(crate) fn reservation(&self, mac: &str) -> Option<Ipv4Addr> {
+        self.by_mac.get(mac).copied()
+    }
+
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(ip)) && !self.excluded.contains(&ip)
+    }
+
+    /// Whether `ip` may be given to the client `key` with hardware address `mac` at `now`:
+    /// its reservation, or a pool address that nobody else holds or has reserved.
+    pub(crate) fn available_to(&self, ip: Ipv4Addr, key: &str, mac: &str, now: u64) -> bool {
+        match self.reserved.get(&ip) {
+            Some(owner) if owner != mac => return false,
+            Some(_) => {}
+            None if !self.in_pool(ip) => return false,
+            None => {}
+        }
+        match self.leases.get(&ip) {
+            Some(l) if l.state == LeaseState::Declined => !l.active(now),
+            Some(l) => !l.active(now) || l.client == key,
+            None => true,
+        }
+    }
+
+    /// The address for a new offer to `key`, in RFC 2131 4.3.1's order: the client's
+    /// reservation, its current or previous address, the address it asks for, a never-used
+    /// address, then the longest-free remembered one.
+    pub(crate) fn pick(&self, key: &str, mac: &str, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.reservation(mac) {
+            if self.available_to(ip, key, mac, now) {
+                return Some(ip);
+            }
+            log::warn!("dhcp: reserved address {ip} of {mac} is declined or held; using the pool");
+        }
+        let mine = self
+            .leases
+            .values()
+            .filter(|l| l.client == key && l.state != LeaseState::Declined)
+            .max_by_key(|l| l.expires)
+            .map(|l| l.ip);
+        if let Some(ip) = mine.filter(|ip| self.available_to(*ip, key, mac, now)) {
+            return Some(ip);
+        }
+        if let Some(ip) = requested.filter(|ip| self.available_to(*ip, key, mac, now)) {
+            return Some(ip);
+        }
+        let fresh = (self.first..=self.last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !self.leases.contains_key(ip) && self.available_to(*ip, key, mac, now));
+        fresh.or_else(|| {
+            self.leases
+                .values()
+                .filter(|l| self.available_to(l.ip, key, mac, now))
+                .min_by_key(|l| l.expires)
+                .map(|l| l.ip)
+        })
+    }
+
+    fn put(&mut self, ip: Ipv4Addr, key: &str, mac: &str, state: LeaseState, expires: u64, host: Option<String>) {
+        let host_name = host.or_else(|| {
+            self.leases.get(&ip).filter(|l| l.client == key).and_then(|l| l.host_name.clone())
+        });
+        let lease = Lease { ip, client: key.into(), mac: mac.into(), state, expires, host_name };
+        self.leases.insert(ip, lease);
+    }
+
+    fn persist(&mut self) -> Result<(), StoreError> {
+        let all: Vec<Lease> = self.leases.values().cloned().collect();
+        self.store.save(&all)
+    }
+
+    /// Holds `ip` for `key` until `until`. Any other offer to the same client is dropped.
+    pub(crate) fn offer(&mut self, ip: Ipv4Addr, key: &str, mac: &str, until: u64) {
+        self.forget_offer(key);
+        if self.leases.get(&ip).is_some_and(|l| l.client == key && l.state == LeaseState::Bound) {
+            return; // already bound to it: an offer must not shorten the binding
+        }
+        self.put(ip, key, mac, LeaseState::Offered, until, None);
+    }
+
+    /// The client took another server's offer (or ours expired): free what we held for it.
+    pub(crate) fn forget_offer(&mut self, key: &str) -> Option<Ipv4Addr> {
+        let l = self.leases.values_mut().find(|l| l.client == key && l.state == LeaseState::Offered)?;
+        l.state = LeaseState::Free;
+        Some(l.ip)
+    }
+
+    /// Binds `ip` to `key` until `until` and persists the table. On error nothing may be
+    /// acknowledged: the caller must not answer with an ACK.
+    pub(crate) fn bind(
+        &mut self,
+        ip: Ipv4Addr,
+        key: &str,
+        mac: &str,
+        host: Option<String>,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let before = self.leases.get(&ip).cloned();
+        // Offers to this client for other addresses end with the binding.
+        for l in self.leases.values_mut() {
+            if l.client == key && l.state == LeaseState::Offered && l.ip != ip {
+                l.state = LeaseState::Free;
+            }
+        }
+        self.put(ip, key, mac, LeaseState::Bound, until, host);
+        self.persist().inspect_err(|_| {
+            match before {
+                Some(b) => self.leases.insert(ip, b),
+                None => self.leases.remove(&ip),
+            };
+        })
+    }
+
+    /// The client's current binding of `ip`, if it has one (expired ones count when nobody took
+    /// the address since).
+    pub(crate) fn held_by(&self, ip: Ipv4Addr, key: &str) -> Option<&Lease> {
+        self.leases.get(&ip).filter(|l| l.client == key && l.state != LeaseState::Declined)
+    }
+
+    pub(crate) fn release(&mut self, ip: Ipv4Addr, key: &str, now: u64) -> Result<bool, StoreError> {
+        match self.leases.get_mut(&ip) {
+            Some(l) if l.client == key && l.state == LeaseState::Bound => {
+                l.state = LeaseState::Free;
+                l.expires = now;
+                self.persist().map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Quarantines `ip` until `until`: someone else answers on it.
+    pub(crate) fn decline(&mut self, ip: Ipv4Addr, until: u64) -> Result<(), StoreError> {
+        self.leases.insert(
+            ip,
+            Lease {
+                ip,
+                client: String::new(),
+                mac: String::new(),
+                state: LeaseState::Declined,
+                expires: until,
+                host_name: None,
+            },
+        );
+        self.persist()
+    }
+
+    /// Turns ended offers, bindings and quarantines into free entries. Returns how many.
+    pub(crate) fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let mut bound_changed = false;
+        self.leases.retain(|_, l| {
+            if l.state != LeaseState::Free && l.expires <= now {
+                n += 1;
+                bound_changed |= l.state != LeaseState::Offered;
+                if l.state == LeaseState::Declined {
+                    return false;
+                }
+                l.state = LeaseState::Free;
+            }
+            true
+        });
+        if bound_changed {
+            self.persist()?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "mac:02:00:00:00:00:0a";
+    const B: &str = "mac:02:00:00:00:00:0b";
+    const MAC_A: &str = "02:00:00:00:00:0a";
+    const MAC_B: &str = "02:00:00:00:00:0b";
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    fn table(store: MemoryStore) -> LeaseTable {
+        let res = vec![("02:00:00:00:00:99".to_string(), ip(50))];
+        LeaseTable::open((ip(100), ip(102)), vec![ip(1)], &res, Box::new(store)).unwrap()
+    }
+
+    #[test]
+    fn allocates_distinct_and_exhausts() {
+        let mut t = table(MemoryStore::default());
+        let mut got = Vec::new();
+        for k in 0..3 {
+            let key = format!("mac:{k}");
+            let a = t.pick(&key, &key, None, 0).unwrap();
+            t.bind(a, &key, &key, None, 100).unwrap();
+            got.push(a);
+        }
+        assert_eq!(got, vec![ip(100), ip(101), ip(102)]);
+        assert_eq!(t.pick("mac:x", "x", None, 50), None);
+        // After expiry the longest-free address is reused.
+        assert_eq!(t.pick("mac:x", "x", None, 100), Some(ip(100)));
+    }
+
+    #[test]
+    fn reservations_are_never_offered_to_others() {
+        let t = table(MemoryStore::default());
+        assert_eq!(t.pick(A, MAC_A, Some(ip(50)), 0), Some(ip(100)));
+        assert!(!t.available_to(ip(50), A, MAC_A, 0));
+        assert_eq!(t.pick("mac:r", "02:00:00:00:00:99", None, 0), Some(ip(50)));
+        // Outside the pool and not reserved, or the server's own address.
+        assert!(!t.available_to(ip(7), A, MAC_A, 0));
+    }
+
+    #[test]
+    fn requested_and_previous_addresses_are_preferred() {
+        let mut t = table(MemoryStore::default());
+        assert_eq!(t.pick(A, MAC_A, Some(ip(102)), 0), Some(ip(102)));
+        t.bind(ip(101), A, MAC_A, None, 100).unwrap();
+        assert_eq!(t.pick(A, MAC_A, Some(ip(102)), 10), Some(ip(101)));
+        assert!(t.release(ip(101), A, 20).unwrap());
+        assert!(!t.release(ip(101), A, 20).unwrap());
+        // Released but remembered: A gets it back, B gets a never-used address first.
+        assert_eq!(t.pick(B, MAC_B, None, 30), Some(ip(100)));
+        assert_eq!(t.pick(A, MAC_A, None, 30), Some(ip(101)));
+    }
+
+    #[test]
+    fn offers_hold_then_lapse() {
+        let mut t = table(MemoryStore::default());
+        t.offer(ip(100), A, MAC_A, 60);
+        assert_eq!(t.pick(B, MAC_B, Some(ip(100)), 10), Some(ip(101)));
+        assert_eq!(t.forget_offer(A), Some(ip(100)));
+        assert_eq!(t.pick(B, MAC_B, Some(ip(100)), 10), Some(ip(100)));
+        t.offer(ip(102), A, MAC_A, 60);
+        assert_eq!(t.expire(61).unwrap(), 1);
+        assert_eq!(t.get(ip(102)).unwrap().state, LeaseState::Free);
+    }
+
+    #[test]
+    fn decline_quarantines() {
+        let mut t = table(MemoryStore::default());
+        t.bind(ip(100), A, MAC_A, None, 1000).unwrap();
+        t.decline(ip(100), 600).unwrap();
+        assert_eq!(t.pick(A, MAC_A, Some(ip(100)), 10), Some(ip(101)));
+        assert!(!t.available_to(ip(100), B, MAC_B, 599));
+        assert!(t.available_to(ip(100), B, MAC_B, 600));
+        assert_eq!(t.expire(600).unwrap(), 1);
+        assert!(t.get(ip(100)).is_none());
+    }
+
+    #[test]
+    fn restart_from_persisted_state() {
+        let store = MemoryStore::default();
+        let mut t = table(store.clone());
+        t.bind(ip(100), A, MAC_A, Some("pc-a".into()), 1000).unwrap();
+        t.offer(ip(101), B, MAC_B, 60);
+        drop(t);
+        let t = table(store.clone());
+        assert_eq!(t.get(ip(100)).unwrap().host_name.as_deref(), Some("pc-a"));
+        assert_eq!(t.pick(A, MAC_A, None, 10), Some(ip(100)));
+        assert_eq!(t.pick(B, MAC_B, Some(ip(100)), 10), Some(ip(101)));
+    }
+
+    #[test]
+    fn file_store_round_trip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileStore::new(dir.path());
+        assert!(s.load().unwrap().is_empty());
+        let l = Lease {
+            ip: ip(100),
+            client: A.into(),
+            mac: MAC_A.into(),
+            state: LeaseState::Bound,
+            expires: 5,
+            host_name: None,
+        };
+        s.save(std::slice::from_ref(&l)).unwrap();
+        assert_eq!(FileStore::new(dir.path()).load().unwrap(), vec![l]);
+        assert!(!dir.path().join("leases.json.tmp").exists());
+        std::fs::write(dir.path().join("leases.json"), "{ nope").unwrap();
+        let e = FileStore::new(dir.path()).load().unwrap_err().to_string();
+        assert!(e.contains("leases.json") && e.contains("not a lease file"), "{e}");
+    }
+}

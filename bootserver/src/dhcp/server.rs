@@ -1,0 +1,711 @@
+//! The decision function: a client's datagram, the lease table and the time in, a reply (with
+//! where to send it) or a reason for silence out. No I/O besides the lease store.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::wire::DhcpMessageType as Msg;
+
+use super::lease::{LeaseTable, StoreError};
+use super::packet::{opt, ParseError, Reply, Request, TooLarge};
+use super::pxe::{add_boot_options, BootChoice, ClientKind};
+
+/// How long an offered address is held for the client's REQUEST.
+pub(crate) const OFFER_HOLD: u64 = 60;
+pub(crate) const CLIENT_PORT: u16 = 68;
+pub(crate) const SERVER_PORT: u16 = 67;
+pub(crate) const PXE_PORT: u16 = 4011;
+
+/// Which socket a datagram came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Port 67.
+    Dhcp,
+    /// Port 4011, the PXE boot server port (proxyDHCP REQUESTs).
+    Pxe,
+}
+
+/// What the decision function needs from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreConfig {
+    pub address: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub lease_time: u32,
+    pub quarantine: u32,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    /// Host names of reserved clients (option 12), by MAC.
+    pub host_names: std::collections::HashMap<String, String>,
+    pub proxy: bool,
+    pub boot: BootChoice,
+}
+
+/// A reply and its destination.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub reply: Reply,
+    pub bytes: Vec<u8>,
+    pub to: SocketAddrV4,
+    /// Which socket sends it.
+    pub via: Via,
+}
+
+/// Why a datagram gets no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Dropped {
+    #[error("malformed: {0}")]
+    Malformed(#[from] ParseError),
+    #[error("{0}")]
+    Ignored(String),
+    #[error("no free address in the pool")]
+    Exhausted,
+    #[error("cannot persist the lease table: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    TooLarge(#[from] TooLarge),
+}
+
+impl Dropped {
+    /// Malformed input and server faults are worth a warning; the rest is routine.
+    pub(crate) fn level(&self) -> log::Level {
+        match self {
+            Dropped::Ignored(_) => log::Level::Debug,
+            Dropped::Store(_) => log::Level::Error,
+            _ => log::Level::Warn,
+        }
+    }
+}
+
+fn ignored(text: impl Into<String>) -> Dropped {
+    Dropped::Ignored(text.into())
+}
+
+pub(crate) struct Server {
+    pub cfg: CoreConfig,
+    pub leases: LeaseTable,
+}
+
+impl Server {
+    pub(crate) fn new(cfg: CoreConfig, leases: LeaseTable) -> Server {
+        Server { cfg, leases }
+    }
+
+    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.cfg.netmask);
+        u32::from(ip) & m == u32::from(self.cfg.address) & m
+    }
+
+    /// Decides what to do with one datagram from `peer`. `Ok(None)`: handled, nothing to send
+    /// (RELEASE, DECLINE).
+    pub(crate) fn handle(
+        &mut self,
+        data: &[u8],
+        via: Via,
+        peer: SocketAddrV4,
+        now: u64,
+    ) -> Result<Option<Outgoing>, Dropped> {
+        let req = Request::parse(data)?;
+        let kind = ClientKind::of(&req);
+        if self.cfg.proxy {
+            return self.proxy(&req, kind, via, peer).map(Some);
+        }
+        if via == Via::Pxe {
+            return Err(ignored("port 4011 is only served in proxyDHCP mode"));
+        }
+        if !req.giaddr.is_unspecified() && !self.in_subnet(req.giaddr) {
+            return Err(ignored(format!("relayed from {}, a subnet this server has no pool for", req.giaddr)));
+        }
+        match req.msg_type {
+            Msg::Discover => self.discover(&req, kind, now).map(Some),
+            Msg::Request => self.request(&req, kind, now).map(Some),
+            Msg::Decline => self.decline(&req, now).map(|()| None),
+            Msg::Release => self.release(&req, now).map(|()| None),
+            Msg::Inform => self.inform(&req, kind).map(Some),
+            other => Err(ignored(format!("{other:?} is not a client message"))),
+        }
+    }
+
+    fn base_reply(&self, req: &Request, msg: Msg, kind: ClientKind) -> Reply {
+        let mut r = Reply::new(req, msg);
+        if kind.is_pxe() {
+            r.siaddr = self.cfg.address;
+        }
+        r.add(opt::SERVER_ID, self.cfg.address.octets());
+        r
+    }
+
+    fn network_options(&self, r: &mut Reply, req: &Request) {
+        let c = &self.cfg;
+        if let Some(name) = c.host_names.get(&req.mac_string()) {
+            r.add(opt::HOST_NAME, name.as_bytes());
+        }
+        r.add(opt::SUBNET_MASK, c.netmask.octets());
+        let bcast = u32::from(c.address) | !u32::from(c.netmask);
+        r.add(opt::BROADCAST, Ipv4Addr::from(bcast).octets());
+        if let Some(gw) = c.router {
+            r.add(opt::ROUTER, gw.octets());
+        }
+        if !c.dns.is_empty() {
+            r.add(opt::DNS, c.dns.iter().flat_map(|a| a.octets()).collect::<Vec<u8>>());
+        }
+        if let Some(d) = &c.domain {
+            r.add(opt::DOMAIN_NAME, d.as_bytes());
+        }
+    }
+
+    fn lease_options(&self, r: &mut Reply) {
+        let t = self.cfg.lease_time;
+        r.add(opt::LEASE_TIME, t.to_be_bytes());
+        // RFC 2131 4.4.5's defaults: renew at half, rebind at 7/8 of the lease.
+        r.add(opt::RENEWAL_TIME, (t / 2).to_be_bytes());
+        r.add(opt::REBINDING_TIME, ((t as u64 * 7 / 8) as u32).to_be_bytes());
+    }
+
+    fn boot_options(&self, r: &mut Reply, req: &Request, kind: ClientKind) {
+        let peer = req.mac_string();
+        let file = self.cfg.boot.file_for(kind, &peer);
+        let name = self.cfg.address.to_string();
+        add_boot_options(r, req, kind, file.as_deref(), &name, !self.cfg.proxy);
+    }
+
+    /// RFC 2131 4.1: relay agent, then NAK broadcast, then the client's own address, then
+    /// broadcast. A client without an address and without the broadcast flag should get a
+    /// unicast to yiaddr and chaddr, which needs an ARP entry this server cannot make through
+    /// a UDP socket; RFC 2131 4.1 allows broadcasting instead.
+    fn destination(&self, req: &Request, reply: &mut Reply) -> SocketAddrV4 {
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT);
+        if !req.giaddr.is_unspecified() {
+            if reply.msg_type == Msg::Nak {
+                reply.broadcast = true;
+            }
+            SocketAddrV4::new(req.giaddr, SERVER_PORT)
+        } else if reply.msg_type == Msg::Nak || req.ciaddr.is_unspecified() {
+            bcast
+        } else {
+            SocketAddrV4::new(req.ciaddr, CLIENT_PORT)
+        }
+    }
+
+    fn send(&self, req: &Request, mut reply: Reply, via: Via, peer: SocketAddrV4) -> Result<Outgoing, Dropped> {
+        let to = match via {
+            Via::Pxe => peer,
+            Via::Dhcp => self.destination(req, &mut reply),
+        };
+        let bytes = reply.emit(req.max_message_size)?;
+        Ok(Outgoing { reply, bytes, to, via })
+    }
+
+    fn discover(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Outgoing, Dropped> {
+        let (key, mac) = (req.client_key(), req.mac_string());
+        let ip = self.leases.pick(&key, &mac, req.requested_ip, now).ok_or(Dropped::Exhausted)?;
+        self.leases.offer(ip, &key, &mac, now + OFFER_HOLD);
+        let mut r = self.base_reply(req, Msg::Offer, kind);
+        r.yiaddr = ip;
+        self.lease_options(&mut r);
+        self.network_options(&mut r, req);
+        self.boot_options(&mut r, req, kind);
+        self.send(req, r, Via::Dhcp, unspecified())
+    }
+
+    fn nak(&self, req: &Request, why: String) -> Result<Outgoing, Dropped> {
+        log::info!("dhcp: NAK to {}: {why}", req.mac_string());
+        let mut r = Reply::new(req, Msg::Nak);
+        r.add(opt::SERVER_ID, self.cfg.address.octets());
+        r.add(opt::MESSAGE, why.into_bytes());
+        self.send(req, r, Via::Dhcp, unspecified())
+    }
+
+    fn ack(&mut self, req: &Request, kind: ClientKind, ip: Ipv4Addr, now: u64) -> Result<Outgoing, Dropped> {
+        let (key, mac) = (req.client_key(), req.mac_string());
+        let until = now + u64::from(self.cfg.lease_time);
+        self.leases.bind(ip, &key, &mac, req.host_name.clone(), until)?;
+        log::info!("dhcp: {ip} bound to {mac} for {} s", self.cfg.lease_time);
+        let mut r = self.base_reply(req, Msg::Ack, kind);
+        r.ciaddr = req.ciaddr;
+        r.yiaddr = ip;
+        self.lease_options(&mut r);
+        self.network_options(&mut r, req);
+        self.boot_options(&mut r, req, kind);
+        self.send(req, r, Via::Dhcp, unspecified())
+    }
+
+    fn request(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Outgoing, Dropped> {
+        let (key, mac) = (req.client_key(), req.mac_string());
+        match req.server_id {
+            // SELECTING, another server's offer won: release what we held.
+            Some(sid) if sid != self.cfg.address => {
+                let freed = self.leases.forget_offer(&key);
+                Err(ignored(format!("{mac} chose server {sid}; our offer {freed:?} is withdrawn")))
+            }
+            // SELECTING, our offer.
+            Some(_) => {
+                let ip = req
+                    .requested_ip
+                    .or(Some(req.ciaddr).filter(|a| !a.is_unspecified()))
+                    .ok_or_else(|| ignored("REQUEST names our server id but no address"))?;
+                if self.leases.available_to(ip, &key, &mac, now) {
+                    self.ack(req, kind, ip, now)
+                } else {
+                    self.nak(req, format!("{ip} is not available"))
+                }
+            }
+            // INIT-REBOOT: a client that remembers an address.
+            None if req.ciaddr.is_unspecified() => {
+                let ip = req
+                    .requested_ip
+                    .ok_or_else(|| ignored("REQUEST without server id, ciaddr or requested address"))?;
+                if !self.in_subnet(ip) {
+                    return self.nak(req, format!("{ip} is on the wrong network"));
+                }
+                if let Some(res) = self.leases.reservation(&mac).filter(|r| *r != ip) {
+                    return self.nak(req, format!("{mac} has the reserved address {res}"));
+                }
+                self.confirm(req, kind, ip, now)
+            }
+            // RENEWING (unicast) or REBINDING (broadcast): ciaddr is the lease.
+            None => self.confirm(req, kind, req.ciaddr, now),
+        }
+    }
+
+    /// A client asserting it holds `ip`: extend what we know, refuse what belongs to another,
+    /// stay silent about what we have no record of (RFC 2131 4.3.2).
+    fn confirm(&mut self, req: &Request, kind: ClientKind, ip: Ipv4Addr, now: u64) -> Result<Outgoing, Dropped> {
+        let (key, mac) = (req.client_key(), req.mac_string());
+        let available = self.leases.available_to(ip, &key, &mac, now);
+        if !available {
+            return self.nak(req, format!("{ip} is not available to this client"));
+        }
+        let known = self.leases.held_by(ip, &key).is_some() || self.leases.reservation(&mac) == Some(ip);
+        if known {
+            self.ack(req, kind, ip, now)
+        } else {
+            Err(ignored(format!("{mac} asks for {ip}, which this server has no record of")))
+        }
+    }
+
+    fn ours(&self, req: &Request) -> Result<(), Dropped> {
+        match req.server_id {
+            Some(sid) if sid != self.cfg.address => Err(ignored(format!("addressed to server {sid}"))),
+            _ => Ok(()),
+        }
+    }
+
+    fn decline(&mut self, req: &Request, now: u64) -> Result<(), Dropped> {
+        self.ours(req)?;
+        let key = req.client_key();
+        let ip = req.requested_ip.ok_or_else(|| ignored("DECLINE without requested address"))?;
+        if self.leases.held_by(ip, &key).is_none() {
+            return Err(ignored(format!("DECLINE of {ip}, which the client does not hold")));
+        }
+        self.leases.decline(ip, now + u64::from(self.cfg.quarantine))?;
+        log::warn!(
+            "dhcp: {} declined {ip}: another host uses it; quarantined for {} s",
+            req.mac_string(),
+            self.cfg.quarantine
+        );
+        Ok(())
+    }
+
+    fn release(&mut self, req: &Request, now: u64) -> Result<(), Dropped> {
+        self.ours(req)?;
+        if self.leases.release(req.ciaddr, &req.client_key(), now)? {
+            log::info!("dhcp: {} released {}", req.mac_string(), req.ciaddr);
+            Ok(())
+        } else {
+            Err(ignored(format!("RELEASE of {}, which the client does not hold", req.ciaddr)))
+        }
+    }
+
+    fn inform(&self, req: &Request, kind: ClientKind) -> Result<Outgoing, Dropped> {
+        if req.ciaddr.is_unspecified() {
+            return Err(ignored("INFORM without ciaddr"));
+        }
+        let mut r = self.base_reply(req, Msg::Ack, kind);
+        r.ciaddr = req.ciaddr;
+        self.network_options(&mut r, req);
+        self.boot_options(&mut r, req, kind);
+        self.send(req, r, Via::Dhcp, unspecified())
+    }
+
+    /// proxyDHCP (PXE spec 2.2.2, RFC 4578): boot information only, to PXE clients only.
+    fn proxy(&mut self, req: &Request, kind: ClientKind, via: Via, peer: SocketAddrV4) -> Result<Outgoing, Dropped> {
+        if !kind.is_pxe() {
+            return Err(ignored("not a PXE client; proxyDHCP answers PXE clients only"));
+        }
+        let msg = match (via, req.msg_type) {
+            (Via::Dhcp, Msg::Discover) => Msg::Offer,
+            (Via::Pxe, Msg::Request | Msg::Inform) => Msg::Ack,
+            (_, t) => return Err(ignored(format!("proxyDHCP ignores {t:?} on {via:?}"))),
+        };
+        let mut r = self.base_reply(req, msg, kind);
+        r.ciaddr = req.ciaddr;
+        self.boot_options(&mut r, req, kind);
+        if r.file.is_none() {
+            return Err(ignored("no boot file for this client"));
+        }
+        self.send(req, r, via, peer)
+    }
+}
+
+fn unspecified() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::lease::{LeaseState, MemoryStore};
+    use crate::dhcp::packet::tests::client_msg;
+    use smoltcp::wire::DhcpPacket;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const RESERVED_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x42];
+    const PXE_BIOS: &[u8] = b"PXEClient:Arch:00000:UNDI:002001";
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    fn cfg(proxy: bool) -> CoreConfig {
+        CoreConfig {
+            address: SERVER,
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            lease_time: 3600,
+            quarantine: 600,
+            router: Some(ip(254)),
+            dns: vec![ip(53), ip(54)],
+            domain: Some("lab.test".into()),
+            host_names: [("02:00:00:00:00:42".to_string(), "pc42".to_string())].into(),
+            proxy,
+            boot: BootChoice {
+                bios: "undionly.kpxe".into(),
+                uefi: "ipxe.efi".into(),
+                other: None,
+                script_url: "http://10.0.0.1:8080/boot.ipxe".into(),
+            },
+        }
+    }
+
+    fn server_with(store: MemoryStore, proxy: bool) -> Server {
+        let res = vec![("02:00:00:00:00:42".to_string(), ip(42))];
+        let t = LeaseTable::open((ip(100), ip(101)), vec![SERVER], &res, Box::new(store)).unwrap();
+        Server::new(cfg(proxy), t)
+    }
+
+    fn server() -> Server {
+        server_with(MemoryStore::default(), false)
+    }
+
+    fn peer() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)
+    }
+
+    fn msg(t: u8, mac: [u8; 6], options: &[(u8, &[u8])]) -> Vec<u8> {
+        client_msg(t, mac, options)
+    }
+
+    fn with_ciaddr(mut b: Vec<u8>, a: Ipv4Addr) -> Vec<u8> {
+        b[12..16].copy_from_slice(&a.octets());
+        b
+    }
+
+    fn go(s: &mut Server, b: &[u8], now: u64) -> Outgoing {
+        s.handle(b, Via::Dhcp, peer(), now).expect("a reply").expect("not silent")
+    }
+
+    fn silent(s: &mut Server, b: &[u8], now: u64) -> String {
+        match s.handle(b, Via::Dhcp, peer(), now) {
+            Err(e) => e.to_string(),
+            Ok(Some(o)) => panic!("expected silence, got {:?}", o.reply),
+            Ok(None) => String::new(),
+        }
+    }
+
+    fn sid() -> [u8; 4] {
+        SERVER.octets()
+    }
+
+    /// DISCOVER, OFFER, REQUEST, ACK; returns the address.
+    fn lease(s: &mut Server, mac: [u8; 6], now: u64) -> Ipv4Addr {
+        let offer = go(s, &msg(1, mac, &[]), now);
+        assert_eq!(offer.reply.msg_type, Msg::Offer);
+        let ip = offer.reply.yiaddr;
+        let ack = go(s, &msg(3, mac, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &ip.octets())]), now);
+        assert_eq!(ack.reply.msg_type, Msg::Ack);
+        assert_eq!(ack.reply.yiaddr, ip);
+        ip
+    }
+
+    #[test]
+    fn discover_offer_request_ack() {
+        let mut s = server();
+        let offer = go(&mut s, &msg(1, MAC, &[]), 0);
+        let r = &offer.reply;
+        assert_eq!((r.msg_type, r.yiaddr), (Msg::Offer, ip(100)));
+        assert_eq!(offer.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(r.option(opt::SERVER_ID), Some(&sid()[..]));
+        assert_eq!(r.option(opt::SUBNET_MASK), Some(&[255, 255, 255, 0][..]));
+        assert_eq!(r.option(opt::ROUTER), Some(&[10, 0, 0, 254][..]));
+        assert_eq!(r.option(opt::DNS), Some(&[10, 0, 0, 53, 10, 0, 0, 54][..]));
+        assert_eq!(r.option(opt::DOMAIN_NAME), Some(&b"lab.test"[..]));
+        assert_eq!(r.option(opt::LEASE_TIME), Some(&3600u32.to_be_bytes()[..]));
+        assert_eq!(r.option(opt::RENEWAL_TIME), Some(&1800u32.to_be_bytes()[..]));
+        assert_eq!(r.option(opt::REBINDING_TIME), Some(&3150u32.to_be_bytes()[..]));
+        // A plain client gets no boot information.
+        assert_eq!((r.file.as_deref(), r.option(opt::VENDOR_CLASS)), (None, None));
+        // The bytes are what smoltcp reads.
+        let p = DhcpPacket::new_checked(&offer.bytes[..]).unwrap();
+        assert_eq!(p.your_ip(), ip(100));
+        assert_eq!(p.transaction_id(), 0x1234_5678);
+        assert_eq!(lease(&mut s, MAC, 1), ip(100));
+        assert_eq!(s.leases.get(ip(100)).unwrap().state, LeaseState::Bound);
+        // A second client gets another address.
+        assert_eq!(lease(&mut s, MAC2, 2), ip(101));
+        // Pool exhausted.
+        assert!(matches!(s.handle(&msg(1, [2, 0, 0, 0, 0, 3], &[]), Via::Dhcp, peer(), 3), Err(Dropped::Exhausted)));
+    }
+
+    #[test]
+    fn client_identifier_is_the_key() {
+        let mut s = server();
+        let id: &[u8] = &[0xff, 1, 2, 3, 4];
+        let o = go(&mut s, &msg(1, MAC, &[(opt::CLIENT_ID, id)]), 0);
+        go(&mut s, &msg(3, MAC, &[(opt::CLIENT_ID, id), (opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &o.reply.yiaddr.octets())]), 0);
+        assert_eq!(s.leases.get(ip(100)).unwrap().client, "id:ff:01:02:03:04");
+        // Same hardware, no identifier: another client.
+        assert_eq!(go(&mut s, &msg(1, MAC, &[]), 1).reply.yiaddr, ip(101));
+    }
+
+    #[test]
+    fn selecting_another_server_forgets_the_offer() {
+        let mut s = server();
+        assert_eq!(go(&mut s, &msg(1, MAC, &[]), 0).reply.yiaddr, ip(100));
+        let why = silent(&mut s, &msg(3, MAC, &[(opt::SERVER_ID, &[10, 0, 0, 9]), (opt::REQUESTED_IP, &[10, 0, 0, 200])]), 1);
+        assert!(why.contains("chose server 10.0.0.9"), "{why}");
+        assert_eq!(s.leases.get(ip(100)).unwrap().state, LeaseState::Free);
+        // Another client may now have it.
+        assert_eq!(go(&mut s, &msg(1, MAC2, &[(opt::REQUESTED_IP, &[10, 0, 0, 100])]), 2).reply.yiaddr, ip(100));
+    }
+
+    #[test]
+    fn selecting_an_address_taken_meanwhile_is_refused() {
+        let mut s = server();
+        lease(&mut s, MAC, 0);
+        let nak = go(&mut s, &msg(3, MAC2, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &[10, 0, 0, 100])]), 1);
+        assert_eq!(nak.reply.msg_type, Msg::Nak);
+        assert_eq!(nak.reply.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(nak.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    }
+
+    #[test]
+    fn init_reboot() {
+        let mut s = server();
+        let a = lease(&mut s, MAC, 0);
+        // Knows it: ACK.
+        let r = go(&mut s, &msg(3, MAC, &[(opt::REQUESTED_IP, &a.octets())]), 10);
+        assert_eq!((r.reply.msg_type, r.reply.yiaddr), (Msg::Ack, a));
+        // Wrong subnet: NAK.
+        let r = go(&mut s, &msg(3, MAC, &[(opt::REQUESTED_IP, &[192, 168, 1, 5])]), 10);
+        assert_eq!(r.reply.msg_type, Msg::Nak);
+        // Leased to another: NAK.
+        let r = go(&mut s, &msg(3, MAC2, &[(opt::REQUESTED_IP, &a.octets())]), 10);
+        assert_eq!(r.reply.msg_type, Msg::Nak);
+        // A free address we have no record for this client: silence.
+        let why = silent(&mut s, &msg(3, MAC2, &[(opt::REQUESTED_IP, &[10, 0, 0, 101])]), 10);
+        assert!(why.contains("no record"), "{why}");
+        // A reserved client asking for something else: NAK.
+        let r = go(&mut s, &msg(3, RESERVED_MAC, &[(opt::REQUESTED_IP, &[10, 0, 0, 101])]), 10);
+        assert_eq!(r.reply.msg_type, Msg::Nak);
+    }
+
+    #[test]
+    fn renewing_and_rebinding() {
+        let mut s = server();
+        let a = lease(&mut s, MAC, 0);
+        let renew = with_ciaddr(msg(3, MAC, &[]), a);
+        let r = go(&mut s, &renew, 1800);
+        assert_eq!((r.reply.msg_type, r.reply.yiaddr, r.reply.ciaddr), (Msg::Ack, a, a));
+        // Unicast to the client's address, and the lease is extended.
+        assert_eq!(r.to, SocketAddrV4::new(a, 68));
+        assert_eq!(s.leases.get(a).unwrap().expires, 1800 + 3600);
+        // Rebinding: broadcast flag, same answer to ciaddr.
+        let mut rebind = renew.clone();
+        rebind[10] = 0x80;
+        assert_eq!(go(&mut s, &rebind, 4000).reply.msg_type, Msg::Ack);
+        // Someone else's address: NAK.
+        let r = go(&mut s, &with_ciaddr(msg(3, MAC2, &[]), a), 4000);
+        assert_eq!(r.reply.msg_type, Msg::Nak);
+    }
+
+    #[test]
+    fn release_then_request_again() {
+        let mut s = server();
+        let a = lease(&mut s, MAC, 0);
+        assert!(s.handle(&with_ciaddr(msg(7, MAC, &[(opt::SERVER_ID, &sid())]), a), Via::Dhcp, peer(), 5).unwrap().is_none());
+        assert_eq!(s.leases.get(a).unwrap().state, LeaseState::Free);
+        // A release from someone else is ignored.
+        lease(&mut s, MAC, 6);
+        let why = silent(&mut s, &with_ciaddr(msg(7, MAC2, &[]), a), 7);
+        assert!(why.contains("does not hold"), "{why}");
+        assert_eq!(s.leases.get(a).unwrap().state, LeaseState::Bound);
+        assert_eq!(lease(&mut s, MAC, 8), a);
+    }
+
+    #[test]
+    fn decline_gives_another_address() {
+        let mut s = server();
+        let a = lease(&mut s, MAC, 0);
+        assert!(s.handle(&msg(4, MAC, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &a.octets())]), Via::Dhcp, peer(), 1).unwrap().is_none());
+        assert_eq!(s.leases.get(a).unwrap().state, LeaseState::Declined);
+        let b = lease(&mut s, MAC, 2);
+        assert_ne!(a, b);
+        // Back in the pool after the quarantine.
+        assert_eq!(lease(&mut s, MAC2, 601), a);
+    }
+
+    #[test]
+    fn inform_gets_configuration_without_lease() {
+        let mut s = server();
+        let r = go(&mut s, &with_ciaddr(msg(8, MAC, &[]), ip(7)), 0);
+        assert_eq!((r.reply.msg_type, r.reply.yiaddr, r.reply.ciaddr), (Msg::Ack, Ipv4Addr::UNSPECIFIED, ip(7)));
+        assert_eq!(r.reply.option(opt::LEASE_TIME), None);
+        assert!(r.reply.option(opt::ROUTER).is_some());
+        assert_eq!(r.to, SocketAddrV4::new(ip(7), 68));
+    }
+
+    #[test]
+    fn destinations() {
+        let mut s = server();
+        let mut b = msg(1, MAC, &[]);
+        b[24..28].copy_from_slice(&[10, 0, 0, 2]); // giaddr
+        assert_eq!(go(&mut s, &b, 0).to, SocketAddrV4::new(ip(2), 67));
+        b[24..28].copy_from_slice(&[192, 168, 9, 1]);
+        assert!(silent(&mut s, &b, 0).contains("no pool"));
+        let mut b = msg(1, MAC, &[]);
+        b[10] = 0x80;
+        let o = go(&mut s, &b, 0);
+        assert!(o.reply.broadcast);
+        assert_eq!(o.to.ip(), &Ipv4Addr::BROADCAST);
+        // Server messages and port 4011 outside proxy mode are ignored.
+        assert!(silent(&mut s, &msg(2, MAC, &[]), 0).contains("not a client message"));
+        assert!(matches!(s.handle(&msg(1, MAC, &[]), Via::Pxe, peer(), 0), Err(Dropped::Ignored(_))));
+    }
+
+    #[test]
+    fn reservation_is_honoured() {
+        let mut s = server();
+        assert_eq!(lease(&mut s, RESERVED_MAC, 0), ip(42));
+        let o = go(&mut s, &msg(1, RESERVED_MAC, &[]), 1);
+        assert_eq!(o.reply.option(opt::HOST_NAME), Some(&b"pc42"[..]));
+        let r = go(&mut s, &msg(1, MAC, &[(opt::REQUESTED_IP, &[10, 0, 0, 42])]), 0);
+        assert_eq!(r.reply.yiaddr, ip(100));
+    }
+
+    #[test]
+    fn expiry_and_restart_from_persisted_state() {
+        let store = MemoryStore::default();
+        let mut s = server_with(store.clone(), false);
+        let a = lease(&mut s, MAC, 0);
+        drop(s);
+        let mut s = server_with(store.clone(), false);
+        // After a restart the same client gets its address, another client another one.
+        assert_eq!(go(&mut s, &msg(1, MAC2, &[(opt::REQUESTED_IP, &a.octets())]), 10).reply.yiaddr, ip(101));
+        assert_eq!(go(&mut s, &msg(3, MAC, &[(opt::REQUESTED_IP, &a.octets())]), 10).reply.msg_type, Msg::Ack);
+        // Once the lease ran out (and MAC2's offer lapsed) the address goes to whoever asks.
+        s.leases.expire(10 + 3600).unwrap();
+        assert_eq!(store.saved.lock().unwrap()[0].state, LeaseState::Free);
+        let o = go(&mut s, &msg(1, MAC2, &[(opt::REQUESTED_IP, &a.octets())]), 10 + 3600);
+        assert_eq!(o.reply.yiaddr, ip(101), "MAC2 prefers its own previous offer");
+    }
+
+    fn pxe_discover(arch: u8, extra: &[(u8, &[u8])]) -> Vec<u8> {
+        let uuid: Vec<u8> = (0..17).collect();
+        let arch_opt = [0, arch];
+        let mut o: Vec<(u8, &[u8])> =
+            vec![(opt::VENDOR_CLASS, PXE_BIOS), (opt::CLIENT_ARCH, &arch_opt), (opt::CLIENT_UUID, &uuid)];
+        o.extend_from_slice(extra);
+        msg(1, MAC, &o)
+    }
+
+    #[test]
+    fn pxe_bios_uefi_and_ipxe() {
+        let mut s = server();
+        let r = go(&mut s, &pxe_discover(0, &[]), 0).reply;
+        assert_eq!(r.file.as_deref(), Some("undionly.kpxe"));
+        assert_eq!(r.sname.as_deref(), Some("10.0.0.1"));
+        assert_eq!(r.siaddr, SERVER);
+        assert_eq!(r.option(opt::BOOTFILE_NAME), Some(&b"undionly.kpxe"[..]));
+        assert_eq!(r.option(opt::TFTP_SERVER_NAME), Some(&b"10.0.0.1"[..]));
+        assert_eq!(r.option(opt::VENDOR_CLASS), Some(&b"PXEClient"[..]));
+        assert_eq!(r.option(opt::CLIENT_UUID).map(|u| u.len()), Some(17));
+        assert_eq!(r.option(opt::VENDOR_SPECIFIC), Some(&[6, 1, 8, 255][..]));
+        assert_eq!(r.option(opt::IPXE_ENCAP), None);
+        assert_eq!(r.yiaddr, ip(100));
+        for arch in [7, 9] {
+            assert_eq!(go(&mut s, &pxe_discover(arch, &[]), 0).reply.file.as_deref(), Some("ipxe.efi"));
+        }
+        assert_eq!(go(&mut s, &pxe_discover(11, &[]), 0).reply.file, None);
+        let r = go(&mut s, &pxe_discover(0, &[(opt::USER_CLASS, b"iPXE")]), 0).reply;
+        assert_eq!(r.option(opt::BOOTFILE_NAME), Some(&b"http://10.0.0.1:8080/boot.ipxe"[..]));
+        assert_eq!(r.file.as_deref(), Some("http://10.0.0.1:8080/boot.ipxe"));
+        assert_eq!(r.option(opt::IPXE_ENCAP), Some(&[176, 1, 1][..]));
+        assert_eq!(r.option(opt::VENDOR_SPECIFIC), None);
+    }
+
+    #[test]
+    fn proxy_mode_answers_only_pxe() {
+        let mut s = server_with(MemoryStore::default(), true);
+        let o = go(&mut s, &pxe_discover(0, &[]), 0);
+        let r = &o.reply;
+        assert_eq!((r.msg_type, r.yiaddr, r.siaddr), (Msg::Offer, Ipv4Addr::UNSPECIFIED, SERVER));
+        assert_eq!(r.file.as_deref(), Some("undionly.kpxe"));
+        assert_eq!(r.option(opt::LEASE_TIME), None);
+        assert_eq!(r.option(opt::SUBNET_MASK), None);
+        assert_eq!(r.option(opt::VENDOR_CLASS), Some(&b"PXEClient"[..]));
+        assert_eq!(o.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        // iPXE in proxy mode: the script, and no "skip ProxyDHCP" hint.
+        let r = go(&mut s, &pxe_discover(0, &[(opt::USER_CLASS, b"iPXE")]), 0).reply;
+        assert_eq!(r.file.as_deref(), Some("http://10.0.0.1:8080/boot.ipxe"));
+        assert_eq!(r.option(opt::IPXE_ENCAP), None);
+        // Plain clients and non-DISCOVERs on 67 are ignored; no lease is ever made.
+        assert!(silent(&mut s, &msg(1, MAC2, &[]), 0).contains("PXE clients only"));
+        let mut req = pxe_discover(0, &[]);
+        req[HDR_TYPE] = 3;
+        assert!(silent(&mut s, &req, 0).contains("ignores"));
+        assert!(s.leases.get(ip(100)).is_none());
+        // REQUEST on 4011: ACK straight back to the sender.
+        let client = SocketAddrV4::new(ip(150), 68);
+        let o = s.handle(&with_ciaddr(req, ip(150)), Via::Pxe, client, 0).unwrap().unwrap();
+        assert_eq!((o.reply.msg_type, o.to, o.via), (Msg::Ack, client, Via::Pxe));
+        assert_eq!(o.reply.file.as_deref(), Some("undionly.kpxe"));
+        // No boot file for the architecture: nothing to say.
+        assert!(silent(&mut s, &pxe_discover(11, &[]), 0).contains("no boot file"));
+    }
+
+    /// Offset of option 53's value in `client_msg` output.
+    const HDR_TYPE: usize = 242;
+
+    #[test]
+    fn malformed_input_is_dropped_not_panicked() {
+        let mut s = server();
+        for bad in [&[][..], &[1u8; 10][..], &[0u8; 300][..]] {
+            assert!(matches!(s.handle(bad, Via::Dhcp, peer(), 0), Err(Dropped::Malformed(_))));
+        }
+        let mut b = msg(1, MAC, &[]);
+        b.truncate(240);
+        assert!(matches!(s.handle(&b, Via::Dhcp, peer(), 0), Err(Dropped::Malformed(ParseError::MissingType))));
+        assert_eq!(Dropped::Malformed(ParseError::MissingType).level(), log::Level::Warn);
+        // Structurally fine but semantically empty: REQUEST with nothing to go on.
+        assert!(silent(&mut s, &msg(3, MAC, &[(opt::SERVER_ID, &sid())]), 0).contains("no address"));
+        // Every prefix and a few bit flips of a real packet.
+        let full = pxe_discover(7, &[(opt::USER_CLASS, b"iPXE"), (opt::IPXE_ENCAP, &[1, 1, 1])]);
+        for n in 0..full.len() {
+            let _ = s.handle(&full[..n], Via::Dhcp, peer(), 0);
+            let mut f = full.clone();
+            f[n] ^= 0xa5;
+            let _ = s.handle(&f, Via::Dhcp, peer(), 0);
+        }
+    }
+}

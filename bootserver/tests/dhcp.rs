@@ -1,0 +1,460 @@
+//! The DHCP service against real clients (busybox udhcpc, ISC dhclient), dnsmasq as the LAN's
+//! DHCP server for proxyDHCP, and crafted PXE packets, all inside a lab made for the test.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::DhcpPacket;
+use testkit::{wait_for_text, KillOnDrop, Lab};
+
+const BOOTSERVER: &str = env!("CARGO_BIN_EXE_bootserver");
+
+struct Bootserver {
+    proc: KillOnDrop,
+    log: PathBuf,
+}
+
+/// Starts `bootserver serve` on the lab's bridge with the config text `config` (appended to
+/// the interface) and waits until its DHCP service is up.
+fn start(lab: &Lab, dir: &Path, config: &str, extra: &[&str]) -> Bootserver {
+    let cfg = dir.join("bootserver.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    let log = dir.join(format!("bootserver-{}.log", log_seq()));
+    let out = std::fs::File::create(&log).unwrap();
+    let proc = KillOnDrop::spawn(
+        lab.cmd(BOOTSERVER)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--interface", "br0", "--no-tftp", "--no-http"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--boot-dir")
+            .arg(&boot)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out),
+    )
+    .unwrap();
+    wait_for_text(&log, "dhcp: ", Duration::from_secs(30)).unwrap();
+    Bootserver { proc, log }
+}
+
+fn log_seq() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Bootserver {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> String {
+        let st = self.proc.stop(Duration::from_secs(10));
+        let log = self.log();
+        assert!(st.is_some_and(|s| s.success()), "bootserver did not stop cleanly ({st:?}):\n{log}");
+        log
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(matches!(self.proc.0.try_wait(), Ok(None)), "bootserver died:\n{}", self.log());
+    }
+}
+
+/// A udhcpc event script that prints what udhcpc hands it and configures the address.
+fn udhcpc_script(dir: &Path) -> PathBuf {
+    let p = dir.join("udhcpc.sh");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\n\
+         echo \"event=$1 ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease serverid=$serverid hostname=$hostname\"\n\
+         case \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\" ;; deconfig) ip addr flush dev \"$interface\" ;; esac\n",
+    )
+    .unwrap();
+    chmod_x(&p);
+    p
+}
+
+fn chmod_x(p: &Path) {
+    let mut perm = std::fs::metadata(p).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(p, perm).unwrap();
+}
+
+/// `key=value` pairs of the last line of `text` that starts with `prefix`.
+fn fields(text: &str, prefix: &str) -> HashMap<String, String> {
+    let line = text.lines().filter(|l| l.starts_with(prefix)).last();
+    let line = line.unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs `udhcpc -q` in host `k` until it has a lease; returns its bound event.
+fn udhcpc(lab: &Lab, k: u32, script: &Path, extra: &[&str]) -> HashMap<String, String> {
+    let out = lab
+        .host_cmd(k, "udhcpc")
+        .args(["-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s"])
+        .arg(script)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "udhcpc in host {k} failed:\n{text}");
+    fields(&text, "event=bound")
+}
+
+/// Starts udhcpc in host `k` to stay bound (and renew), its output in `out`.
+fn udhcpc_foreground(lab: &Lab, k: u32, script: &Path, out: &Path) -> KillOnDrop {
+    let f = std::fs::File::create(out).unwrap();
+    KillOnDrop::spawn(
+        lab.host_cmd(k, "udhcpc")
+            .args(["-i", "eth0", "-f", "-t", "5", "-T", "2", "-s"])
+            .arg(script)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f),
+    )
+    .unwrap()
+}
+
+/// Runs ISC dhclient in host `k` in the foreground until its script reports `reason`, then
+/// stops it; returns what the script saw.
+fn dhclient(lab: &Lab, k: u32, dir: &Path, reasons: &[&str]) -> HashMap<String, String> {
+    let out = dir.join(format!("dhclient-h{k}.out"));
+    let _ = std::fs::remove_file(&out);
+    let script = dir.join("dhclient.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
+             dns=$new_domain_name_servers domain=$new_domain_name lease=$new_dhcp_lease_time\" >> {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    chmod_x(&script);
+    let mut proc = KillOnDrop::spawn(
+        lab.host_cmd(k, "dhclient")
+            .args(["-d", "-1", "-v", "-sf"])
+            .arg(&script)
+            .arg("-lf")
+            .arg(dir.join(format!("dhclient-h{k}.leases")))
+            .arg("-pf")
+            .arg(dir.join(format!("dhclient-h{k}.pid")))
+            .arg("eth0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(r) = reasons.iter().find(|r| text.contains(&format!("reason={r} "))) {
+            proc.stop(Duration::from_secs(5));
+            return fields(&text, &format!("reason={r} "));
+        }
+        assert!(Instant::now() < deadline, "dhclient in host {k} got no lease:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn in_range(ip: &str, first: u8, last: u8) -> bool {
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    let o = ip.octets();
+    o[..3] == [10, 77, 0] && (first..=last).contains(&o[3])
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`, so that sockets it opens live
+/// there.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on a descriptor we own; it changes only this thread's namespace.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+fn host_ns(lab: &Lab, k: u32) -> String {
+    format!("{}-h{k}", lab.name)
+}
+
+fn sh(cmd: &mut Command) {
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "{cmd:?} failed: {st}");
+}
+
+#[test]
+fn real_clients_reservation_release_decline_restart_and_garbage() {
+    let lab = Lab::new(0, 5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = "[dhcp]\nrouter = \"10.77.0.1\"\ndns = [\"10.77.0.53\"]\ndomain = \"lab.test\"\n\
+                  router_advertisement = false\n\
+                  [[dhcp.reservation]]\nmac = \"02:00:00:00:00:42\"\naddress = \"10.77.0.42\"\nhostname = \"pc42\"\n";
+    let full_config = format!("range = \"10.77.0.100-10.77.0.120\"\n{config}");
+    let mut server = start(&lab, d, &full_config, &[]);
+    let script = udhcpc_script(d);
+
+    // Host 5 squats on the first pool address and throws garbage at the server.
+    sh(lab.host_cmd(5, "ip").args(["addr", "add", "10.77.0.100/24", "dev", "eth0"]));
+    in_netns(&host_ns(&lab, 5), || {
+        let s = UdpSocket::bind("10.77.0.100:0").unwrap();
+        let mut truncated = vec![1u8, 1, 6, 0];
+        truncated.resize(200, 0);
+        let mut overrun = vec![0u8; 240];
+        overrun[..3].copy_from_slice(&[1, 1, 6]);
+        overrun[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        overrun.extend_from_slice(&[53, 1, 1, 12, 200, b'x']);
+        for g in [&b""[..], b"garbage", &truncated, &overrun, &[0xff; 1400]] {
+            s.send_to(g, "10.77.0.1:67").unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    server.assert_alive();
+    let log = server.log();
+    assert!(log.contains("dropped 200 bytes from 10.77.0.100") && log.contains("truncated"), "{log}");
+    assert!(log.contains("overruns the packet"), "{log}");
+
+    // udhcpc checks the offer with ARP, finds host 5 on it and DECLINEs; it gets another.
+    let h1 = udhcpc(&lab, 1, &script, &["-a", "-A", "1"]);
+    assert!(in_range(&h1["ip"], 101, 120), "{h1:?}");
+    assert_eq!(
+        (h1["subnet"].as_str(), h1["router"].as_str(), h1["dns"].as_str(), h1["domain"].as_str()),
+        ("255.255.255.0", "10.77.0.1", "10.77.0.53", "lab.test")
+    );
+    assert_eq!((h1["lease"].as_str(), h1["serverid"].as_str()), ("3600", "10.77.0.1"));
+    assert!(server.log().contains("declined 10.77.0.100"), "{}", server.log());
+
+    // A reservation by MAC.
+    sh(lab.host_cmd(2, "ip").args(["link", "set", "eth0", "address", "02:00:00:00:00:42"]));
+    let h2 = udhcpc(&lab, 2, &script, &[]);
+    assert_eq!((h2["ip"].as_str(), h2["hostname"].as_str()), ("10.77.0.42", "pc42"));
+
+    // ISC dhclient.
+    let h3 = dhclient(&lab, 3, d, &["BOUND"]);
+    assert!(in_range(&h3["ip"], 101, 120) && h3["ip"] != h1["ip"], "{h3:?} {h1:?}");
+    assert_eq!(
+        (h3["mask"].as_str(), h3["routers"].as_str(), h3["dns"].as_str(), h3["domain"].as_str()),
+        ("255.255.255.0", "10.77.0.1", "10.77.0.53", "lab.test")
+    );
+
+    // Release (udhcpc sends it on SIGUSR2 while bound; `-q -R` quits before it is bound),
+    // then ask again: the same address comes back.
+    sh(lab.host_cmd(1, "ip").args(["addr", "flush", "dev", "eth0"]));
+    let out = d.join("udhcpc-release.out");
+    let mut client = udhcpc_foreground(&lab, 1, &script, &out);
+    let text = wait_for_text(&out, "event=bound", Duration::from_secs(30)).unwrap();
+    assert_eq!(fields(&text, "event=bound")["ip"], h1["ip"]);
+    // SAFETY: kill(2) on the PID of our own child.
+    unsafe { libc::kill(client.id() as i32, libc::SIGUSR2) };
+    wait_for_text(&server.log, &format!("released {}", h1["ip"]), Duration::from_secs(10)).unwrap();
+    client.stop(Duration::from_secs(5));
+    sh(lab.host_cmd(1, "ip").args(["addr", "flush", "dev", "eth0"]));
+    assert_eq!(udhcpc(&lab, 1, &script, &[])["ip"], h1["ip"]);
+
+    // Restart: leases survive. dhclient reboots into its lease (INIT-REBOOT REQUEST), udhcpc
+    // gets its address back, and a new client gets none of the taken ones.
+    server.stop();
+    let server = start(&lab, d, &full_config, &[]);
+    let h3b = dhclient(&lab, 3, d, &["REBOOT", "BOUND"]);
+    assert_eq!(h3b["ip"], h3["ip"]);
+    sh(lab.host_cmd(1, "ip").args(["addr", "flush", "dev", "eth0"]));
+    assert_eq!(udhcpc(&lab, 1, &script, &[])["ip"], h1["ip"]);
+    let h4 = udhcpc(&lab, 4, &script, &[]);
+    for taken in [&h1["ip"], &h3["ip"], "10.77.0.42", "10.77.0.100"] {
+        assert_ne!(h4["ip"], taken);
+    }
+    assert!(in_range(&h4["ip"], 101, 120), "{h4:?}");
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn udhcpc_renews_by_unicast() {
+    let lab = Lab::new(0, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start(&lab, d, "[dhcp]\nlease_time = 8\nrouter_advertisement = false\n", &[]);
+    let script = udhcpc_script(d);
+    let out_path = d.join("udhcpc-renew.out");
+    let _client = udhcpc_foreground(&lab, 1, &script, &out_path);
+    let text = wait_for_text(&out_path, "event=renew", Duration::from_secs(60)).unwrap();
+    let bound = fields(&text, "event=bound");
+    let renew = fields(&text, "event=renew");
+    assert_eq!(renew["ip"], bound["ip"]);
+    assert_eq!(renew["lease"], "8");
+    // The renewal ACK went to the client's address, not to broadcast.
+    let log = server.log();
+    assert!(log.contains(&format!("Ack {} to ", bound["ip"])), "{log}");
+    assert!(log.contains(&format!("via {}:68", bound["ip"])), "{log}");
+}
+
+/// A BOOTREQUEST as a PXE ROM sends it.
+fn pxe_packet(msg: u8, xid: u32, mac: [u8; 6], ciaddr: Ipv4Addr, pxe: bool) -> Vec<u8> {
+    let mut b = vec![0u8; 240];
+    b[..3].copy_from_slice(&[1, 1, 6]);
+    b[4..8].copy_from_slice(&xid.to_be_bytes());
+    b[10] = 0x80; // broadcast replies: the ROM has no address yet
+    b[12..16].copy_from_slice(&ciaddr.octets());
+    b[28..34].copy_from_slice(&mac);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    b.extend_from_slice(&[53, 1, msg]);
+    if pxe {
+        let class = b"PXEClient:Arch:00000:UNDI:002001";
+        b.extend_from_slice(&[60, class.len() as u8]);
+        b.extend_from_slice(class);
+        b.extend_from_slice(&[93, 2, 0, 0, 94, 3, 1, 2, 1, 97, 17, 0]);
+        b.extend_from_slice(&[0x11; 16]);
+    }
+    b.push(255);
+    b
+}
+
+struct Answer {
+    from: SocketAddr,
+    yiaddr: Ipv4Addr,
+    msg: u8,
+    file: String,
+    class: Option<Vec<u8>>,
+}
+
+/// Collects the replies to `xid` that arrive on `sock` within `wait`.
+fn answers(sock: &UdpSocket, xid: u32, wait: Duration) -> Vec<Answer> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(10)))).unwrap();
+        let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+        let Ok(p) = DhcpPacket::new_checked(&buf[..n]) else { continue };
+        if p.transaction_id() != xid || buf[0] != 2 {
+            continue;
+        }
+        let opt = |k: u8| p.options().find(|o| o.kind == k).map(|o| o.data.to_vec());
+        out.push(Answer {
+            from,
+            yiaddr: p.your_ip(),
+            msg: opt(53).and_then(|d| d.first().copied()).unwrap_or(0),
+            file: p.get_boot_file().unwrap_or("").to_string(),
+            class: opt(60),
+        });
+    }
+    out
+}
+
+#[test]
+fn proxy_dhcp_next_to_dnsmasq() {
+    let lab = Lab::new(0, 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // dnsmasq is the LAN's DHCP server, in host 2.
+    sh(lab.host_cmd(2, "ip").args(["addr", "add", "10.77.0.2/24", "dev", "eth0"]));
+    let _dnsmasq = KillOnDrop::spawn(
+        lab.host_cmd(2, "dnsmasq")
+            .args(["-k", "--conf-file=/dev/null", "--port=0", "--interface=eth0", "--bind-interfaces"])
+            .args(["--dhcp-range=10.77.0.150,10.77.0.160,255.255.255.0,1h", "--no-ping", "--user=root"])
+            .arg(format!("--dhcp-leasefile={}", d.join("dnsmasq.leases").display()))
+            .arg(format!("--pid-file={}", d.join("dnsmasq.pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let server = start(&lab, d, "[dhcp]\nrouter_advertisement = false\n", &["--proxy-dhcp"]);
+    assert!(server.log().contains("proxyDHCP"), "{}", server.log());
+
+    // A plain client gets its lease from dnsmasq; the proxy stays silent.
+    let h3 = udhcpc(&lab, 3, &udhcpc_script(d), &[]);
+    assert_eq!(h3["serverid"], "10.77.0.2");
+    assert!(in_range(&h3["ip"], 150, 160), "{h3:?}");
+
+    // A crafted PXE ROM in host 1 (with an address, so that plain sockets can send).
+    sh(lab.host_cmd(1, "ip").args(["addr", "add", "10.77.0.50/24", "dev", "eth0"]));
+    let got = in_netns(&host_ns(&lab, 1), || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind_device(Some(b"eth0")).unwrap();
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).unwrap();
+        let s: UdpSocket = s.into();
+        let mac = [2, 0, 0, 0, 0, 0x50];
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        s.send_to(&pxe_packet(1, 0xfeed_0001, mac, Ipv4Addr::UNSPECIFIED, true), bcast).unwrap();
+        let pxe = answers(&s, 0xfeed_0001, Duration::from_secs(4));
+        s.send_to(&pxe_packet(1, 0xfeed_0002, mac, Ipv4Addr::UNSPECIFIED, false), bcast).unwrap();
+        let plain = answers(&s, 0xfeed_0002, Duration::from_secs(3));
+        let ciaddr = Ipv4Addr::new(10, 77, 0, 50);
+        s.send_to(&pxe_packet(3, 0xfeed_0003, mac, ciaddr, true), "10.77.0.1:4011").unwrap();
+        let ack = answers(&s, 0xfeed_0003, Duration::from_secs(3));
+        (pxe, plain, ack)
+    });
+    let (pxe, plain, ack) = got;
+    let from = |a: &Answer| a.from.ip().to_string();
+    // DISCOVER from a PXE ROM: dnsmasq offers an address, we offer the boot file only.
+    let ours: Vec<_> = pxe.iter().filter(|a| from(a) == "10.77.0.1").collect();
+    let theirs: Vec<_> = pxe.iter().filter(|a| from(a) == "10.77.0.2").collect();
+    assert_eq!((ours.len(), theirs.len()), (1, 1), "offers: {:?}", pxe.iter().map(from).collect::<Vec<_>>());
+    let o = ours[0];
+    assert_eq!((o.msg, o.yiaddr, o.file.as_str()), (2, Ipv4Addr::UNSPECIFIED, "undionly.kpxe"));
+    assert_eq!(o.class.as_deref(), Some(&b"PXEClient"[..]));
+    assert!(theirs[0].yiaddr.octets()[3] >= 150);
+    // A non-PXE DISCOVER: only dnsmasq answers.
+    assert!(plain.iter().all(|a| from(a) == "10.77.0.2") && !plain.is_empty());
+    // REQUEST on 4011: our ACK, straight back to the client.
+    assert_eq!(ack.len(), 1);
+    assert_eq!((from(&ack[0]).as_str(), ack[0].msg, ack[0].file.as_str()), ("10.77.0.1", 5, "undionly.kpxe"));
+    assert_eq!(ack[0].from.port(), 4011);
+    let log = server.stop();
+    assert!(log.contains("PXE clients only"), "{log}");
+}
+
+#[test]
+fn router_advertisement_answers_solicitation() {
+    let lab = Lab::new(0, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Long period: what arrives after our solicitation answers it.
+    let server = start(&lab, dir.path(), "[dhcp]\nra_interval = 3600\n", &[]);
+    let ns = host_ns(&lab, 1);
+    let ra = in_netns(&ns, || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
+        s.bind_device(Some(b"eth0")).unwrap();
+        s.set_multicast_hops_v6(255).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let idx = nix::net::if_::if_nametoindex("eth0").unwrap();
+        let to = std::net::SocketAddrV6::new("ff02::2".parse().unwrap(), 0, 0, idx);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Until the link-local address passes DAD, sending fails or goes unanswered: retry.
+        while Instant::now() < deadline {
+            let _ = s.send_to(&[133, 0, 0, 0, 0, 0, 0, 0], &to.into());
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            while let Ok(n) = s.recv(&mut buf) {
+                // SAFETY: recv initialized the first n bytes.
+                let m: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+                if m.first() == Some(&134) {
+                    return Some(m);
+                }
+            }
+        }
+        None
+    });
+    let ra = ra.unwrap_or_else(|| panic!("no router advertisement:\n{}", server.log()));
+    assert_eq!(&ra[4..8], &[0, 0, 0, 0], "M=0 O=0, router lifetime 0");
+    assert!(ra.len() == 16 || ra.len() == 24, "no prefix option: {ra:?}");
+}

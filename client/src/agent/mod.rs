@@ -1,0 +1,445 @@
+//! The agent: `/init` of the boot image (PID 1). It takes the PC from the kernel to the
+//! broker: file systems, drivers, network, optional NFS root, announce, then whatever the
+//! broker says, with a status screen at every step. As PID 1 it reaps orphans and never
+//! panics out: any failure is shown on screen and the PC restarts after a delay.
+
+mod broker;
+mod children;
+mod console;
+mod modules;
+mod mounts;
+mod net;
+mod supervise;
+mod sysinfo;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{SigSet, Signal};
+use proto::agent::{BootPhase, DisplayMode, Hello, MacAddr, Status, ViewerState, PROTOCOL};
+use proto::cmdline::BootParams;
+
+use console::{Console, Screen};
+
+/// `thinclient agent` options. As `/init` it gets none: the kernel command line (`tc.*` keys)
+/// is its configuration.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AgentArgs {
+    #[command(subcommand)]
+    tool: Option<Tool>,
+    /// File holding the kernel command line.
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline_file: PathBuf,
+    /// Program started as the viewer (`PROGRAM view VNC_ADDR`). Default: this executable.
+    #[arg(long)]
+    viewer: Option<PathBuf>,
+}
+
+/// Single steps of the agent, for trying them on a running system.
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// Lease an address with the agent's DHCP client and print it (and apply it with --apply).
+    ///
+    /// Example: thinclient agent dhcp --interface eth0 --apply
+    Dhcp {
+        #[arg(long)]
+        interface: String,
+        /// Give the kernel the address, route and DNS servers.
+        #[arg(long)]
+        apply: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Where --apply writes the DNS servers.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
+    },
+}
+
+/// What ends the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    Reboot,
+    PowerOff,
+}
+
+/// What the main loop waits for.
+pub(crate) enum Event {
+    Signal(Signal),
+    Command(proto::agent::Command),
+    /// A helper thread died; the PC restarts.
+    Fatal(String),
+}
+
+/// `tc.*` keys of this agent beyond the shared ones in `proto::cmdline`.
+const KEY_IFACE: &str = "tc.iface";
+const KEY_DHCP_TIMEOUT: &str = "tc.dhcp_timeout";
+const KEY_ERROR_DELAY: &str = "tc.error_delay";
+
+fn extra<'a>(params: &'a BootParams, key: &str) -> Option<&'a str> {
+    params.unknown.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn extra_secs(params: &BootParams, key: &str, default: u64) -> Duration {
+    Duration::from_secs(extra(params, key).and_then(|v| v.parse().ok()).unwrap_or(default))
+}
+
+pub(crate) fn main(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(Tool::Dhcp { interface, apply, timeout, resolv_conf }) = args.tool {
+        init_logger(None);
+        return dhcp_tool(&interface, apply, Duration::from_secs(timeout), &resolv_conf);
+    }
+    let pid1 = std::process::id() == 1;
+    let mut early_problems = Vec::new();
+    if pid1 {
+        early_problems = mounts::mount_early();
+        reopen_console();
+        std::env::set_var("PATH", "/sbin:/bin:/usr/sbin:/usr/bin");
+    }
+    let cmdline = std::fs::read_to_string(&args.cmdline_file).unwrap_or_default();
+    let (params, params_error) = match BootParams::parse(&cmdline) {
+        Ok(p) => (p, None),
+        Err(e) => (BootParams::default(), Some(e)),
+    };
+    init_logger(params.log.as_deref());
+    for p in early_problems {
+        log::warn!("{p}");
+    }
+    if let Some(e) = params_error {
+        log::warn!("ignoring the kernel command line's tc.* keys: {e}");
+    }
+    let error_delay = extra_secs(&params, KEY_ERROR_DELAY, 30);
+
+    // Every thread's signals are handled by one thread with sigwait; children get a clean mask
+    // from std's spawn.
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPWR, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().context("blocking signals")?;
+
+    let console = Arc::new(Mutex::new(if pid1 {
+        Console::open(Path::new("/sys"), Path::new("/dev"))
+    } else {
+        Console::stderr_only()
+    }));
+    let (tx, rx) = channel::<Event>();
+    spawn_guarded("signals", tx.clone(), move |tx| loop {
+        match mask.wait() {
+            Ok(Signal::SIGCHLD) => {
+                children::reap();
+            }
+            Ok(sig) => {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => log::warn!("sigwait: {e}"),
+        }
+    });
+
+    let viewer = args.viewer.clone().unwrap_or_else(|| {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"))
+    });
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        boot(&params, &console, viewer, tx, &rx)
+    }));
+    let show = |s: Screen| console.lock().unwrap_or_else(|e| e.into_inner()).show(s);
+    let action = match outcome {
+        Ok(Ok(action)) => action,
+        Ok(Err(e)) => {
+            log::error!("{e:#}");
+            show(Screen::Error { reason: format!("{e:#}"), reboot_in: Some(error_delay) });
+            std::thread::sleep(error_delay);
+            Shutdown::Reboot
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown".into());
+            show(Screen::Error { reason: format!("internal error: {what}"), reboot_in: Some(error_delay) });
+            std::thread::sleep(error_delay);
+            Shutdown::Reboot
+        }
+    };
+    shutdown(action, pid1, &console)
+}
+
+fn init_logger(filter: Option<&str>) {
+    let env = env_logger::Env::default().default_filter_or(filter.unwrap_or("info"));
+    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+}
+
+/// The kernel opens `/dev/console` for init only if the image has that node; once devtmpfs is
+/// mounted it exists, so make sure stdin, stdout and stderr are the console.
+fn reopen_console() {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(F_GETFD) only queries descriptor 1.
+    let stdout_ok = unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0;
+    if stdout_ok {
+        return;
+    }
+    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which are closed.
+            unsafe { libc::dup2(f.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Runs `f` on a named thread; a panic there becomes [`Event::Fatal`] for the main loop.
+fn spawn_guarded(name: &str, tx: Sender<Event>, f: impl FnOnce(Sender<Event>) + Send + 'static) {
+    let name = name.to_string();
+    let tx2 = tx.clone();
+    let thread_name = name.clone();
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| f(tx2))) {
+            let what = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            let _ = tx.send(Event::Fatal(format!("the {thread_name} thread failed: {what}")));
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("starting a thread: {e}");
+    }
+}
+
+/// Records how long each boot step took, for the announce and the boot log.
+struct Phases {
+    list: Vec<BootPhase>,
+    mark: Instant,
+}
+
+impl Phases {
+    fn done(&mut self, name: &str) {
+        let ms = self.mark.elapsed().as_millis() as u64;
+        log::info!("boot phase {name}: {ms} ms");
+        self.list.push(BootPhase { name: name.into(), ms });
+        self.mark = Instant::now();
+    }
+}
+
+fn boot(
+    params: &BootParams,
+    console: &Arc<Mutex<Console>>,
+    viewer_program: PathBuf,
+    tx: Sender<Event>,
+    rx: &std::sync::mpsc::Receiver<Event>,
+) -> anyhow::Result<Shutdown> {
+    let show = |s: Screen| console.lock().unwrap_or_else(|e| e.into_inner()).show(s);
+    let sys = Path::new("/sys");
+    let kernel_ms = sysinfo::uptime_ms(Path::new("/proc")).unwrap_or(0);
+    let mut phases = Phases { list: vec![BootPhase { name: "kernel".into(), ms: kernel_ms }], mark: Instant::now() };
+    log::info!("thinclient agent {} started {kernel_ms} ms after the kernel", env!("CARGO_PKG_VERSION"));
+
+    show(Screen::Booting { step: "Loading drivers".into() });
+    let mut loader = match modules::ModuleIndex::for_running_kernel() {
+        Ok(index) => Some(modules::Loader::new(index)),
+        Err(e) => {
+            log::warn!("no kernel modules ({e:#}); using built-in drivers only");
+            None
+        }
+    };
+    if let Some(l) = &mut loader {
+        let n = l.load_for_hardware(sys);
+        log::info!("loaded {n} modules for the hardware found");
+    }
+    phases.done("modules");
+
+    let iface = net::find_interface(sys, extra(params, KEY_IFACE), Duration::from_secs(20))?;
+    let mac = net::mac_of(sys, &iface)?;
+    net::netlink::bring_up(&iface)?;
+    if !net::wait_carrier(sys, &iface, Duration::from_secs(10)) {
+        log::warn!("{iface}: no link after 10 s; trying DHCP anyway");
+    }
+    phases.done("link");
+
+    let mac_text = MacAddr(mac).to_string();
+    show(Screen::Booting { step: format!("Getting a network address (DHCP) on {iface}, {mac_text}") });
+    let dhcp_timeout = extra_secs(params, KEY_DHCP_TIMEOUT, 60);
+    let lease = net::dhcp::acquire(&iface, mac, dhcp_timeout)
+        .with_context(|| format!("no network address for {mac_text}: is the boot server running?"))?;
+    net::netlink::apply(&iface, &lease, Path::new("/etc/resolv.conf"))?;
+    log::info!("{iface}: {}/{} via {:?} from {}", lease.address, lease.prefix_len, lease.router, lease.server);
+    phases.done("dhcp");
+    spawn_renewal(&iface, mac, &lease, tx.clone());
+
+    let broker = params.broker.or(lease.broker).with_context(|| {
+        format!(
+            "no broker address: neither {} on the kernel command line nor DHCP option {}",
+            proto::cmdline::KEY_BROKER,
+            net::dhcp::BROKER_OPTION
+        )
+    })?;
+
+    if let Some(spec) = &params.nfsroot {
+        show(Screen::Booting { step: format!("Mounting the NFS root {spec}") });
+        let root = mounts::NfsRoot::parse(spec)?;
+        if let Some(l) = &mut loader {
+            if let Err(e) = l.load("nfs") {
+                log::info!("nfs module: {e:#} (built in?)");
+            }
+        }
+        root.mount()?;
+        let path = std::env::var("PATH").unwrap_or_default();
+        let nfs = mounts::NFS_MOUNTPOINT;
+        std::env::set_var("PATH", format!("{path}:{nfs}/usr/bin:{nfs}/bin:{nfs}/usr/sbin:{nfs}/sbin"));
+        phases.done("nfsroot");
+    }
+
+    show(Screen::Booting { step: format!("Announcing this PC to the broker at {broker}") });
+    let hello = build_hello(sys, mac, lease.address, phases)?;
+    let (order_tx, order_rx) = channel();
+    let (status_tx, status_rx) = channel::<Status>();
+    {
+        let console = console.clone();
+        let status_tx = status_tx.clone();
+        spawn_guarded("viewer", tx.clone(), move |_| {
+            supervise::run(viewer_program, order_rx, |r| {
+                let status = match &r {
+                    supervise::Report::Started { pid } => {
+                        log::info!("viewer started (pid {pid})");
+                        Status { viewer: ViewerState::Starting, error: None }
+                    }
+                    supervise::Report::Exited { status, restart_in } => {
+                        let msg = format!("The desktop viewer {status}.\nStarting it again in {} s.", restart_in.as_secs());
+                        log::warn!("{}", msg.replace('\n', " "));
+                        console.lock().unwrap_or_else(|e| e.into_inner()).show(Screen::Waiting { detail: msg });
+                        Status { viewer: ViewerState::Exited, error: Some(status.clone()) }
+                    }
+                };
+                let _ = status_tx.send(status);
+            })
+        });
+    }
+    {
+        let console = console.clone();
+        let order_tx = order_tx.clone();
+        spawn_guarded("broker", tx.clone(), move |tx| {
+            broker::run(broker, hello, status_rx, order_tx, tx, console)
+        });
+    }
+
+    loop {
+        let event = rx.recv().context("every event source is gone")?;
+        match event {
+            Event::Signal(Signal::SIGUSR2 | Signal::SIGPWR | Signal::SIGUSR1) => return Ok(Shutdown::PowerOff),
+            Event::Signal(Signal::SIGHUP) => log::info!("SIGHUP ignored"),
+            Event::Signal(sig) => {
+                log::info!("{sig}: restarting");
+                return Ok(Shutdown::Reboot);
+            }
+            Event::Command(cmd) => {
+                log::info!("broker command: {}", broker::describe(&cmd));
+                match cmd {
+                    proto::agent::Command::Reboot => return Ok(Shutdown::Reboot),
+                    proto::agent::Command::PowerOff => return Ok(Shutdown::PowerOff),
+                    proto::agent::Command::ShowMessage { text } => show(Screen::Message { text }),
+                    proto::agent::Command::Reconnect => {}
+                }
+            }
+            Event::Fatal(reason) => bail!("{reason}"),
+        }
+    }
+}
+
+fn build_hello(sys: &Path, mac: [u8; 6], ipv4: std::net::Ipv4Addr, phases: Phases) -> anyhow::Result<Hello> {
+    let (cpu_model, cpu_count) = sysinfo::cpu(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
+    let ram_bytes = sysinfo::ram_bytes(sys, &std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    let display_modes = sysinfo::display_modes(sys)
+        .into_iter()
+        .map(|m| DisplayMode { width: m.width, height: m.height, refresh_mhz: m.refresh_hz.map(|hz| hz * 1000) })
+        .collect();
+    let boot_ms = sysinfo::uptime_ms(Path::new("/proc")).unwrap_or(0);
+    Ok(Hello {
+        version: PROTOCOL,
+        mac: MacAddr(mac),
+        ipv4,
+        cpu_model,
+        cpu_count,
+        ram_bytes,
+        display_modes,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_ms,
+        boot_phases: phases.list,
+        resume_token: None,
+    })
+}
+
+/// Renews the lease at half its time by running the exchange again; a changed address is
+/// applied (and the broker connection, bound to nothing, follows by itself).
+fn spawn_renewal(iface: &str, mac: [u8; 6], lease: &net::dhcp::Lease, tx: Sender<Event>) {
+    let Some(secs) = lease.lease_secs.filter(|s| *s != u32::MAX) else { return };
+    let iface = iface.to_string();
+    spawn_guarded("dhcp-renew", tx, move |_| {
+        let mut wait = Duration::from_secs(u64::from(secs / 2).max(30));
+        loop {
+            std::thread::sleep(wait);
+            match net::dhcp::acquire(&iface, mac, Duration::from_secs(60))
+                .and_then(|l| net::netlink::apply(&iface, &l, Path::new("/etc/resolv.conf")).map(|_| l))
+            {
+                Ok(l) => {
+                    log::info!("{iface}: lease renewed, {}/{}", l.address, l.prefix_len);
+                    wait = Duration::from_secs(u64::from(l.lease_secs.unwrap_or(secs) / 2).max(30));
+                }
+                Err(e) => {
+                    log::warn!("{iface}: renewing the lease: {e:#}");
+                    wait = Duration::from_secs(30);
+                }
+            }
+        }
+    });
+}
+
+fn shutdown(action: Shutdown, pid1: bool, console: &Arc<Mutex<Console>>) -> anyhow::Result<()> {
+    let text = match action {
+        Shutdown::Reboot => "Restarting.",
+        Shutdown::PowerOff => "Powering off.",
+    };
+    log::info!("{text}");
+    console.lock().unwrap_or_else(|e| e.into_inner()).show(Screen::Message { text: text.into() });
+    if !pid1 {
+        return Ok(());
+    }
+    children::terminate_all(Duration::from_secs(3));
+    nix::unistd::sync();
+    mounts::unmount_all();
+    nix::unistd::sync();
+    let mode = match action {
+        Shutdown::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        Shutdown::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+    };
+    let err = nix::sys::reboot::reboot(mode).unwrap_err();
+    // PID 1 must not exit (the kernel would panic): say why and wait for the power button.
+    log::error!("reboot({mode:?}) failed: {err}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn dhcp_tool(iface: &str, apply: bool, timeout: Duration, resolv: &Path) -> anyhow::Result<()> {
+    let sys = Path::new("/sys");
+    let mac = net::mac_of(sys, iface)?;
+    net::netlink::bring_up(iface)?;
+    let started = Instant::now();
+    let lease = net::dhcp::acquire(iface, mac, timeout)?;
+    println!("interface: {iface}");
+    println!("mac: {}", MacAddr(mac));
+    println!("address: {}/{}", lease.address, lease.prefix_len);
+    println!("router: {}", lease.router.map(|r| r.to_string()).unwrap_or_else(|| "(none)".into()));
+    println!("dns: {}", lease.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" "));
+    println!("server: {}", lease.server);
+    println!("lease_secs: {}", lease.lease_secs.map(|s| s.to_string()).unwrap_or_else(|| "(none)".into()));
+    println!("broker: {}", lease.broker.map(|b| b.to_string()).unwrap_or_else(|| "(none)".into()));
+    println!("took_ms: {}", started.elapsed().as_millis());
+    if apply {
+        net::netlink::apply(iface, &lease, resolv)?;
+        println!("applied");
+    }
+    Ok(())
+}
