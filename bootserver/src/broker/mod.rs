@@ -2,7 +2,9 @@
 //! event in, decision out, so that they can be tested on their own and reused by tools that
 //! explain a decision. The proxy, the host registry and the orchestrator do the I/O.
 
+pub mod admin_routes;
 pub mod explain;
+pub mod flow;
 pub mod hosts;
 pub mod listener;
 pub mod memory;

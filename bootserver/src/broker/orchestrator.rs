@@ -323,6 +323,28 @@ impl Orchestrator {
         Ok((name, backend, t0.elapsed().as_millis() as u64))
     }
 
+    /// Waits until a booting replacement VM shows a desktop: its screen has the size of the
+    /// old VM's (a guest still in its firmware or boot console has another mode). Returns the
+    /// milliseconds waited.
+    async fn wait_desktop(&self, old: &Backend, new: &Backend) -> anyhow::Result<u64> {
+        let t0 = Instant::now();
+        let want = self.proxy.probe(old).await.context("probing the old VM's screen")?;
+        let deadline = t0 + std::time::Duration::from_secs(self.cfg.switch_timeout_secs);
+        loop {
+            match self.proxy.probe(new).await {
+                Ok(r) if (r.width, r.height) == (want.width, want.height) => {
+                    return Ok(t0.elapsed().as_millis() as u64);
+                }
+                Ok(r) => log::debug!("broker: new VM shows {}x{}, waiting for {}x{}", r.width, r.height, want.width, want.height),
+                Err(e) => log::debug!("broker: new VM not ready: {e}"),
+            }
+            if Instant::now() > deadline {
+                bail!("no {}x{} screen within {} s", want.width, want.height, self.cfg.switch_timeout_secs);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     async fn execute(&self, action: &Action) -> anyhow::Result<serde_json::Value> {
         match action {
             Action::Start { user, host, level, bytes, .. } => {
@@ -371,6 +393,15 @@ impl Orchestrator {
                     );
                 }
                 let (vm, backend, create_ms) = self.create_vm(user, to_host, *to_bytes).await?;
+                let ready_ms = match self.wait_desktop(&old.backend, &backend).await {
+                    Ok(ms) => ms,
+                    Err(e) => {
+                        if let Some(c) = self.hosts.client(to_host) {
+                            let _ = c.stop(&vm, 0).await;
+                        }
+                        bail!("new VM {vm} never showed a desktop: {e:#}");
+                    }
+                };
                 let switch = match self.proxy.switch(&old.token, backend.clone()).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -397,7 +428,7 @@ impl Orchestrator {
                     log::warn!("broker: stopping {user}'s old VM {} on {from_host}: {e}", old.vm);
                 }
                 Ok(json!({
-                    "from_vm": old.vm, "to_vm": vm, "create_ms": create_ms,
+                    "from_vm": old.vm, "to_vm": vm, "create_ms": create_ms, "desktop_ready_ms": ready_ms,
                     "first_frame_ms": switch.first_frame_ms, "switched_ms": switch.swapped_ms,
                     "viewer_connected": switch.viewer_connected, "resized": switch.resized, "stop_ms": stop_ms,
                 }))

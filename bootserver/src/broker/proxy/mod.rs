@@ -42,6 +42,9 @@ pub struct SwitchReport {
     /// From the start of the switch until the viewer had been sent the new VM's full frame.
     pub swapped_ms: u64,
     pub resized: bool,
+    /// The new VM's screen size.
+    pub width: u16,
+    pub height: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +193,8 @@ impl Proxy {
             first_frame_ms: ready.first_frame_in.as_millis() as u64,
             swapped_ms: 0,
             resized: false,
+            width: ready.init.width,
+            height: ready.init.height,
         })
     }
 

@@ -327,6 +327,8 @@ impl Relay {
             first_frame_ms: ready.first_frame_in.as_millis() as u64,
             swapped_ms: p.started.elapsed().as_millis() as u64,
             resized,
+            width: self.width,
+            height: self.height,
         };
         log::info!(
             "proxy: session {}: switched to VM {} (connect {} ms, first frame {} ms, swap {} ms{})",
