@@ -65,7 +65,7 @@ enum Command {
         #[command(subcommand)]
         action: ClientAction,
         /// Admin API address.
-        #[arg(long, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
+        #[arg(long, global = true, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
     },
     /// Show what the memory algorithm does as users arrive (the paper's Table 3 by default).

@@ -39,7 +39,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // As the image's /init the kernel passes no subcommand, and possibly stray words of its
+    // command line: PID 1 is always the agent.
+    let cli = if std::process::id() == 1 { Cli::parse_from(["thinclient", "agent"]) } else { Cli::parse() };
     // The agent sets up logging itself, from the kernel command line.
     if !matches!(cli.command, Command::Agent(_)) {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

@@ -50,6 +50,7 @@ where
     let vnc = vnc::VncConnector::new(s)
         .set_auth_method(async move { Ok(pw) })
         .add_encoding(vnc::VncEncoding::Raw)
+        .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
         .allow_shared(true)
         .set_pixel_format(vnc::PixelFormat::bgra())
         .build()?
@@ -66,6 +67,7 @@ where
             Ok(Ok(vnc::VncEvent::SetResolution(sc))) => {
                 (w, h) = (sc.width as usize, sc.height as usize);
                 fb = vec![0; w * h * 4];
+                vnc.input(vnc::X11Event::FullRefresh).await?;
             }
             Ok(Ok(vnc::VncEvent::RawImage(r, data))) => {
                 if first.is_none() {

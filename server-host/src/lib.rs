@@ -24,15 +24,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let app = api::router(mgr, token);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
     log::info!("API on http://{listen}{}", proto::host::API_PREFIX);
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             log::info!("stopping; VMs keep running and are re-adopted at the next start");
-        })
-        .await
-        .context("serving the API")
+            notify.notify_one();
+        });
+    // Event streams never end by themselves: give requests in flight a moment, not forever.
+    tokio::select! {
+        r = server => r.context("serving the API"),
+        _ = async { stopping.notified().await; tokio::time::sleep(std::time::Duration::from_secs(3)).await } => Ok(()),
+    }
 }

@@ -290,6 +290,7 @@ pub fn vnc_frame(socket: &Path, password: &str) -> (usize, usize, Vec<u8>) {
         let vnc = vnc::VncConnector::new(stream)
             .set_auth_method(async move { Ok(pw) })
             .add_encoding(vnc::VncEncoding::Raw)
+            .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
             .allow_shared(true)
             .set_pixel_format(vnc::PixelFormat::bgra())
             .build()
@@ -312,6 +313,7 @@ pub fn vnc_frame(socket: &Path, password: &str) -> (usize, usize, Vec<u8>) {
                     (w, h) = (s.width as usize, s.height as usize);
                     fb = vec![0; w * h * 3];
                     seen = vec![false; w * h];
+                    vnc.input(vnc::X11Event::FullRefresh).await.unwrap();
                 }
                 Ok(Ok(vnc::VncEvent::RawImage(r, data))) => {
                     for y in 0..r.height as usize {
