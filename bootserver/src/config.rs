@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::dhcp::DhcpConfig;
+use crate::nfs::{ExportConfig, NfsConfig};
 use crate::tftp::TftpConfig;
 
 /// How iPXE fetches the kernel and initramfs named in its boot script.
@@ -47,6 +48,8 @@ pub struct FileConfig {
     pub tftp: TftpConfig,
     #[serde(default)]
     pub desktops: crate::broker::settings::BrokerConfig,
+    #[serde(default)]
+    pub nfs: NfsConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -109,6 +112,13 @@ pub struct ServeArgs {
     /// TFTP port. Default: 69.
     #[arg(long)]
     pub tftp_port: Option<u16>,
+    /// Export a folder read-only over NFSv3 as NAME=PATH (e.g. /client=/srv/client-root),
+    /// to the server's subnet; repeatable. Adds to the config's [[nfs.export]] list.
+    #[arg(long, value_name = "NAME=PATH")]
+    pub nfs_export: Vec<String>,
+    /// NFS port. Default: 2049.
+    #[arg(long)]
+    pub nfs_port: Option<u16>,
 }
 
 /// A validated configuration, with every default applied.
@@ -133,6 +143,7 @@ pub struct Settings {
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
     pub desktops: crate::broker::settings::BrokerConfig,
+    pub nfs: NfsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +311,16 @@ impl Settings {
         if let Some(p) = args.tftp_port {
             tftp.port = p;
         }
+        let mut nfs = file.nfs;
+        if let Some(p) = args.nfs_port {
+            nfs.port = p;
+        }
+        for spec in &args.nfs_export {
+            let (name, path) = spec.split_once('=').ok_or_else(|| {
+                invalid("nfs.export", format!("--nfs-export {spec:?}: write NAME=PATH, e.g. /client=/srv/root"))
+            })?;
+            nfs.exports.push(ExportConfig { name: name.into(), path: path.into(), clients: Vec::new() });
+        }
         let broker = args
             .broker
             .or(file.broker)
@@ -324,6 +345,7 @@ impl Settings {
             dhcp: file.dhcp,
             tftp,
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,
+            nfs,
         })
     }
 }

@@ -10,5 +10,6 @@ pub mod config;
 pub mod dhcp;
 pub mod http;
 pub mod net;
+pub mod nfs;
 pub mod server;
 pub mod tftp;

@@ -86,11 +86,38 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             tasks.spawn(crate::dhcp::ra::run(settings.interface.clone(), every));
         }
     }
-    if tasks.is_empty() {
-        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http");
+    if !settings.nfs.exports.is_empty() {
+        tasks.spawn(crate::nfs::run(
+            settings.interface.clone(),
+            settings.address,
+            settings.netmask,
+            settings.nfs.clone(),
+        ));
     }
+    if settings.enable_tftp {
+        let addr = SocketAddr::new(settings.address.into(), settings.tftp.port);
+        let socket = crate::net::udp_socket(&settings.interface, addr, false)?;
+        let service = crate::tftp::Service::new(
+            files.clone(),
+            &settings.interface,
+            settings.address,
+            settings.tftp.clone(),
+        );
+        tasks.spawn(crate::tftp::run(socket, Arc::new(service)));
+    }
+    if tasks.is_empty() {
+        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs");
+    }
+    // The desktops (VNC proxy, hosts, orchestrator) where `[desktops]` names hosts; the proxy
+    // listens on the boot server's address, the one the PCs reach.
+    let desktops = if settings.desktops.hosts.is_empty() {
+        None
+    } else {
+        let proxy_addr = SocketAddr::new(settings.address.into(), settings.desktops.proxy_port);
+        Some(crate::broker::flow::start(&settings.desktops, proxy_addr, &mut tasks).await?)
+    };
     // The broker: the agents' announces, the client registry and the admin API.
-    crate::broker::listener::start(&settings, &mut tasks).await?;
+    crate::broker::listener::start(&settings, desktops, &mut tasks).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

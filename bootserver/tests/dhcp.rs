@@ -92,7 +92,7 @@ fn chmod_x(p: &Path) {
 
 /// `key=value` pairs of the last line of `text` that starts with `prefix`.
 fn fields(text: &str, prefix: &str) -> HashMap<String, String> {
-    let line = text.lines().filter(|l| l.starts_with(prefix)).last();
+    let line = text.lines().rfind(|l| l.starts_with(prefix));
     let line = line.unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"));
     line.split_whitespace()
         .filter_map(|kv| kv.split_once('='))

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod viewer;
+
 /// Firmware of a diskless PC that shows its user's virtual desktop.
 ///
 /// Runs as `/init` of the boot image built by `initramfs build`. It reads the `tc.*` keys that the
@@ -36,6 +38,10 @@ enum Command {
     ///
     /// Example: `thinclient agent dhcp --interface eth0` tries its DHCP client alone.
     Agent(agent::AgentArgs),
+    /// Show a VNC desktop on this PC's screen (SDL2 or /dev/fb0), with keyboard and mouse.
+    ///
+    /// Example: `thinclient view 10.0.0.1:5901 --password-file /run/vnc.pass`
+    View(viewer::ViewArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     }
     match cli.command {
+        Command::View(args) => return viewer::run(args),
         Command::Params { cmdline_file } => {
             let line = std::fs::read_to_string(&cmdline_file)
                 .with_context(|| format!("reading {}", cmdline_file.display()))?;

@@ -21,6 +21,9 @@ struct Node {
     mode: u32,
     data: Vec<u8>,
     rdev: (u32, u32),
+    /// Host (device, inode) of a file with several hard links: such files become one inode
+    /// in the archive too, instead of one copy per name.
+    link: Option<(u64, u64)>,
 }
 
 /// The tree being built, keyed by path without a leading slash.
@@ -61,15 +64,22 @@ impl Builder {
     }
 
     fn dir(&mut self, path: &str, mode: u32, source: &str) -> Result<()> {
-        self.put(path, Node { mode: S_IFDIR | mode, data: vec![], rdev: (0, 0) }, source)
+        self.put(path, Node { mode: S_IFDIR | mode, data: vec![], rdev: (0, 0), link: None }, source)
+    }
+
+    /// A host file, kept as a hard link of the others of its inode.
+    fn host_file(&mut self, path: &str, meta: &std::fs::Metadata, mode: u32, data: Vec<u8>, source: &str) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let link = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+        self.put(path, Node { mode: S_IFREG | (mode & 0o7777), data, rdev: (0, 0), link }, source)
     }
 
     pub fn file(&mut self, path: &str, mode: u32, data: Vec<u8>, source: &str) -> Result<()> {
-        self.put(path, Node { mode: S_IFREG | (mode & 0o7777), data, rdev: (0, 0) }, source)
+        self.put(path, Node { mode: S_IFREG | (mode & 0o7777), data, rdev: (0, 0), link: None }, source)
     }
 
     pub fn symlink(&mut self, path: &str, target: &str, source: &str) -> Result<()> {
-        self.put(path, Node { mode: S_IFLNK | 0o777, data: target.as_bytes().to_vec(), rdev: (0, 0) }, source)
+        self.put(path, Node { mode: S_IFLNK | 0o777, data: target.as_bytes().to_vec(), rdev: (0, 0), link: None }, source)
     }
 
     /// Copies a host path at the same place in the image, recreating each symlink on the way
@@ -107,7 +117,7 @@ impl Builder {
             } else if pending.is_empty() {
                 if meta.is_file() {
                     let data = std::fs::read(&cur).with_context(|| format!("{source}: reading {}", cur.display()))?;
-                    self.file(&cur.to_string_lossy(), host_mode(&meta), data, source)?;
+                    self.host_file(&cur.to_string_lossy(), &meta, host_mode(&meta), data, source)?;
                 } else if meta.is_dir() {
                     self.dir(&cur.to_string_lossy(), host_mode(&meta), source)?;
                 }
@@ -140,7 +150,7 @@ impl Builder {
             bail!("{source}: {} is neither a file, a folder nor a symlink; declare device nodes under [[devices]]", src.display());
         }
         let data = std::fs::read(src).with_context(|| format!("{source}: reading {}", src.display()))?;
-        self.file(dest, mode.unwrap_or(host_mode(&meta)), data, source)
+        self.host_file(dest, &meta, mode.unwrap_or(host_mode(&meta)), data, source)
     }
 
     /// Adds the interpreter and the shared-library closure of an ELF file already read.
@@ -173,19 +183,36 @@ impl Builder {
     }
 
     /// The tree as archive members: sorted by path, numbered in order, owned by root, all
-    /// with the same mtime.
+    /// with the same mtime. Hard links share the inode of their first name and, as GNU cpio
+    /// writes them, carry the data on their last name only.
     pub fn entries(&self, mtime: u32) -> Vec<Entry> {
         let mut out = Vec::with_capacity(self.nodes.len() + 1);
         let mut root = Entry::new(".", S_IFDIR | 0o755, vec![]);
         root.ino = 1;
         root.mtime = mtime;
         out.push(root);
+        let mut groups: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+        for (i, (_, (n, _))) in self.nodes.iter().enumerate() {
+            if let Some(k) = n.link {
+                groups.entry(k).or_default().push(i + 1);
+            }
+        }
         for (i, (path, (n, _))) in self.nodes.iter().enumerate() {
             let mut e = Entry::new(path.clone(), n.mode, n.data.clone());
             e.ino = i as u32 + 2;
             e.mtime = mtime;
             (e.rdevmajor, e.rdevminor) = n.rdev;
             out.push(e);
+        }
+        for members in groups.values().filter(|m| m.len() > 1) {
+            let (ino, last) = (out[members[0]].ino, *members.last().unwrap());
+            for &m in members {
+                out[m].ino = ino;
+                out[m].nlink = members.len() as u32;
+                if m != last {
+                    out[m].data = Vec::new();
+                }
+            }
         }
         out
     }
@@ -218,14 +245,16 @@ pub fn build(loaded: &Loaded) -> Result<Image> {
     }
     for d in &c.devices {
         let kind = if d.kind == DeviceKind::Char { S_IFCHR } else { S_IFBLK };
-        b.put(&d.path, Node { mode: kind | (d.mode & 0o7777), data: vec![], rdev: (d.major, d.minor) }, &format!("devices: {}", d.path))?;
+        b.put(&d.path, Node { mode: kind | (d.mode & 0o7777), data: vec![], rdev: (d.major, d.minor), link: None }, &format!("devices: {}", d.path))?;
     }
     if let (Some(version), Some(dir)) = (&loaded.kernel_version, &loaded.modules_dir) {
         modules(&mut b, c, version, dir)?;
     }
     let entries = b.entries(c.mtime);
     info!("{} entries, {} bytes before compression", entries.len(), entries.iter().map(|e| e.data.len()).sum::<usize>());
-    Ok(Image::single(c.compression, entries))
+    let mut img = Image::single(c.compression, entries);
+    img.level = c.compression_level;
+    Ok(img)
 }
 
 fn modules(b: &mut Builder, c: &Config, version: &str, dir: &Path) -> Result<()> {
@@ -319,6 +348,25 @@ mod tests {
         b.file("/lib/modules/x.ko", 0o644, b"m".to_vec(), "t").unwrap();
         let names: Vec<_> = b.entries(0).into_iter().map(|e| e.name).collect();
         assert_eq!(names, [".", "lib", "usr", "usr/lib", "usr/lib/modules", "usr/lib/modules/x.ko"]);
+    }
+
+    #[test]
+    fn hard_links_stay_one_inode() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"shared").unwrap();
+        std::fs::hard_link(d.path().join("a"), d.path().join("b")).unwrap();
+        std::fs::write(d.path().join("c"), b"alone").unwrap();
+        let mut b = Builder::default();
+        b.copy_tree(d.path(), "/x", None, "t").unwrap();
+        let e = b.entries(0);
+        let (a, bb, c) = (&e[2], &e[3], &e[4]);
+        assert_eq!((a.name.as_str(), bb.name.as_str(), c.name.as_str()), ("x/a", "x/b", "x/c"));
+        assert_eq!((a.ino, a.nlink, a.data.len()), (bb.ino, 2, 0));
+        assert_eq!(bb.data, b"shared");
+        assert_eq!((c.nlink, c.data.as_slice()), (1, &b"alone"[..]));
+        let img = Image::single(crate::compress::Compression::None, e);
+        let v = img.view();
+        assert_eq!(v.data(v.get("x/a").unwrap()), b"shared");
     }
 
     #[test]

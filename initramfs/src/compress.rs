@@ -342,31 +342,50 @@ fn lzop_encode(data: &[u8]) -> Result<Vec<u8>, CompressError> {
     Ok(out)
 }
 
-/// Compresses `data` as one stream. Levels follow what the distributions use by default.
+/// The level used when none is given: the same as Debian's mkinitramfs, so that images of
+/// both tools compare like with like.
+pub fn default_level(c: Compression) -> i32 {
+    match c {
+        Compression::Gzip => 6,
+        Compression::Bzip2 => 9,
+        Compression::Xz | Compression::Lzma => 6,
+        Compression::Zstd => 9,
+        Compression::None | Compression::Lzo | Compression::Lz4 => 0,
+    }
+}
+
+/// Compresses `data` as one stream at the default level.
 pub fn compress(c: Compression, data: &[u8]) -> Result<Vec<u8>, CompressError> {
+    compress_level(c, data, default_level(c))
+}
+
+/// Compresses `data` as one stream. `level` is ignored for lzo and lz4 (one speed only).
+pub fn compress_level(c: Compression, data: &[u8], level: i32) -> Result<Vec<u8>, CompressError> {
     let io = |e| CompressError::Io(c, e);
+    let bad_level = |lo: i32, hi: i32| CompressError::Format(c, format!("level {level} out of range {lo}..={hi}"));
     Ok(match c {
         Compression::None => data.to_vec(),
         Compression::Gzip => {
             // A fixed header (no name, mtime 0, OS "unknown") keeps the output reproducible.
             let mut e = flate2::GzBuilder::new()
                 .operating_system(255)
-                .write(Vec::new(), flate2::Compression::new(9));
+                .write(Vec::new(), flate2::Compression::new(u32::try_from(level).ok().filter(|l| *l <= 9).ok_or_else(|| bad_level(0, 9))?));
             e.write_all(data).map_err(io)?;
             e.finish().map_err(io)?
         }
         Compression::Bzip2 => {
-            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::new(u32::try_from(level).ok().filter(|l| (1..=9).contains(l)).ok_or_else(|| bad_level(1, 9))?));
             e.write_all(data).map_err(io)?;
             e.finish().map_err(io)?
         }
         Compression::Xz | Compression::Lzma => {
             // The kernel's xz decoder knows only the CRC32 check and the LZMA2 filter (no BCJ
             // needed for an archive), so the stream is made with exactly those.
+            let preset = u32::try_from(level).ok().filter(|l| *l <= 9).ok_or_else(|| bad_level(0, 9))?;
             let stream = if c == Compression::Xz {
-                xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32)
+                xz2::stream::Stream::new_easy_encoder(preset, xz2::stream::Check::Crc32)
             } else {
-                xz2::stream::LzmaOptions::new_preset(6)
+                xz2::stream::LzmaOptions::new_preset(preset)
                     .and_then(|o| xz2::stream::Stream::new_lzma_encoder(&o))
             }
             .map_err(|e| CompressError::Format(c, e.to_string()))?;
@@ -374,7 +393,12 @@ pub fn compress(c: Compression, data: &[u8]) -> Result<Vec<u8>, CompressError> {
             e.write_all(data).map_err(io)?;
             e.finish().map_err(io)?
         }
-        Compression::Zstd => zstd::bulk::compress(data, 19).map_err(io)?,
+        Compression::Zstd => {
+            if !(1..=19).contains(&level) {
+                return Err(bad_level(1, 19));
+            }
+            zstd::bulk::compress(data, level).map_err(io)?
+        },
         Compression::Lz4 => lz4_legacy_encode(data),
         Compression::Lzo => lzop_encode(data)?,
     })

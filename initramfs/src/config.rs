@@ -15,6 +15,8 @@ pub struct Config {
     /// Compression of the image: none, gzip, bzip2, lzma, xz, lzo, lz4, zstd. Default zstd.
     #[serde(default = "default_compression")]
     pub compression: Compression,
+    /// Compression level; default: the one mkinitramfs uses (gzip 6, bzip2 9, xz/lzma 6, zstd 9).
+    pub compression_level: Option<i32>,
     /// Modification time given to every entry (seconds since 1970). Default 0.
     #[serde(default)]
     pub mtime: u32,

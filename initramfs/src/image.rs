@@ -60,6 +60,10 @@ pub struct Segment {
 #[derive(Debug, Clone, Default)]
 pub struct Image {
     pub segments: Vec<Segment>,
+    /// Level for archives that get re-encoded; `None` for each format's default.
+    pub level: Option<i32>,
+    /// Zero bytes before the first archive, kept so an unedited image writes back unchanged.
+    pub lead: usize,
 }
 
 fn skip_zeros(buf: &[u8], mut at: usize) -> usize {
@@ -79,6 +83,7 @@ impl Image {
         let mut segments = Vec::new();
         let mut total: u64 = 0;
         let mut at = skip_zeros(buf, 0);
+        let lead = at;
         while at < buf.len() {
             let index = segments.len();
             let start = at;
@@ -115,12 +120,12 @@ impl Image {
             at = skip_zeros(buf, at);
             segments.push(Segment { compression, offset: start, raw: buf[start..at].to_vec(), entries, modified: false });
         }
-        Ok(Image { segments })
+        Ok(Image { segments, level: None, lead })
     }
 
     /// The image's bytes: untouched archives verbatim, edited ones re-encoded.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ImageError> {
-        let mut out = Vec::new();
+        let mut out = vec![0; self.lead];
         for (index, s) in self.segments.iter().enumerate() {
             if !s.modified {
                 out.extend_from_slice(&s.raw);
@@ -128,7 +133,8 @@ impl Image {
             }
             let block = if s.compression == Compression::None { 512 } else { 4 };
             let cpio = newc::write_archive(&s.entries, block);
-            let packed = compress::compress(s.compression, &cpio)
+            let level = self.level.unwrap_or(compress::default_level(s.compression));
+            let packed = compress::compress_level(s.compression, &cpio, level)
                 .map_err(|source| ImageError::Compress { index, offset: out.len(), source })?;
             out.extend_from_slice(&packed);
             if index + 1 < self.segments.len() {
@@ -140,7 +146,7 @@ impl Image {
 
     /// A new image of one archive.
     pub fn single(compression: Compression, entries: Vec<Entry>) -> Image {
-        Image { segments: vec![Segment { compression, offset: 0, raw: Vec::new(), entries, modified: true }] }
+        Image { segments: vec![Segment { compression, offset: 0, raw: Vec::new(), entries, modified: true }], level: None, lead: 0 }
     }
 
     /// Every member in archive order, as the kernel unpacks them.
@@ -347,6 +353,9 @@ mod tests {
         let names: Vec<_> = img.entries().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["kernel", "kernel/x86/microcode/GenuineIntel.bin", ".", "bin", "bin/sh", "init"]);
         assert_eq!(img.to_bytes().unwrap(), bytes, "an unedited image is written back verbatim");
+        let mut led = vec![0u8; 8];
+        led.extend_from_slice(&bytes);
+        assert_eq!(Image::parse(&led, Limits::default()).unwrap().to_bytes().unwrap(), led);
         let (p, e) = img.view().resolve("init").unwrap();
         assert_eq!((p.as_str(), e.data.as_slice()), ("bin/sh", &b"#!shell"[..]));
     }

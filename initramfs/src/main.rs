@@ -44,6 +44,9 @@ enum Cmd {
         /// Overrides the config's `compression`.
         #[arg(long)]
         compression: Option<Compression>,
+        /// Overrides the config's `compression_level`.
+        #[arg(long)]
+        level: Option<i32>,
     },
     /// List the members, in archive order, as `cpio -t` and `lsinitramfs` do.
     List {
@@ -139,10 +142,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let limits = Limits { max_entry: cli.max_entry_size, max_total: cli.max_size };
     let open = |p: &Path| Image::open(p, limits).with_context(|| format!("reading image {}", p.display()));
     match cli.cmd {
-        Cmd::Build { config, out, compression } => {
+        Cmd::Build { config, out, compression, level } => {
             let mut loaded = config::Config::load(&config)?;
             if let Some(c) = compression {
                 loaded.config.compression = c;
+            }
+            if level.is_some() {
+                loaded.config.compression_level = level;
             }
             let img = build::build(&loaded)?;
             let bytes = img.to_bytes()?;
@@ -243,10 +249,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Cli::parse()) {
         Ok(code) => code,
+        // `initramfs list IMG | head` is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("initramfs: {e:#}");
             ExitCode::from(2)

@@ -11,6 +11,7 @@
 //! switch_timeout_secs = 120        # longest wait for a new VM's first frame at a handoff
 //! orphan_timeout_secs = 600        # a viewer whose VM died waits this long for a new one
 //! stop_deadline_secs = 30          # guest's time to power off before it is killed
+//! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
 //! balloon = false                  # shrink in place where host and guest can, no handoff
 //!
 //! [[desktops.hosts]]
@@ -53,6 +54,7 @@ pub struct BrokerConfig {
     pub switch_timeout_secs: u64,
     pub orphan_timeout_secs: u64,
     pub stop_deadline_secs: u64,
+    pub leave_after_secs: u64,
     pub balloon: bool,
     pub hosts: Vec<HostConfig>,
 }
@@ -68,6 +70,7 @@ impl Default for BrokerConfig {
             switch_timeout_secs: 120,
             orphan_timeout_secs: 600,
             stop_deadline_secs: 30,
+            leave_after_secs: 120,
             balloon: false,
             hosts: Vec::new(),
         }

@@ -99,7 +99,7 @@ pub async fn run(interface: String, interval: Duration) -> anyhow::Result<()> {
             _ = tick.tick() => false,
             guard = sock.readable() => {
                 let mut guard = guard.context("ra: polling the socket")?;
-                match guard.try_io(|s| (&*s.get_ref()).read(&mut buf)) {
+                match guard.try_io(|s| s.get_ref().read(&mut buf)) {
                     Ok(Ok(n)) if is_solicitation(&buf[..n]) => true,
                     Ok(Ok(_)) | Err(_) => continue,
                     Ok(Err(e)) => { log::debug!("ra: receiving: {e}"); continue }

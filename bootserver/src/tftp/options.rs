@@ -1,0 +1,142 @@
+//! Option negotiation (RFC 2347): blksize (RFC 2348), tsize and timeout (RFC 2349), windowsize
+//! (RFC 7440). Unknown options and options with bad values are left out of the OACK, which
+//! RFC 2347 defines as "not accepted": the client then uses the default.
+
+use std::time::Duration;
+
+use super::packet::{Mode, Request, Writer, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE, OP_OACK};
+
+/// What this server grants at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest block size, already lowered to fit the interface MTU.
+    pub max_blksize: u16,
+    pub max_windowsize: u16,
+}
+
+/// The outcome of a negotiation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub blksize: u16,
+    pub windowsize: u16,
+    /// Retransmission timeout the client asked for.
+    pub timeout: Option<Duration>,
+    /// Accepted options in the client's order, as sent back in the OACK.
+    pub accepted: Vec<(&'static str, u64)>,
+}
+
+impl Negotiated {
+    /// The OACK packet, or `None` when no option was accepted (then DATA 1 answers the RRQ).
+    pub fn oack(&self) -> Option<Vec<u8>> {
+        if self.accepted.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(64);
+        let mut w = Writer::new(&mut out, OP_OACK);
+        for (name, value) in &self.accepted {
+            w = w.option(name, value);
+        }
+        Some(out)
+    }
+}
+
+/// Decides which of a read request's options to accept. `file_len` is the size to report for
+/// tsize; netascii changes the size on the wire, so tsize is left out for it.
+pub fn negotiate(req: &Request<'_>, limits: Limits, file_len: u64) -> Negotiated {
+    let mut n = Negotiated { blksize: DEFAULT_BLKSIZE, windowsize: 1, timeout: None, accepted: Vec::new() };
+    let seen = |name: &'static str, n: &Negotiated| n.accepted.iter().any(|(a, _)| *a == name);
+    for opt in req.options() {
+        let value = opt.number();
+        if opt.is("blksize") && !seen("blksize", &n) {
+            // A larger request than allowed is answered with the allowed maximum (RFC 2348).
+            let cap = limits.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE) as u64;
+            if let Some(v) = value.filter(|&v| v >= MIN_BLKSIZE as u64) {
+                n.blksize = v.min(cap) as u16;
+                n.accepted.push(("blksize", n.blksize as u64));
+            }
+        } else if opt.is("windowsize") && !seen("windowsize", &n) {
+            let cap = limits.max_windowsize.max(1) as u64;
+            if let Some(v) = value.filter(|v| (1..=65535).contains(v)) {
+                n.windowsize = v.min(cap) as u16;
+                n.accepted.push(("windowsize", n.windowsize as u64));
+            }
+        } else if opt.is("timeout") && !seen("timeout", &n) {
+            // RFC 2349: 1..=255 seconds, and the server may not change it.
+            if let Some(v) = value.filter(|v| (1..=255).contains(v)) {
+                n.timeout = Some(Duration::from_secs(v));
+                n.accepted.push(("timeout", v));
+            }
+        } else if opt.is("tsize") && !seen("tsize", &n) && req.mode == Mode::Octet && value.is_some() {
+            n.accepted.push(("tsize", file_len));
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tftp::packet::{parse, request_packet, Packet, OP_RRQ};
+
+    const LIMITS: Limits = Limits { max_blksize: 1468, max_windowsize: 16 };
+
+    fn run(mode: Mode, opts: &[(&str, &str)]) -> Negotiated {
+        let mut raw = Vec::new();
+        request_packet(&mut raw, OP_RRQ, b"f", mode, opts);
+        let Ok(Packet::Rrq(r)) = parse(&raw) else { panic!() };
+        negotiate(&r, LIMITS, 1000)
+    }
+
+    #[test]
+    fn no_options_no_oack() {
+        let n = run(Mode::Octet, &[]);
+        assert_eq!((n.blksize, n.windowsize, n.timeout), (512, 1, None));
+        assert_eq!(n.oack(), None);
+    }
+
+    #[test]
+    fn accepts_and_caps() {
+        let n = run(
+            Mode::Octet,
+            &[("BlkSize", "65464"), ("tsize", "0"), ("windowsize", "64"), ("timeout", "3")],
+        );
+        assert_eq!(n.blksize, 1468);
+        assert_eq!(n.windowsize, 16);
+        assert_eq!(n.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(
+            n.oack().unwrap(),
+            b"\0\x06blksize\x001468\0tsize\x001000\0windowsize\x0016\0timeout\x003\0"
+        );
+        let n = run(Mode::Octet, &[("blksize", "1024")]);
+        assert_eq!(n.blksize, 1024);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_options_are_ignored() {
+        let n = run(
+            Mode::Octet,
+            &[
+                ("blksize", "7"),
+                ("windowsize", "0"),
+                ("timeout", "256"),
+                ("tsize", "x"),
+                ("multicast", ""),
+                ("rollover", "0"),
+            ],
+        );
+        assert_eq!((n.blksize, n.windowsize, n.timeout), (512, 1, None));
+        assert_eq!(n.oack(), None);
+        let n = run(Mode::Octet, &[("blksize", "abc"), ("blksize", "800"), ("windowsize", "70000")]);
+        // The first blksize is bad, a later one is good: it counts.
+        assert_eq!((n.blksize, n.windowsize), (800, 1));
+        let n = run(Mode::Octet, &[("blksize", "800"), ("blksize", "900")]);
+        assert_eq!(n.blksize, 800);
+        assert_eq!(n.accepted.len(), 1);
+    }
+
+    #[test]
+    fn netascii_has_no_tsize() {
+        let n = run(Mode::Netascii, &[("tsize", "0"), ("blksize", "1024")]);
+        assert_eq!(n.accepted, [("blksize", 1024)]);
+    }
+}

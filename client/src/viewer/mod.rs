@@ -1,0 +1,168 @@
+//! `thinclient view`: the console VNC viewer.
+//!
+//! The session (tokio, vnc-rs) keeps a copy of the remote desktop in [`session::Shared`]; a
+//! presenter on the main thread shows the changed parts and feeds input back. The password
+//! comes from a file or an inherited file descriptor (the agent writes the broker's session
+//! password into a pipe), never from the command line.
+
+mod framebuffer;
+mod input;
+mod layout;
+mod overlay;
+mod presenter;
+mod screenshot;
+mod session;
+
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use log::{info, warn};
+
+/// Show a VNC desktop full screen on this PC's console.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ViewArgs {
+    /// The VNC server: HOST:PORT, HOST (port 5900), HOST::PORT or unix:PATH.
+    pub server: String,
+    /// File holding the VNC password (first line).
+    #[arg(long, conflicts_with = "password_fd")]
+    pub password_file: Option<PathBuf>,
+    /// Inherited file descriptor to read the VNC password from (read to its end, then closed).
+    /// This is how the agent hands over the broker's session password.
+    #[arg(long, env = "TC_VNC_PASSWORD_FD")]
+    pub password_fd: Option<i32>,
+    /// Where to draw: `auto` tries SDL2 (window system or KMS/DRM) then /dev/fb0.
+    #[arg(long, value_enum, default_value_t = presenter::Choice::Auto)]
+    pub presenter: presenter::Choice,
+    /// Framebuffer device for the fbdev presenter.
+    #[arg(long, default_value = "/dev/fb0")]
+    pub fbdev: PathBuf,
+    /// Preferred encoding; CopyRect, Raw, cursor and desktop-size updates are always offered.
+    #[arg(long, value_enum, default_value_t = session::Encoding::TightJpeg)]
+    pub encoding: session::Encoding,
+    /// JPEG quality 0-9 for `--encoding tight-jpeg`.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub jpeg_quality: u8,
+    /// zlib compression level 0-9 to ask the server for (server default if unset).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub compress_level: Option<u8>,
+    /// Keyboard layout of this PC's keyboard; keys are sent as X keysyms.
+    #[arg(long, value_enum, default_value_t = input::Layout::Us)]
+    pub layout: input::Layout,
+    /// Show the desktop 1:1 instead of scaling it to the screen (aspect ratio is always kept).
+    #[arg(long)]
+    pub no_scale: bool,
+    /// SDL: a window of WIDTHxHEIGHT instead of full screen (for development).
+    #[arg(long, value_parser = parse_size)]
+    pub window: Option<(u32, u32)>,
+    /// Exit when the connection ends instead of reconnecting with backoff.
+    #[arg(long)]
+    pub once: bool,
+    /// Longest wait between reconnection attempts, in seconds (the wait doubles from 0.5 s).
+    #[arg(long, default_value_t = 15.0)]
+    pub reconnect_max_delay: f64,
+    /// Write what the viewer shows to this PNG after the first complete frame, and again on
+    /// every SIGUSR1.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// Seconds to wait after the first complete frame before the screenshot.
+    #[arg(long, default_value_t = 0.0)]
+    pub screenshot_delay: f64,
+    /// Exit once the screenshot is written.
+    #[arg(long, requires = "screenshot")]
+    pub exit_after_screenshot: bool,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once('x').ok_or("expected WIDTHxHEIGHT")?;
+    let p = |v: &str| v.parse::<u32>().ok().filter(|n| (1..=16384).contains(n)).ok_or(format!("bad size {s:?}"));
+    Ok((p(w)?, p(h)?))
+}
+
+fn read_password(args: &ViewArgs) -> anyhow::Result<Option<String>> {
+    let raw = if let Some(p) = &args.password_file {
+        std::fs::read_to_string(p).with_context(|| format!("reading password file {}", p.display()))?
+    } else if let Some(fd) = args.password_fd {
+        if fd < 3 {
+            bail!("--password-fd {fd}: standard streams cannot carry the password");
+        }
+        // SAFETY: the fd was handed to us for this purpose; the File closes it after reading.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut s = String::new();
+        f.read_to_string(&mut s).with_context(|| format!("reading password from fd {fd}"))?;
+        s
+    } else {
+        return Ok(None);
+    };
+    let pw = raw.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        bail!("the password source is empty");
+    }
+    Ok(Some(pw))
+}
+
+pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
+    let target = session::Target::parse(&args.server)?;
+    let cfg = session::SessionConfig {
+        target,
+        password: read_password(&args)?,
+        encoding: args.encoding,
+        jpeg_quality: args.jpeg_quality,
+        compress_level: args.compress_level,
+        reconnect: !args.once,
+        backoff_max: Duration::from_secs_f64(args.reconnect_max_delay.clamp(0.5, 3600.0)),
+    };
+    let opts = presenter::Options {
+        layout: args.layout,
+        scale: !args.no_scale,
+        window: args.window,
+        fbdev: args.fbdev.clone(),
+    };
+    let mut presenter = presenter::open(args.presenter, &opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("vnc")
+        .build()
+        .context("starting the tokio runtime")?;
+    let shared = session::Shared::new();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let session = rt.spawn(session::run(cfg, Arc::clone(&shared), rx));
+    if let Some(path) = args.screenshot.clone() {
+        let plan = screenshot::Plan {
+            path,
+            delay: Duration::from_secs_f64(args.screenshot_delay.max(0.0)),
+            exit_after: args.exit_after_screenshot,
+        };
+        rt.spawn(screenshot::run(plan, Arc::clone(&shared)));
+    }
+    {
+        let sh = Arc::clone(&shared);
+        rt.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            info!("signal: quitting");
+            sh.request_quit();
+        });
+    }
+    let shown = presenter.run(&shared, &tx);
+    shared.request_quit();
+    drop(tx);
+    let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), session).await });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    shown?;
+    match ended {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(e).context("session task"),
+        Err(_) => {
+            warn!("session did not stop in time");
+            Ok(())
+        }
+    }
+}
