@@ -10,7 +10,7 @@
 
 mod broker_common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -80,7 +80,6 @@ impl Vm {
         read_prompt(&mut r)?;
         writeln!(w, "{command}")?;
         let out = read_prompt(&mut r)?;
-        let _ = r.fill_buf();
         Ok(out)
     }
 
