@@ -121,9 +121,14 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-pub async fn run(listener: tokio::net::TcpListener, broker: Arc<Broker>) -> anyhow::Result<()> {
+/// Serves the clients' routes, merged with `extra` (the desktops' routes) where given.
+pub async fn run(listener: tokio::net::TcpListener, broker: Arc<Broker>, extra: Option<Router>) -> anyhow::Result<()> {
     log::info!("admin API on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(broker)).await.context("admin API")
+    let mut app = router(broker);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    axum::serve(listener, app).await.context("admin API")
 }
 
 /// One request to the admin API; returns the status and the body. Hyper's plain HTTP/1

@@ -47,6 +47,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub tftp: TftpConfig,
     #[serde(default)]
+    pub desktops: crate::broker::settings::BrokerConfig,
+    #[serde(default)]
     pub nfs: NfsConfig,
 }
 
@@ -140,6 +142,7 @@ pub struct Settings {
     pub enable_http: bool,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
+    pub desktops: crate::broker::settings::BrokerConfig,
     pub nfs: NfsConfig,
 }
 
@@ -341,6 +344,7 @@ impl Settings {
             enable_http: !args.no_http && file.enable_http.unwrap_or(true),
             dhcp: file.dhcp,
             tftp,
+            desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,
             nfs,
         })
     }

@@ -108,8 +108,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     if tasks.is_empty() {
         anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs");
     }
+    // The desktops (VNC proxy, hosts, orchestrator) where `[desktops]` names hosts; the proxy
+    // listens on the boot server's address, the one the PCs reach.
+    let desktops = if settings.desktops.hosts.is_empty() {
+        None
+    } else {
+        let proxy_addr = SocketAddr::new(settings.address.into(), settings.desktops.proxy_port);
+        Some(crate::broker::flow::start(&settings.desktops, proxy_addr, &mut tasks).await?)
+    };
     // The broker: the agents' announces, the client registry and the admin API.
-    crate::broker::listener::start(&settings, &mut tasks).await?;
+    crate::broker::listener::start(&settings, desktops, &mut tasks).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

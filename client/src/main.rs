@@ -31,10 +31,6 @@ enum Command {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline_file: PathBuf,
     },
-    /// Show a VNC desktop on this PC's screen (SDL2 or /dev/fb0), with keyboard and mouse.
-    ///
-    /// Example: `thinclient view 10.0.0.1:5901 --password-file /run/vnc.pass`
-    View(viewer::ViewArgs),
     /// Run as the boot image's `/init` (PID 1): drivers, network, announce to the broker,
     /// viewer supervision. Configured by the kernel command line: tc.broker=IP:PORT (else DHCP
     /// option 224), tc.nfsroot=IP:/EXPORT, tc.log=FILTER, tc.iface=NAME,
@@ -42,6 +38,10 @@ enum Command {
     ///
     /// Example: `thinclient agent dhcp --interface eth0` tries its DHCP client alone.
     Agent(agent::AgentArgs),
+    /// Show a VNC desktop on this PC's screen (SDL2 or /dev/fb0), with keyboard and mouse.
+    ///
+    /// Example: `thinclient view 10.0.0.1:5901 --password-file /run/vnc.pass`
+    View(viewer::ViewArgs),
 }
 
 fn main() -> anyhow::Result<()> {

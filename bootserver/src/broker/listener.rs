@@ -17,6 +17,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::flow::Desktops;
+use super::orchestrator::{Notice, Orchestrator};
 use super::registry::{now_secs, ClientState, Registry};
 
 /// The broker's view of the connected PCs, shared by the listener and the admin API.
@@ -28,6 +30,10 @@ pub struct Broker {
     pub ping_interval: Duration,
     /// How long a new connection may take to send its hello.
     pub hello_timeout: Duration,
+    /// Desktops for the announced PCs, where `[desktops]` names hosts.
+    pub desktops: Option<Arc<Orchestrator>>,
+    /// A PC whose agent connection stays gone this long has left: its desktop stops.
+    pub leave_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +50,8 @@ impl Broker {
             next_id: AtomicU64::new(1),
             ping_interval: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
+            desktops: None,
+            leave_after: Duration::from_secs(120),
         }
     }
 
@@ -136,7 +144,7 @@ fn accept(r: Result<AgentMessage, DecodeError>, who: &str) -> anyhow::Result<Opt
     }
 }
 
-async fn serve(stream: TcpStream, broker: &Broker, who: &mut String) -> anyhow::Result<String> {
+async fn serve(stream: TcpStream, broker: &Arc<Broker>, who: &mut String) -> anyhow::Result<String> {
     let peer: SocketAddr = stream.peer_addr()?;
     let (mut rd, mut wr) = stream.into_split();
     let mut dec = Decoder::<AgentMessage>::new();
@@ -192,6 +200,9 @@ async fn serve(stream: TcpStream, broker: &Broker, who: &mut String) -> anyhow::
         // Dropping the old sender ends the older connection of the same PC.
         drop(old);
     }
+    if let Some(orch) = &broker.desktops {
+        assign(orch.clone(), broker.live().get(&mac).map(|(_, tx)| tx.clone()), mac.clone());
+    }
     let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who).await;
     {
         let mut live = broker.live();
@@ -202,7 +213,44 @@ async fn serve(stream: TcpStream, broker: &Broker, who: &mut String) -> anyhow::
     if let Err(e) = broker.registry.disconnected(&mac, now_secs()) {
         log::error!("{e}");
     }
+    leave_unless_back(broker, mac);
     result
+}
+
+/// Starts or finds the PC's desktop and sends the assignment, or the refusal as a message on its
+/// screen (the agent takes `Refused` only in answer to its hello). In a task of its own: a VM
+/// boot takes a while and pings must go on meanwhile.
+fn assign(orch: Arc<Orchestrator>, tx: Option<mpsc::UnboundedSender<BrokerMessage>>, mac: String) {
+    let Some(tx) = tx else { return };
+    tokio::spawn(async move {
+        let msg = match super::flow::on_announce(&orch, &mac).await {
+            BrokerMessage::Refused { reason } => {
+                log::warn!("client {mac}: no desktop: {reason}");
+                BrokerMessage::Command(Command::ShowMessage { text: reason })
+            }
+            other => other,
+        };
+        if tx.send(msg).is_err() {
+            log::info!("client {mac}: gone before its desktop was ready");
+        }
+    });
+}
+
+/// After a connection ends: if the same PC has not connected again within `leave_after`, it
+/// has left for good and its desktop is stopped.
+fn leave_unless_back(broker: &Arc<Broker>, mac: String) {
+    let Some(orch) = broker.desktops.clone() else { return };
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(broker.leave_after).await;
+        if broker.is_connected(&mac) {
+            return;
+        }
+        log::info!("client {mac}: gone for {:?}, stopping its desktop", broker.leave_after);
+        if let Err(e) = orch.leave(&mac).await {
+            log::error!("client {mac}: stopping its desktop: {e:#}");
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -265,13 +313,27 @@ async fn session(
 }
 
 /// Opens the registry in the state dir and starts the agent listener on the broker address
-/// and the admin API on [`crate::admin::admin_addr`].
+/// and the admin API on [`crate::admin::admin_addr`]; with `desktops`, announced PCs get their
+/// desktops and the orchestrator's notices reach their screens.
 pub async fn start(
     settings: &crate::config::Settings,
+    desktops: Option<Desktops>,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Arc<Broker>> {
     let db = settings.state_dir.join("clients.sqlite");
-    let broker = Arc::new(Broker::new(Registry::open(&db)?));
+    let mut broker = Broker::new(Registry::open(&db)?);
+    broker.leave_after = Duration::from_secs(settings.desktops.leave_after_secs);
+    let mut extra = None;
+    let mut notices = None;
+    if let Some(d) = desktops {
+        broker.desktops = Some(d.orchestrator.clone());
+        extra = Some(super::admin_routes::router(d.orchestrator, d.hosts, d.proxy));
+        notices = Some(d.notices);
+    }
+    let broker = Arc::new(broker);
+    if let Some(rx) = notices {
+        tasks.spawn(forward_notices(rx, broker.clone()));
+    }
     let agents = TcpListener::bind(settings.broker)
         .await
         .with_context(|| format!("listening for agents on {} (key `broker`)", settings.broker))?;
@@ -280,8 +342,18 @@ pub async fn start(
     let admin = TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("listening for the admin API on {admin_addr} ({})", crate::admin::ADMIN_ENV))?;
-    tasks.spawn(crate::admin::run(admin, broker.clone()));
+    tasks.spawn(crate::admin::run(admin, broker.clone(), extra));
     Ok(broker)
+}
+
+/// Shows the orchestrator's messages (a host failure, a move) on the PCs' screens.
+async fn forward_notices(mut rx: mpsc::UnboundedReceiver<Notice>, broker: Arc<Broker>) -> anyhow::Result<()> {
+    while let Some(Notice::Message { user, text }) = rx.recv().await {
+        if let Err(e) = broker.command(&user, Command::ShowMessage { text }) {
+            log::info!("notice for {user} not shown: {e}");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,16 @@
-//! The desktop broker's decision cores. Everything here is pure (state and event in, decision
-//! out) so that it can be tested on its own and reused by tools that explain a decision.
+//! The desktop broker. The decision cores (memory, placement, explain) are pure: state and
+//! event in, decision out, so that they can be tested on their own and reused by tools that
+//! explain a decision. The proxy, the host registry and the orchestrator do the I/O.
 
+pub mod admin_routes;
 pub mod explain;
+pub mod flow;
+pub mod hosts;
 pub mod listener;
 pub mod memory;
+pub mod orchestrator;
 mod placement;
+pub mod proxy;
+pub mod settings;
 pub mod registry;
 pub mod size;

@@ -2,6 +2,7 @@
 //! it exits or crashes, waiting longer after each quick failure.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -100,13 +101,24 @@ pub(crate) fn run(program: PathBuf, orders: Receiver<Order>, mut report: impl Fn
         if running.is_none() && start_at.is_some_and(|t| Instant::now() >= t) {
             if let Some(t) = &target {
                 let mut cmd = Command::new(&program);
-                cmd.arg("view").arg(t.vnc.to_string());
+                // The console has no window system: the viewer draws into /dev/fb0.
+                cmd.arg("view").arg(t.vnc.to_string()).arg("--presenter").arg("fbdev");
                 // In the environment rather than argv: /proc/PID/cmdline is world-readable.
                 cmd.env("TC_SESSION_TOKEN", &t.token);
-                if let Some(p) = &t.password {
-                    cmd.env("TC_VNC_PASSWORD", p);
-                }
-                match children::spawn(&mut cmd) {
+                let password = match &t.password {
+                    Some(p) => match password_pipe(&mut cmd, p) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => {
+                            log::error!("handing the viewer its password: {e}");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let spawned = children::spawn(&mut cmd);
+                // The child holds its own copy of the read end now.
+                drop(password);
+                match spawned {
                     Ok((pid, rx)) => {
                         report(Report::Started { pid });
                         running = Some((pid, rx, Instant::now()));
@@ -124,6 +136,29 @@ pub(crate) fn run(program: PathBuf, orders: Receiver<Order>, mut report: impl Fn
             }
         }
     }
+}
+
+/// Puts `password` into a pipe whose read end the viewer inherits as `--password-fd`: the
+/// password never shows in argv or the environment, and the pipe is empty once read.
+fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
+    use std::os::unix::process::CommandExt;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // A password is far smaller than a pipe's buffer: the write never blocks.
+    nix::unistd::write(&write, format!("{password}\n").as_bytes())?;
+    drop(write);
+    let fd = read.as_raw_fd();
+    cmd.arg("--password-fd").arg(fd.to_string());
+    // SAFETY: only fcntl(2) runs between fork and exec, which is async-signal-safe. Clearing
+    // close-on-exec there, not before, keeps other children started meanwhile from inheriting it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(read)
 }
 
 fn stop(running: &mut Option<(u32, Receiver<WaitStatus>, Instant)>) {

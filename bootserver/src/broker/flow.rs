@@ -1,0 +1,78 @@
+//! The whole flow on the boot server: the proxy, the host registry and its health checks, and
+//! the orchestrator, started from the `[desktops]` config; and what an agent's announce turns
+//! into (an assignment to the proxy, or a refusal for its screen).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use proto::agent::{Assignment, BrokerMessage, PasswordSource};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::hosts::HostRegistry;
+use super::orchestrator::{Notice, Orchestrator, Outcome};
+use super::proxy::{Proxy, ProxyOptions};
+use super::settings::BrokerConfig;
+
+/// The running broker parts, for the agent listener and the admin API.
+pub struct Desktops {
+    pub orchestrator: Arc<Orchestrator>,
+    pub hosts: Arc<HostRegistry>,
+    pub proxy: Arc<Proxy>,
+    /// Messages for clients' screens; the agent listener sends them as `ShowMessage`.
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+/// Binds the proxy on `proxy_addr`, starts health checks and the orchestrator's follower.
+pub async fn start(
+    cfg: &BrokerConfig,
+    proxy_addr: SocketAddr,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Desktops> {
+    let proxy = Proxy::new(ProxyOptions {
+        switch_timeout: std::time::Duration::from_secs(cfg.switch_timeout_secs),
+        orphan_timeout: std::time::Duration::from_secs(cfg.orphan_timeout_secs),
+        ..Default::default()
+    });
+    let listener = TcpListener::bind(proxy_addr)
+        .await
+        .with_context(|| format!("VNC proxy on {proxy_addr} (key `desktops.proxy_port`)"))?;
+    let p = proxy.clone();
+    tasks.spawn(async move { p.serve(listener).await.context("VNC proxy") });
+    let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+    let (orchestrator, notices) = Orchestrator::new(cfg.clone(), hosts.clone(), proxy.clone(), proxy_addr)?;
+    let (tx, rx) = mpsc::channel(16);
+    tasks.spawn({
+        let hosts = hosts.clone();
+        async move {
+            hosts.watch(tx).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let o = orchestrator.clone();
+        async move {
+            o.follow_hosts(rx).await;
+            Ok(())
+        }
+    });
+    Ok(Desktops { orchestrator, hosts, proxy, notices })
+}
+
+/// What to send an agent that announced itself as `user` (its MAC).
+pub async fn on_announce(orch: &Orchestrator, user: &str) -> BrokerMessage {
+    match orch.arrive(user).await {
+        Ok(Outcome::Assigned { proxy, token }) => BrokerMessage::Assignment(Assignment {
+            vnc: proxy,
+            session_token: token,
+            password: Some(PasswordSource::SessionToken),
+        }),
+        Ok(Outcome::Refused { message }) => BrokerMessage::Refused { reason: message },
+        Err(e) => {
+            log::error!("broker: announce of {user}: {e:#}");
+            BrokerMessage::Refused { reason: format!("the broker could not start a desktop: {e}") }
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Carries out the memory algorithm's decisions on the hosts and the proxy.
+//!
+//! One event at a time (arrival, departure, host down or up): the planner decides on the
+//! current state, then each action runs in order and is applied to the state only once it has
+//! succeeded, so the state always says what really runs. A failed action ends the decision;
+//! the next event is planned from what is true.
+//!
+//! * Start: the host creates the VM, the proxy waits for its first frame, and the user gets a
+//!   session token (or, when the user's host died, their live session is switched to it).
+//! * Handoff: the replacement VM is created first (the host gives it the user's data disk only
+//!   once the old VM has released it: never two writers), the proxy switches the viewer to it
+//!   after its first frame, then the old VM is stopped and the host hands the data disk over.
+//!   With `balloon` on and both sizes on the same host, the VM is resized in place instead.
+//! * Stop: the session ends and the VM powers off.
+//! * Refuse: the client is told why on its screen.
+//!
+//! Every step is logged with its duration and kept for the admin API.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use proto::host::{CreateVm, VncAddress};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::hosts::{HostChange, HostRegistry};
+use super::memory::{Action, Decision, Event, HostState, Levels, Planner, State};
+use super::proxy::{Backend, Proxy, VncAddr};
+use super::settings::BrokerConfig;
+
+/// Decisions kept for the admin API.
+const DECISIONS_KEPT: usize = 200;
+
+/// What the broker has to tell a client over the agent protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Show this on the PC's screen (a refusal, a host failure).
+    Message { user: String, text: String },
+}
+
+/// The answer to an arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connect the viewer to the proxy with this token.
+    Assigned { proxy: SocketAddr, token: String },
+    Refused { message: String },
+}
+
+/// A user's desktop VM as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Desktop {
+    pub user: String,
+    pub host: String,
+    pub vm: String,
+    pub level: usize,
+    pub memory_mib: u64,
+    pub vnc: String,
+    #[serde(skip)]
+    token: String,
+    #[serde(skip)]
+    backend: Backend,
+    /// Seconds since the Unix epoch.
+    pub since: u64,
+}
+
+/// One action as it was carried out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub action: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub ms: u64,
+    /// Timings of the action's parts (create, first frame, switch, stop, ...).
+    pub detail: serde_json::Value,
+}
+
+/// A decision and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    pub at_ms: u64,
+    pub decision: Decision,
+    pub steps: Vec<Step>,
+}
+
+/// The broker's current picture, for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub users: usize,
+    /// The level a newcomer would get now, `None` when full.
+    pub level: Option<usize>,
+    pub level_mib: Option<u64>,
+    pub levels_mib: Vec<u64>,
+    pub state: State,
+}
+
+pub struct Orchestrator {
+    planner: Planner,
+    cfg: BrokerConfig,
+    hosts: Arc<HostRegistry>,
+    proxy: Arc<Proxy>,
+    proxy_addr: SocketAddr,
+    /// Serializes events: one decision is carried out at a time.
+    run_lock: tokio::sync::Mutex<()>,
+    view: Mutex<View>,
+    notices: mpsc::UnboundedSender<Notice>,
+}
+
+struct View {
+    state: State,
+    desktops: HashMap<String, Desktop>,
+    decisions: VecDeque<DecisionRecord>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A name `server-host` accepts (`[a-z0-9][a-z0-9_-]{0,62}`) for a broker user id such as a
+/// MAC address.
+pub fn host_user_name(user: &str) -> String {
+    let mut s: String = user
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' { c } else { '-' })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        s.insert(0, 'u');
+    }
+    s.truncate(40);
+    s
+}
+
+fn backend_of(vnc: &VncAddress, password: &str) -> anyhow::Result<Backend> {
+    let addr = match vnc {
+        VncAddress::Unix(p) => VncAddr::Unix(p.into()),
+        VncAddress::Tcp(a) => a.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+    };
+    Ok(Backend { addr, password: Some(password.to_string()) })
+}
+
+impl Orchestrator {
+    pub fn new(
+        cfg: BrokerConfig,
+        hosts: Arc<HostRegistry>,
+        proxy: Arc<Proxy>,
+        proxy_addr: SocketAddr,
+    ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<Notice>)> {
+        let levels: Levels = cfg.levels().map_err(|e| anyhow::anyhow!(e))?;
+        let state = State {
+            hosts: hosts
+                .capacities()
+                .into_iter()
+                .map(|(id, mib, up)| HostState { id, capacity: mib << 20, up })
+                .collect(),
+            users: Vec::new(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Orchestrator {
+            planner: Planner::new(levels),
+            cfg,
+            hosts,
+            proxy,
+            proxy_addr,
+            run_lock: tokio::sync::Mutex::new(()),
+            view: Mutex::new(View { state, desktops: HashMap::new(), decisions: VecDeque::new() }),
+            notices: tx,
+        };
+        Ok((Arc::new(me), rx))
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn overview(&self) -> Overview {
+        let v = self.view();
+        let levels = &self.planner.levels;
+        let level = v.state.level_for(levels, v.state.users.len() + 1);
+        Overview {
+            users: v.state.users.len(),
+            level,
+            level_mib: level.and_then(|l| levels.get(l)).map(|b| b >> 20),
+            levels_mib: levels.sizes().iter().map(|b| b >> 20).collect(),
+            state: v.state.clone(),
+        }
+    }
+
+    pub fn desktops(&self) -> Vec<Desktop> {
+        let mut d: Vec<_> = self.view().desktops.values().cloned().collect();
+        d.sort_by_key(|d| d.since);
+        d
+    }
+
+    pub fn decisions(&self) -> Vec<DecisionRecord> {
+        self.view().decisions.iter().cloned().collect()
+    }
+
+    /// A client announced itself: give it its desktop (the one it has, after a reconnect).
+    pub async fn arrive(&self, user: &str) -> anyhow::Result<Outcome> {
+        let _one = self.run_lock.lock().await;
+        if let Some(d) = self.view().desktops.get(user) {
+            return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: d.token.clone() });
+        }
+        let record = self.run(Event::Arrive { user: user.to_string() }).await?;
+        if let Some(d) = self.view().desktops.get(user) {
+            return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: d.token.clone() });
+        }
+        let message = record
+            .decision
+            .refusal()
+            .map(str::to_string)
+            .or_else(|| record.steps.iter().find_map(|s| s.error.clone()))
+            .unwrap_or_else(|| "no desktop could be started".into());
+        Ok(Outcome::Refused { message })
+    }
+
+    /// A client is gone for good: its VM stops and the others may grow back.
+    pub async fn leave(&self, user: &str) -> anyhow::Result<()> {
+        let _one = self.run_lock.lock().await;
+        if self.view().state.user(user).is_none() {
+            return Ok(());
+        }
+        self.run(Event::Leave { user: user.to_string() }).await?;
+        Ok(())
+    }
+
+    pub async fn host_change(&self, change: HostChange) -> anyhow::Result<()> {
+        let _one = self.run_lock.lock().await;
+        let event = match change {
+            HostChange::Down(host) => Event::HostDown { host },
+            HostChange::Up(host) => Event::HostUp { host },
+        };
+        self.run(event).await?;
+        Ok(())
+    }
+
+    /// Follows the host registry's health changes until it stops.
+    pub async fn follow_hosts(self: Arc<Self>, mut rx: mpsc::Receiver<HostChange>) {
+        while let Some(change) = rx.recv().await {
+            if let Err(e) = self.host_change(change).await {
+                log::error!("broker: host change: {e:#}");
+            }
+        }
+    }
+
+    async fn run(&self, event: Event) -> anyhow::Result<DecisionRecord> {
+        let state = self.view().state.clone();
+        let decision = self.planner.decide(&state, &event).context("memory algorithm")?;
+        log::info!("broker: {}", decision.summary);
+        if let Event::HostDown { host } | Event::HostUp { host } = &event {
+            let up = matches!(event, Event::HostUp { .. });
+            if let Some(h) = self.view().state.hosts.iter_mut().find(|h| &h.id == host) {
+                h.up = up;
+            }
+            if !up {
+                self.host_lost(host);
+            }
+        }
+        let mut record = DecisionRecord { at_ms: now_ms(), decision: decision.clone(), steps: Vec::new() };
+        for action in &decision.actions {
+            let t0 = Instant::now();
+            log::info!("broker: {action}");
+            let res = self.execute(action).await;
+            let ms = t0.elapsed().as_millis() as u64;
+            let step = match res {
+                Ok(detail) => {
+                    if let Err(e) = self.view().state.apply_action(&self.planner.levels, action) {
+                        log::error!("broker: {action} ran but does not fit the state: {e}");
+                    }
+                    log::info!("broker: done in {ms} ms: {detail}");
+                    Step { action: action.to_string(), ok: true, error: None, ms, detail }
+                }
+                Err(e) => {
+                    log::error!("broker: failed after {ms} ms: {action}: {e:#}");
+                    Step { action: action.to_string(), ok: false, error: Some(format!("{e:#}")), ms, detail: json!({}) }
+                }
+            };
+            let failed = !step.ok;
+            record.steps.push(step);
+            if failed {
+                break;
+            }
+        }
+        let mut v = self.view();
+        v.decisions.push_back(record.clone());
+        while v.decisions.len() > DECISIONS_KEPT {
+            v.decisions.pop_front();
+        }
+        Ok(record)
+    }
+
+    /// A host died: tell its users; their sessions stay open (the viewers see a frozen
+    /// screen) until the decision starts their new VMs.
+    fn host_lost(&self, host: &str) {
+        let users: Vec<String> =
+            self.view().desktops.values().filter(|d| d.host == host).map(|d| d.user.clone()).collect();
+        for user in users {
+            let text = format!("The server running your desktop ({host}) stopped answering; starting it again elsewhere.");
+            let _ = self.notices.send(Notice::Message { user, text });
+        }
+    }
+
+    async fn create_vm(&self, user: &str, host: &str, bytes: u64) -> anyhow::Result<(String, Backend, u64)> {
+        let client = self.hosts.client(host).with_context(|| format!("host {host} is not configured"))?;
+        let name = format!("{}-{}", host_user_name(user), now_ms() % 100_000_000);
+        let t0 = Instant::now();
+        let created = client
+            .create(&CreateVm {
+                name: name.clone(),
+                template: self.cfg.template.clone(),
+                memory_mib: bytes >> 20,
+                vcpus: 1,
+                user: host_user_name(user),
+                persistent: true,
+                vnc_password: None,
+            })
+            .await?;
+        let backend = backend_of(&created.vm.vnc, &created.vnc_password)?;
+        Ok((name, backend, t0.elapsed().as_millis() as u64))
+    }
+
+    /// Waits until a booting replacement VM shows a desktop: its screen has the size of the
+    /// old VM's (a guest still in its firmware or boot console has another mode). Returns the
+    /// milliseconds waited.
+    async fn wait_desktop(&self, old: &Backend, new: &Backend) -> anyhow::Result<u64> {
+        let t0 = Instant::now();
+        let want = self.proxy.probe(old).await.context("probing the old VM's screen")?;
+        let deadline = t0 + std::time::Duration::from_secs(self.cfg.switch_timeout_secs);
+        loop {
+            match self.proxy.probe(new).await {
+                Ok(r) if (r.width, r.height) == (want.width, want.height) => {
+                    return Ok(t0.elapsed().as_millis() as u64);
+                }
+                Ok(r) => log::debug!("broker: new VM shows {}x{}, waiting for {}x{}", r.width, r.height, want.width, want.height),
+                Err(e) => log::debug!("broker: new VM not ready: {e}"),
+            }
+            if Instant::now() > deadline {
+                bail!("no {}x{} screen within {} s", want.width, want.height, self.cfg.switch_timeout_secs);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn execute(&self, action: &Action) -> anyhow::Result<serde_json::Value> {
+        match action {
+            Action::Start { user, host, level, bytes, .. } => {
+                let (vm, backend, create_ms) = self.create_vm(user, host, *bytes).await?;
+                let existing = self.view().desktops.get(user).map(|d| d.token.clone());
+                let (token, frame) = match existing {
+                    // The user's host died: move the live session to the new VM.
+                    Some(token) => {
+                        let r = self.proxy.switch(&token, backend.clone()).await?;
+                        (token, r)
+                    }
+                    None => {
+                        let r = self.proxy.probe(&backend).await?;
+                        (self.proxy.open_session(user, backend.clone()), r)
+                    }
+                };
+                let d = Desktop {
+                    user: user.clone(),
+                    host: host.clone(),
+                    vm: vm.clone(),
+                    level: *level,
+                    memory_mib: bytes >> 20,
+                    vnc: backend.describe(),
+                    token,
+                    backend,
+                    since: now_ms() / 1000,
+                };
+                self.view().desktops.insert(user.clone(), d);
+                Ok(json!({ "vm": vm, "create_ms": create_ms, "first_frame_ms": frame.first_frame_ms, "switch": frame }))
+            }
+            Action::Handoff { user, from_host, to_host, to_level, to_bytes, .. } => {
+                let old = self.view().desktops.get(user).cloned().with_context(|| format!("{user} has no desktop"))?;
+                if self.cfg.balloon && from_host == to_host && self.hosts.balloon(from_host) {
+                    let t0 = Instant::now();
+                    let client = self.hosts.client(from_host).context("host vanished")?;
+                    client.balloon(&old.vm, to_bytes >> 20).await?;
+                    if let Some(d) = self.view().desktops.get_mut(user) {
+                        d.level = *to_level;
+                        d.memory_mib = to_bytes >> 20;
+                    }
+                    return Ok(json!({ "balloon": true, "vm": old.vm, "balloon_ms": t0.elapsed().as_millis() as u64 }));
+                }
+                if from_host != to_host {
+                    log::warn!(
+                        "broker: {user} moves from {from_host} to {to_host}: the data disk follows only where the hosts share storage"
+                    );
+                }
+                let (vm, backend, create_ms) = self.create_vm(user, to_host, *to_bytes).await?;
+                let ready_ms = match self.wait_desktop(&old.backend, &backend).await {
+                    Ok(ms) => ms,
+                    Err(e) => {
+                        if let Some(c) = self.hosts.client(to_host) {
+                            let _ = c.stop(&vm, 0).await;
+                        }
+                        bail!("new VM {vm} never showed a desktop: {e:#}");
+                    }
+                };
+                let switch = match self.proxy.switch(&old.token, backend.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Never leave a half-made handoff behind: the old VM keeps the user.
+                        if let Some(c) = self.hosts.client(to_host) {
+                            let _ = c.stop(&vm, 0).await;
+                        }
+                        bail!("switching the proxy to the new VM {vm}: {e}");
+                    }
+                };
+                let t_stop = Instant::now();
+                let old_client = self.hosts.client(from_host).context("host vanished")?;
+                let stopped = old_client.stop(&old.vm, self.cfg.stop_deadline_secs).await;
+                let stop_ms = t_stop.elapsed().as_millis() as u64;
+                if let Some(d) = self.view().desktops.get_mut(user) {
+                    d.host = to_host.clone();
+                    d.vm = vm.clone();
+                    d.level = *to_level;
+                    d.memory_mib = to_bytes >> 20;
+                    d.vnc = backend.describe();
+                    d.backend = backend;
+                }
+                if let Err(e) = stopped {
+                    log::warn!("broker: stopping {user}'s old VM {} on {from_host}: {e}", old.vm);
+                }
+                Ok(json!({
+                    "from_vm": old.vm, "to_vm": vm, "create_ms": create_ms, "desktop_ready_ms": ready_ms,
+                    "first_frame_ms": switch.first_frame_ms, "switched_ms": switch.swapped_ms,
+                    "viewer_connected": switch.viewer_connected, "resized": switch.resized, "stop_ms": stop_ms,
+                }))
+            }
+            Action::Stop { user, host, .. } => {
+                let d = self.view().desktops.remove(user);
+                let Some(d) = d else { return Ok(json!({ "vm": null })) };
+                self.proxy.close_session(&d.token);
+                let t0 = Instant::now();
+                if let Some(c) = self.hosts.client(host) {
+                    c.stop(&d.vm, self.cfg.stop_deadline_secs).await?;
+                }
+                Ok(json!({ "vm": d.vm, "stop_ms": t0.elapsed().as_millis() as u64 }))
+            }
+            Action::Refuse { user, message } => {
+                if let Some(d) = self.view().desktops.remove(user) {
+                    self.proxy.close_session(&d.token);
+                }
+                let _ = self.notices.send(Notice::Message { user: user.clone(), text: message.clone() });
+                Ok(json!({ "message": message }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_become_host_names() {
+        assert_eq!(host_user_name("52:54:00:AB:cd:01"), "52-54-00-ab-cd-01");
+        assert_eq!(host_user_name("-x"), "u-x");
+        assert!(proto::host::valid_name(&host_user_name(&"Ö".repeat(100))));
+    }
+}

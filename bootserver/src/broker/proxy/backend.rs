@@ -1,0 +1,278 @@
+//! The proxy as an RFB client of a VM: address, handshake, and the "first frame" that tells a
+//! freshly connected VM is ready to take over a viewer.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::auth;
+use super::rfb::{self, PixelFormat, ServerFramer, ServerInit, ServerItem};
+
+/// Where a VM's VNC server listens: `unix:/path` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum VncAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl FromStr for VncAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/vm1.vnc".into());
+            }
+            return Ok(VncAddr::Unix(p.into()));
+        }
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(VncAddr::Tcp(s.to_string())),
+            _ => Err(format!("{s:?} is neither unix:PATH nor HOST:PORT")),
+        }
+    }
+}
+
+impl TryFrom<String> for VncAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<VncAddr> for String {
+    fn from(a: VncAddr) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for VncAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VncAddr::Tcp(a) => f.write_str(a),
+            VncAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A VM's VNC endpoint and its per-session password (from `server-host`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub addr: VncAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl Backend {
+    /// For logs and the admin API: never the password.
+    pub fn describe(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type Stream = Box<dyn Io>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("VM VNC {addr}: {source}")]
+    Io { addr: String, source: std::io::Error },
+    #[error("VM VNC {addr}: {message}")]
+    Protocol { addr: String, message: String },
+    #[error("VM VNC {addr}: no first frame within {0:?}", .timeout)]
+    Timeout { addr: String, timeout: Duration },
+}
+
+struct Conn<'a> {
+    addr: &'a VncAddr,
+    s: Stream,
+}
+
+impl Conn<'_> {
+    fn io(&self, source: std::io::Error) -> BackendError {
+        BackendError::Io { addr: self.addr.to_string(), source }
+    }
+    fn proto(&self, message: impl Into<String>) -> BackendError {
+        BackendError::Protocol { addr: self.addr.to_string(), message: message.into() }
+    }
+    async fn read_exact<const N: usize>(&mut self) -> Result<[u8; N], BackendError> {
+        let mut b = [0u8; N];
+        self.s.read_exact(&mut b).await.map_err(|e| self.io(e))?;
+        Ok(b)
+    }
+    async fn read_u32(&mut self) -> Result<u32, BackendError> {
+        Ok(u32::from_be_bytes(self.read_exact::<4>().await?))
+    }
+    async fn read_reason(&mut self) -> Result<String, BackendError> {
+        let n = self.read_u32().await? as usize;
+        let mut b = vec![0u8; n.min(4096)];
+        self.s.read_exact(&mut b).await.map_err(|e| self.io(e))?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+    async fn write(&mut self, b: &[u8]) -> Result<(), BackendError> {
+        self.s.write_all(b).await.map_err(|e| self.io(e))
+    }
+}
+
+/// Connects to a VM's VNC server and runs the RFB handshake as a shared client.
+pub(crate) async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> {
+    let io_err = |source| BackendError::Io { addr: b.addr.to_string(), source };
+    let s: Stream = match &b.addr {
+        VncAddr::Tcp(a) => {
+            let t = tokio::net::TcpStream::connect(a).await.map_err(io_err)?;
+            let _ = t.set_nodelay(true);
+            Box::new(t)
+        }
+        VncAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(io_err)?),
+    };
+    let mut c = Conn { addr: &b.addr, s };
+    let version = c.read_exact::<12>().await?;
+    let (major, minor) = rfb::parse_version(&version).map_err(|e| c.proto(e.to_string()))?;
+    if major != 3 || minor < 3 {
+        return Err(c.proto(format!("unsupported RFB version {major}.{minor}")));
+    }
+    let minor = if minor >= 8 { 8 } else if minor >= 7 { 7 } else { 3 };
+    c.write(format!("RFB 003.00{minor}\n").as_bytes()).await?;
+    let chosen = if minor == 3 {
+        c.read_u32().await?
+    } else {
+        let [n] = c.read_exact::<1>().await?;
+        if n == 0 {
+            let reason = c.read_reason().await?;
+            return Err(c.proto(format!("refused: {reason}")));
+        }
+        let mut types = vec![0u8; n as usize];
+        c.s.read_exact(&mut types).await.map_err(|e| c.io(e))?;
+        let want = if b.password.is_some() { 2 } else { 1 };
+        if !types.contains(&want) {
+            return Err(c.proto(format!(
+                "offers security types {types:?}, the proxy needs {want} ({})",
+                if want == 2 { "VNC authentication" } else { "None: the VM has a password the broker does not know" }
+            )));
+        }
+        c.write(&[want]).await?;
+        want as u32
+    };
+    match chosen {
+        1 => {}
+        2 => {
+            let Some(pw) = &b.password else {
+                return Err(c.proto("asks for a password the broker does not have"));
+            };
+            let challenge = c.read_exact::<16>().await?;
+            c.write(&auth::response(pw.as_bytes(), &challenge)).await?;
+        }
+        0 => {
+            let reason = c.read_reason().await?;
+            return Err(c.proto(format!("refused: {reason}")));
+        }
+        t => return Err(c.proto(format!("security type {t} is not supported"))),
+    }
+    if chosen == 2 || minor == 8 {
+        if c.read_u32().await? != 0 {
+            let reason = if minor == 8 { c.read_reason().await? } else { "no reason".into() };
+            return Err(c.proto(format!("authentication failed: {reason}")));
+        }
+    }
+    // Shared: a VM being prepared for a handoff may still have its probe connected.
+    c.write(&[1]).await?;
+    let mut buf = Vec::new();
+    let init = loop {
+        if let Some((init, _)) = ServerInit::parse(&buf).map_err(|e| c.proto(e.to_string()))? {
+            break init;
+        }
+        let mut chunk = [0u8; 512];
+        let n = c.s.read(&mut chunk).await.map_err(|e| c.io(e))?;
+        if n == 0 {
+            return Err(c.proto("closed during ServerInit"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > 24 + 4096 {
+            return Err(c.proto("ServerInit too long"));
+        }
+    };
+    Ok((c.s, init))
+}
+
+/// A VM connection that has shown its first full frame, ready to be swapped in.
+pub(crate) struct Ready {
+    pub stream: Stream,
+    pub init: ServerInit,
+    /// Everything read so far, starting at a message boundary and ending just after the first
+    /// complete update that carried pixels (anything past it is kept too).
+    pub buffered: Vec<u8>,
+    pub format: PixelFormat,
+    pub encodings: Vec<i32>,
+    pub connected_in: Duration,
+    pub first_frame_in: Duration,
+}
+
+/// Connects, asks for the viewer's pixel format and encodings and a full update, and reads
+/// until that update is complete.
+pub(crate) async fn prepare(
+    b: &Backend,
+    format: PixelFormat,
+    encodings: Vec<i32>,
+    timeout: Duration,
+) -> Result<Ready, BackendError> {
+    let addr = b.addr.to_string();
+    let work = async {
+        let t0 = Instant::now();
+        let (mut stream, init) = connect(b).await?;
+        let connected_in = t0.elapsed();
+        let io_err = |source| BackendError::Io { addr: addr.clone(), source };
+        let mut hello = rfb::set_pixel_format(&format);
+        hello.extend(rfb::set_encodings(&encodings));
+        hello.extend(rfb::update_request(false, init.width, init.height));
+        stream.write_all(&hello).await.map_err(io_err)?;
+        let mut buffered = Vec::new();
+        let mut framer = ServerFramer::default();
+        let mut at = 0;
+        let mut saw_pixels = false;
+        loop {
+            while let Some((item, len)) = framer
+                .next(&buffered[at..], &format)
+                .map_err(|e| BackendError::Protocol { addr: addr.clone(), message: e.to_string() })?
+            {
+                at += len;
+                if let ServerItem::Rect { encoding, .. } = item {
+                    saw_pixels |= encoding >= 0;
+                }
+                if saw_pixels && framer.at_boundary() {
+                    let first_frame_in = t0.elapsed();
+                    return Ok(Ready { stream, init, buffered, format, encodings, connected_in, first_frame_in });
+                }
+            }
+            let mut chunk = vec![0u8; 64 << 10];
+            let n = stream.read(&mut chunk).await.map_err(io_err)?;
+            if n == 0 {
+                return Err(BackendError::Protocol { addr: addr.clone(), message: "closed before its first frame".into() });
+            }
+            buffered.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| BackendError::Timeout { addr: addr.clone(), timeout })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!("unix:/run/a.sock".parse(), Ok(VncAddr::Unix("/run/a.sock".into())));
+        assert_eq!("127.0.0.1:5901".parse(), Ok(VncAddr::Tcp("127.0.0.1:5901".into())));
+        assert_eq!("[::1]:5901".parse::<VncAddr>().unwrap().to_string(), "[::1]:5901");
+        assert!("unix:".parse::<VncAddr>().is_err());
+        assert!("host".parse::<VncAddr>().is_err());
+        assert!("host:99999".parse::<VncAddr>().is_err());
+        let b = Backend { addr: "unix:/x".parse().unwrap(), password: Some("pw".into()) };
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(json, r#"{"addr":"unix:/x","password":"pw"}"#);
+        assert_eq!(serde_json::from_str::<Backend>(&json).unwrap(), b);
+    }
+}

@@ -1,0 +1,249 @@
+//! The VNC proxy: viewers connect only here, with their session token as VNC password; the
+//! proxy holds their RFB session and talks RFB to their VM, so that a hard handoff swaps the VM
+//! under a live viewer connection.
+//!
+//! On a switch the proxy connects to the new VM, replays the viewer's pixel format and
+//! encodings, asks for a full update and waits until it has arrived; only then does it swap:
+//! an update still open from the old VM is closed with empty rectangles, a DesktopSize
+//! rectangle goes out if the new VM's screen differs (the viewer must have advertised
+//! DesktopSize or ExtendedDesktopSize; a viewer that did not cannot be resized and is
+//! disconnected, which a well-behaved viewer answers by reconnecting with the same token), the
+//! first Tight rectangle asks the viewer to reset its zlib streams, and the buffered full frame
+//! follows. The viewer sees one more update, never a reconnect. See [`rfb`] for why only some
+//! encodings are offered to VMs.
+//!
+//! When a VM's connection drops (its host died), the viewer stays connected and sees a frozen
+//! screen until the broker switches it to a new VM, or until `orphan_timeout` passes.
+
+pub(crate) mod auth;
+pub mod backend;
+pub mod rfb;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub use backend::{Backend, BackendError, VncAddr};
+
+/// Timings of a switch, for the handoff log and the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchReport {
+    /// Whether a viewer was connected (otherwise only the probe of the new VM ran).
+    pub viewer_connected: bool,
+    pub connect_ms: u64,
+    /// From the start of the switch to the new VM's first complete full update.
+    pub first_frame_ms: u64,
+    /// From the start of the switch until the viewer had been sent the new VM's full frame.
+    pub swapped_ms: u64,
+    pub resized: bool,
+    /// The new VM's screen size.
+    pub width: u16,
+    pub height: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no session with that token")]
+    UnknownSession,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("switch abandoned: {0}")]
+    Abandoned(String),
+}
+
+/// Tunables of the proxy; see the `[broker]` config keys of the same names.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Longest wait for a new VM's first frame during a switch.
+    pub switch_timeout: Duration,
+    /// How long a viewer whose VM went away is kept connected waiting for a new one.
+    pub orphan_timeout: Duration,
+    /// Delay before answering a failed authentication, to slow down guessing.
+    pub auth_fail_delay: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            switch_timeout: Duration::from_secs(120),
+            orphan_timeout: Duration::from_secs(600),
+            auth_fail_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+pub(crate) enum Control {
+    Switch { backend: Backend, reply: oneshot::Sender<Result<SwitchReport, ProxyError>> },
+    Close,
+}
+
+struct Slot {
+    label: String,
+    backend: Backend,
+    /// The connected viewer, if any: its connection id and its session task's mailbox.
+    live: Option<(u64, mpsc::Sender<Control>)>,
+}
+
+/// A session as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub label: String,
+    pub backend: String,
+    pub viewer_connected: bool,
+}
+
+/// The proxy's session table. Cheap to share: clone the `Arc`.
+pub struct Proxy {
+    slots: Mutex<HashMap<String, Slot>>,
+    opts: ProxyOptions,
+    next_conn: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(opts: ProxyOptions) -> Arc<Self> {
+        Arc::new(Proxy { slots: Mutex::new(HashMap::new()), opts, next_conn: AtomicU64::new(1) })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // A panic elsewhere cannot leave the table half-updated: every change is one insert or
+        // remove, so a poisoned lock is still consistent.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a session for `backend` and returns its fresh token (the viewer's VNC password).
+    pub fn open_session(&self, label: &str, backend: Backend) -> String {
+        let mut slots = self.slots();
+        let token = loop {
+            let t = auth::new_token();
+            if !slots.contains_key(&t) {
+                break t;
+            }
+        };
+        log::info!("proxy: session {label} opened for VM {}", backend.describe());
+        slots.insert(token.clone(), Slot { label: label.to_string(), backend, live: None });
+        token
+    }
+
+    /// Re-registers a known token (after a broker restart, from the state store).
+    pub fn restore_session(&self, token: &str, label: &str, backend: Backend) {
+        self.slots().insert(token.to_string(), Slot { label: label.to_string(), backend, live: None });
+    }
+
+    /// Ends a session and disconnects its viewer.
+    pub fn close_session(&self, token: &str) {
+        if let Some(slot) = self.slots().remove(token) {
+            log::info!("proxy: session {} closed", slot.label);
+            if let Some((_, tx)) = slot.live {
+                let _ = tx.try_send(Control::Close);
+            }
+        }
+    }
+
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<_> = self
+            .slots()
+            .values()
+            .map(|s| SessionInfo {
+                label: s.label.clone(),
+                backend: s.backend.describe(),
+                viewer_connected: s.live.is_some(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.label.cmp(&b.label));
+        v
+    }
+
+    /// Moves a session to another VM. With a viewer connected, the swap happens under its live
+    /// connection once the new VM's first full frame is in; without one, the new VM is probed
+    /// for a first frame the same way and becomes the session's VM.
+    pub async fn switch(&self, token: &str, backend: Backend) -> Result<SwitchReport, ProxyError> {
+        let live = {
+            let slots = self.slots();
+            let slot = slots.get(token).ok_or(ProxyError::UnknownSession)?;
+            slot.live.as_ref().map(|(_, tx)| tx.clone())
+        };
+        if let Some(tx) = live {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Control::Switch { backend: backend.clone(), reply }).await.is_ok() {
+                if let Ok(res) = rx.await {
+                    return res;
+                }
+            }
+            // The viewer left meanwhile: fall through to a probe.
+        }
+        let mut report = self.probe(&backend).await?;
+        self.set_backend(token, backend);
+        report.swapped_ms = report.first_frame_ms;
+        Ok(report)
+    }
+
+    /// Connects to a VM as the proxy would and waits for its first full frame.
+    pub async fn probe(&self, backend: &Backend) -> Result<SwitchReport, ProxyError> {
+        let ready = backend::prepare(backend, rfb::PixelFormat::rgb888(), vec![rfb::enc::RAW], self.opts.switch_timeout)
+            .await?;
+        Ok(SwitchReport {
+            viewer_connected: false,
+            connect_ms: ready.connected_in.as_millis() as u64,
+            first_frame_ms: ready.first_frame_in.as_millis() as u64,
+            swapped_ms: 0,
+            resized: false,
+            width: ready.init.width,
+            height: ready.init.height,
+        })
+    }
+
+    fn set_backend(&self, token: &str, backend: Backend) {
+        if let Some(slot) = self.slots().get_mut(token) {
+            slot.backend = backend;
+        }
+    }
+
+    /// Finds the session whose token answers `challenge` with `response`.
+    fn authenticate(&self, challenge: &[u8; 16], response: &[u8; 16]) -> Option<(String, String, Backend)> {
+        self.slots().iter().find_map(|(token, slot)| {
+            auth::same(&auth::response(token.as_bytes(), challenge), response)
+                .then(|| (token.clone(), slot.label.clone(), slot.backend.clone()))
+        })
+    }
+
+    /// Registers a viewer connection, replacing (and closing) an older one of the same session.
+    fn attach(&self, token: &str, tx: mpsc::Sender<Control>) -> Option<u64> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut slots = self.slots();
+        let slot = slots.get_mut(token)?;
+        if let Some((_, old)) = slot.live.replace((id, tx)) {
+            log::info!("proxy: session {}: a new viewer connection replaces the old one", slot.label);
+            let _ = old.try_send(Control::Close);
+        }
+        Some(id)
+    }
+
+    fn detach(&self, token: &str, id: u64) {
+        if let Some(slot) = self.slots().get_mut(token) {
+            if slot.live.as_ref().is_some_and(|(i, _)| *i == id) {
+                slot.live = None;
+            }
+        }
+    }
+
+    /// Accepts viewers until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        log::info!("proxy: listening on {}", listener.local_addr()?);
+        loop {
+            let (sock, peer) = listener.accept().await?;
+            let _ = sock.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = session::run(me, sock, peer).await {
+                    log::warn!("proxy: viewer {peer}: {e:#}");
+                }
+            });
+        }
+    }
+}

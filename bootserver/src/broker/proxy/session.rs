@@ -1,0 +1,344 @@
+//! One viewer connection: the RFB handshake as a server, then the relay loop that forwards
+//! messages between the viewer and its current VM and performs switches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::backend::{self, BackendError, Ready, Stream};
+use super::rfb::{self, enc, ClientMsg, PixelFormat, ServerFramer, ServerItem};
+use super::{auth, Backend, Control, Proxy, ProxyError, SwitchReport};
+
+async fn refuse(sock: &mut TcpStream, minor: u8, reason: &str) {
+    let mut v = 1u32.to_be_bytes().to_vec();
+    if minor >= 8 {
+        v.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+        v.extend_from_slice(reason.as_bytes());
+    }
+    let _ = sock.write_all(&v).await;
+}
+
+/// The server half of the handshake: version, VNC authentication with the token (the only
+/// security type offered, so None is never possible), ClientInit.
+async fn handshake(proxy: &Proxy, sock: &mut TcpStream) -> anyhow::Result<(String, String, Backend, u8)> {
+    sock.write_all(b"RFB 003.008\n").await?;
+    let mut v = [0u8; 12];
+    sock.read_exact(&mut v).await.context("reading protocol version")?;
+    let (major, minor) = rfb::parse_version(&v).context("protocol version")?;
+    // RFC 6143: any other 3.x version must be treated as 3.3.
+    let minor: u8 = match (major, minor) {
+        (3, 7) => 7,
+        (3, m) if m >= 8 => 8,
+        (3, _) => 3,
+        _ => bail!("unsupported RFB version {major}.{minor}"),
+    };
+    if minor == 3 {
+        sock.write_all(&2u32.to_be_bytes()).await?;
+    } else {
+        sock.write_all(&[1, 2]).await?;
+        let mut chosen = [0u8; 1];
+        sock.read_exact(&mut chosen).await?;
+        if chosen[0] != 2 {
+            refuse(sock, minor, "only VNC authentication with the session token is accepted").await;
+            bail!("chose security type {}, only VNC authentication is offered", chosen[0]);
+        }
+    }
+    let challenge = auth::new_challenge();
+    sock.write_all(&challenge).await?;
+    let mut response = [0u8; 16];
+    sock.read_exact(&mut response).await.context("reading the authentication response")?;
+    let Some((token, label, backend)) = proxy.authenticate(&challenge, &response) else {
+        tokio::time::sleep(proxy.opts.auth_fail_delay).await;
+        refuse(sock, minor, "unknown or expired session token").await;
+        bail!("refused: no session has that token");
+    };
+    sock.write_all(&0u32.to_be_bytes()).await?;
+    let mut shared = [0u8; 1];
+    sock.read_exact(&mut shared).await.context("reading ClientInit")?;
+    Ok((token, label, backend, minor))
+}
+
+pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    let (token, label, backend, _) = handshake(&proxy, &mut sock).await?;
+    log::info!("proxy: viewer {peer} authenticated for session {label}, VM {}", backend.describe());
+    let t0 = Instant::now();
+    let (vm, init) = backend::connect(&backend).await.with_context(|| format!("session {label}"))?;
+    log::info!("proxy: session {label}: VM answered in {} ms", t0.elapsed().as_millis());
+    sock.write_all(&init.to_bytes()).await?;
+    let (tx, rx) = mpsc::channel(4);
+    let Some(conn) = proxy.attach(&token, tx) else {
+        bail!("session {label} closed during the handshake");
+    };
+    let mut relay = Relay {
+        proxy: proxy.clone(),
+        token: token.clone(),
+        label: label.clone(),
+        viewer: sock,
+        vm: Some(vm),
+        format: init.format,
+        encodings: Vec::new(),
+        width: init.width,
+        height: init.height,
+        framer: ServerFramer::default(),
+        vm_buf: Vec::new(),
+        viewer_buf: Vec::new(),
+        tight_reset_due: false,
+        orphaned_at: None,
+    };
+    let res = relay.run(rx).await;
+    proxy.detach(&token, conn);
+    log::info!("proxy: viewer {peer} of session {label} left after {:.1} s", t0.elapsed().as_secs_f64());
+    res
+}
+
+struct Pending {
+    task: JoinHandle<Result<Ready, BackendError>>,
+    reply: oneshot::Sender<Result<SwitchReport, ProxyError>>,
+    backend: Backend,
+    started: Instant,
+}
+
+struct Relay {
+    proxy: Arc<Proxy>,
+    token: String,
+    label: String,
+    viewer: TcpStream,
+    vm: Option<Stream>,
+    /// The viewer's pixel format (ServerInit's until it sends SetPixelFormat).
+    format: PixelFormat,
+    /// The viewer's encodings, unfiltered.
+    encodings: Vec<i32>,
+    /// The framebuffer size the viewer believes in.
+    width: u16,
+    height: u16,
+    framer: ServerFramer,
+    vm_buf: Vec<u8>,
+    viewer_buf: Vec<u8>,
+    /// Set at a swap: the next Tight rectangle must reset the viewer's zlib streams.
+    tight_reset_due: bool,
+    orphaned_at: Option<Instant>,
+}
+
+async fn read_some(s: &mut Option<Stream>, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    match s {
+        Some(s) => {
+            buf.reserve(64 << 10);
+            s.read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Relay {
+    async fn run(&mut self, mut ctl: mpsc::Receiver<Control>) -> anyhow::Result<()> {
+        let mut pending: Option<Pending> = None;
+        loop {
+            let orphan_deadline = self.orphaned_at.map(|t| t + self.proxy.opts.orphan_timeout);
+            tokio::select! {
+                n = self.viewer.read_buf(&mut self.viewer_buf) => {
+                    if n.context("reading from the viewer")? == 0 {
+                        return Ok(());
+                    }
+                    self.from_viewer().await?;
+                }
+                n = read_some(&mut self.vm, &mut self.vm_buf) => {
+                    match n {
+                        Ok(n) if n > 0 => {
+                            if let Err(e) = self.from_vm().await {
+                                if e.downcast_ref::<rfb::RfbError>().is_some() {
+                                    log::warn!("proxy: session {}: VM stream: {e:#}; dropping the VM connection", self.label);
+                                    self.lose_vm().await?;
+                                } else {
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        res => {
+                            log::warn!("proxy: session {}: VM connection lost ({}); viewer kept, waiting for a new VM",
+                                self.label, res.err().map_or("closed".to_string(), |e| e.to_string()));
+                            self.lose_vm().await?;
+                        }
+                    }
+                }
+                done = async { (&mut pending.as_mut().expect("guarded").task).await }, if pending.is_some() => {
+                    let p = pending.take().expect("guarded");
+                    let res = match done {
+                        Ok(Ok(ready)) => self.swap(ready, &p).await.map_err(|e| ProxyError::Abandoned(format!("{e:#}"))),
+                        Ok(Err(e)) => Err(ProxyError::Backend(e)),
+                        Err(e) => Err(ProxyError::Abandoned(format!("preparing task failed: {e}"))),
+                    };
+                    let failed_write = matches!(&res, Err(ProxyError::Abandoned(_)));
+                    if let Err(e) = &res {
+                        log::warn!("proxy: session {}: switch to {} failed: {e}", self.label, p.backend.describe());
+                    }
+                    let _ = p.reply.send(res);
+                    if failed_write {
+                        bail!("viewer lost during the switch");
+                    }
+                }
+                c = ctl.recv() => match c {
+                    Some(Control::Switch { backend, reply }) => {
+                        if let Some(old) = pending.take() {
+                            old.task.abort();
+                            let _ = old.reply.send(Err(ProxyError::Abandoned("superseded by a newer switch".into())));
+                        }
+                        log::info!("proxy: session {}: preparing switch to VM {}", self.label, backend.describe());
+                        let (b, pf, encs) = (backend.clone(), self.format, rfb::filter_encodings(&self.encodings));
+                        let timeout = self.proxy.opts.switch_timeout;
+                        let task = tokio::spawn(async move { backend::prepare(&b, pf, encs, timeout).await });
+                        pending = Some(Pending { task, reply, backend, started: Instant::now() });
+                    }
+                    Some(Control::Close) | None => {
+                        log::info!("proxy: session {}: closed by the broker", self.label);
+                        return Ok(());
+                    }
+                },
+                _ = async { tokio::time::sleep_until(orphan_deadline.expect("guarded").into()).await }, if orphan_deadline.is_some() => {
+                    bail!("no VM for {:?}; giving up on the viewer", self.proxy.opts.orphan_timeout);
+                }
+            }
+        }
+    }
+
+    /// Forwards complete viewer messages to the VM, remembering format and encodings.
+    async fn from_viewer(&mut self) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((msg, len)) = rfb::parse_client(&self.viewer_buf[at..]).context("viewer stream")? {
+            let raw = &self.viewer_buf[at..at + len];
+            match msg {
+                ClientMsg::SetPixelFormat(pf) => {
+                    // Like viewers themselves, assume the VM applies it from the next update on.
+                    self.format = pf;
+                    out.extend_from_slice(raw);
+                }
+                ClientMsg::SetEncodings(list) => {
+                    let offered = rfb::filter_encodings(&list);
+                    log::debug!("proxy: session {}: viewer encodings {list:?}, offered to VM {offered:?}", self.label);
+                    self.encodings = list;
+                    out.extend(rfb::set_encodings(&offered));
+                }
+                ClientMsg::UpdateRequest { .. } | ClientMsg::Input => out.extend_from_slice(raw),
+            }
+            at += len;
+        }
+        self.viewer_buf.drain(..at);
+        if let (Some(vm), false) = (self.vm.as_mut(), out.is_empty()) {
+            if let Err(e) = vm.write_all(&out).await {
+                log::warn!("proxy: session {}: writing to VM: {e}; viewer kept, waiting for a new VM", self.label);
+                self.lose_vm().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards complete messages and rectangles from the VM to the viewer.
+    async fn from_vm(&mut self) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((item, len)) = self.framer.next(&self.vm_buf[at..], &self.format)? {
+            let start = out.len();
+            out.extend_from_slice(&self.vm_buf[at..at + len]);
+            if let ServerItem::Rect { width, height, encoding, .. } = item {
+                match encoding {
+                    enc::TIGHT if self.tight_reset_due => {
+                        out[start + rfb::TIGHT_CONTROL_OFFSET] |= rfb::TIGHT_RESET_ALL;
+                        self.tight_reset_due = false;
+                    }
+                    enc::DESKTOP_SIZE | enc::EXT_DESKTOP_SIZE => (self.width, self.height) = (width, height),
+                    _ => {}
+                }
+            }
+            at += len;
+            // Flush big updates rectangle by rectangle rather than holding them.
+            if out.len() > 1 << 20 {
+                self.viewer.write_all(&out).await.context("writing to the viewer")?;
+                out.clear();
+            }
+        }
+        self.vm_buf.drain(..at);
+        self.viewer.write_all(&out).await.context("writing to the viewer")?;
+        Ok(())
+    }
+
+    /// The VM went away: close its open update so the viewer stays in step, and wait.
+    async fn lose_vm(&mut self) -> anyhow::Result<()> {
+        self.vm = None;
+        if let Some(open) = self.framer.open_update() {
+            self.viewer.write_all(&rfb::close_update(open)).await.context("writing to the viewer")?;
+        }
+        self.framer.reset();
+        self.vm_buf.clear();
+        self.orphaned_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn swap(&mut self, mut ready: Ready, p: &Pending) -> anyhow::Result<SwitchReport> {
+        let t_swap = Instant::now();
+        // The old VM's partial update ends here, at a rectangle boundary.
+        if let Some(open) = self.framer.open_update() {
+            self.viewer.write_all(&rfb::close_update(open)).await?;
+        }
+        self.vm = None;
+        let resized = (ready.init.width, ready.init.height) != (self.width, self.height);
+        if resized {
+            let msg = if self.encodings.contains(&enc::DESKTOP_SIZE) {
+                rfb::desktop_size_update(ready.init.width, ready.init.height)
+            } else if self.encodings.contains(&enc::EXT_DESKTOP_SIZE) {
+                rfb::ext_desktop_size_update(ready.init.width, ready.init.height)
+            } else {
+                bail!(
+                    "new VM's screen is {}x{}, the viewer's {}x{}, and the viewer cannot be resized (no DesktopSize)",
+                    ready.init.width,
+                    ready.init.height,
+                    self.width,
+                    self.height
+                );
+            };
+            self.viewer.write_all(&msg).await?;
+            (self.width, self.height) = (ready.init.width, ready.init.height);
+        }
+        // The viewer changed its format or encodings while the new VM was being prepared: the
+        // buffered frame is stale, ask again.
+        let offered = rfb::filter_encodings(&self.encodings);
+        if ready.format != self.format || ready.encodings != offered {
+            let mut again = rfb::set_pixel_format(&self.format);
+            again.extend(rfb::set_encodings(&offered));
+            again.extend(rfb::update_request(false, self.width, self.height));
+            ready.stream.write_all(&again).await?;
+            ready.buffered.clear();
+        }
+        self.vm = Some(ready.stream);
+        self.vm_buf = ready.buffered;
+        self.framer = ServerFramer::default();
+        self.tight_reset_due = true;
+        self.orphaned_at = None;
+        self.from_vm().await?;
+        self.proxy.set_backend(&self.token, p.backend.clone());
+        let report = SwitchReport {
+            viewer_connected: true,
+            connect_ms: ready.connected_in.as_millis() as u64,
+            first_frame_ms: ready.first_frame_in.as_millis() as u64,
+            swapped_ms: p.started.elapsed().as_millis() as u64,
+            resized,
+            width: self.width,
+            height: self.height,
+        };
+        log::info!(
+            "proxy: session {}: switched to VM {} (connect {} ms, first frame {} ms, swap {} ms{})",
+            self.label,
+            p.backend.describe(),
+            report.connect_ms,
+            report.first_frame_ms,
+            t_swap.elapsed().as_millis(),
+            if resized { ", resized" } else { "" }
+        );
+        Ok(report)
+    }
+}

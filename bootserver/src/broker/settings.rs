@@ -1,0 +1,152 @@
+//! The `[desktops]` table of the boot server's config: the virtualization hosts, the memory
+//! levels and the VNC proxy.
+//!
+//! ```toml
+//! [desktops]
+//! levels_mib = [2048, 1024, 512]   # the memory algorithm's levels, largest first
+//! template = "desktop"             # server-host template every desktop starts from
+//! proxy_port = 5900                # viewers connect here, on the boot server's address
+//! health_interval_secs = 5         # every host is asked GET /v1/host this often
+//! health_failures = 3              # failed checks in a row before a host counts as down
+//! switch_timeout_secs = 120        # longest wait for a new VM's first frame at a handoff
+//! orphan_timeout_secs = 600        # a viewer whose VM died waits this long for a new one
+//! stop_deadline_secs = 30          # guest's time to power off before it is killed
+//! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
+//! balloon = false                  # shrink in place where host and guest can, no handoff
+//!
+//! [[desktops.hosts]]
+//! name = "h1"
+//! url = "http://10.0.0.11:8470"
+//! token = "change-me-long-token"   # or token_file = "/etc/bootserver/h1.token"
+//! memory_mib = 6144                # memory the broker may give to desktops on this host
+//! ```
+//!
+//! The table is called `desktops` because the top-level key `broker` already names the
+//! address written on the kernel command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::memory::Levels;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub levels_mib: Vec<u64>,
+    pub template: String,
+    pub proxy_port: u16,
+    pub health_interval_secs: u64,
+    pub health_failures: u32,
+    pub switch_timeout_secs: u64,
+    pub orphan_timeout_secs: u64,
+    pub stop_deadline_secs: u64,
+    pub leave_after_secs: u64,
+    pub balloon: bool,
+    pub hosts: Vec<HostConfig>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            levels_mib: vec![2048, 1024, 512],
+            template: "desktop".into(),
+            proxy_port: 5900,
+            health_interval_secs: 5,
+            health_failures: 3,
+            switch_timeout_secs: 120,
+            orphan_timeout_secs: 600,
+            stop_deadline_secs: 30,
+            leave_after_secs: 120,
+            balloon: false,
+            hosts: Vec::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks the table and reads token files; every error names its key.
+    pub fn validate(mut self) -> Result<Self, String> {
+        self.levels()?;
+        if self.proxy_port == 0 {
+            return Err("desktops.proxy_port: 0 is not a port; use e.g. 5900".into());
+        }
+        if self.health_interval_secs == 0 {
+            return Err("desktops.health_interval_secs: must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for h in &mut self.hosts {
+            if !names.insert(h.name.clone()) {
+                return Err(format!("desktops.hosts: host {:?} is listed twice", h.name));
+            }
+            if !(h.url.starts_with("http://")) {
+                return Err(format!("desktops.hosts {:?}: url {:?} must start with http://", h.name, h.url));
+            }
+            if let Some(f) = &h.token_file {
+                h.token = std::fs::read_to_string(f)
+                    .map_err(|e| format!("desktops.hosts {:?}: token_file {}: {e}", h.name, f.display()))?
+                    .trim()
+                    .to_string();
+            }
+            if h.token.is_empty() {
+                return Err(format!("desktops.hosts {:?}: set token or token_file", h.name));
+            }
+            if h.memory_mib == 0 {
+                return Err(format!("desktops.hosts {:?}: memory_mib must be more than 0", h.name));
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn levels(&self) -> Result<Levels, String> {
+        Levels::explicit(self.levels_mib.iter().map(|m| m << 20).collect())
+            .map_err(|e| format!("desktops.levels_mib: {e}"))
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_secs(self.health_interval_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_checks_hosts() {
+        let c: BrokerConfig = toml::from_str(
+            r#"levels_mib = [512, 256]
+               [[hosts]]
+               name = "h1"
+               url = "http://127.0.0.1:8470"
+               token = "t"
+               memory_mib = 1024"#,
+        )
+        .unwrap();
+        let c = c.validate().unwrap();
+        assert_eq!(c.proxy_port, 5900);
+        assert_eq!(c.levels().unwrap().sizes(), &[512 << 20, 256 << 20]);
+        let mut dup = c.clone();
+        dup.hosts.push(dup.hosts[0].clone());
+        assert!(dup.validate().unwrap_err().contains("twice"));
+        let mut no_token = c.clone();
+        no_token.hosts[0].token.clear();
+        assert!(no_token.validate().unwrap_err().contains("token"));
+        let bad = BrokerConfig { levels_mib: vec![256, 512], ..c };
+        assert!(bad.validate().unwrap_err().contains("levels_mib"));
+        assert!(toml::from_str::<BrokerConfig>("levls_mib = [1]").is_err());
+    }
+}

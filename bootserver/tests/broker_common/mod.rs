@@ -1,0 +1,180 @@
+//! Shared by the broker tests: a vnc-rs viewer that draws into memory, and PPM screens.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Screen {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl std::fmt::Debug for Screen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lit = self.rgb.chunks(3).filter(|p| p.iter().any(|&c| c > 0)).count();
+        write!(f, "{}x{} screen, {lit} non-black pixels", self.width, self.height)
+    }
+}
+
+pub fn parse_ppm(data: &[u8]) -> anyhow::Result<Screen> {
+    // "P6\n<w> <h>\n255\n" then RGB triples.
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while data.get(at).is_some_and(|c| c.is_ascii_whitespace()) {
+            at += 1;
+        }
+        let start = at;
+        while data.get(at).is_some_and(|c| !c.is_ascii_whitespace()) {
+            at += 1;
+        }
+        fields.push(std::str::from_utf8(&data[start..at])?.to_string());
+    }
+    at += 1;
+    if fields[0] != "P6" || fields[3] != "255" {
+        bail!("not an 8-bit P6 PPM");
+    }
+    let (width, height): (usize, usize) = (fields[1].parse()?, fields[2].parse()?);
+    let rgb = data.get(at..at + width * height * 3).context("short PPM")?.to_vec();
+    Ok(Screen { width, height, rgb })
+}
+
+/// What the viewer engine has drawn so far.
+#[derive(Default)]
+pub struct ViewerState {
+    width: usize,
+    height: usize,
+    /// BGRA, as asked with `PixelFormat::bgra()`.
+    pixels: Vec<u8>,
+    pub error: Option<String>,
+    pub closed: bool,
+    pub resizes: u32,
+}
+
+impl ViewerState {
+    pub fn screen(&self) -> Screen {
+        let rgb = self.pixels.chunks(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+        Screen { width: self.width, height: self.height, rgb }
+    }
+
+    fn resize(&mut self, w: usize, h: usize) {
+        if (w, h) != (self.width, self.height) {
+            self.resizes += 1;
+        }
+        (self.width, self.height) = (w, h);
+        self.pixels = vec![0; w * h * 4];
+    }
+
+    fn apply(&mut self, ev: vnc::VncEvent) {
+        match ev {
+            vnc::VncEvent::SetResolution(s) => self.resize(s.width as usize, s.height as usize),
+            vnc::VncEvent::DesktopUpdate(u) => {
+                if let Some(l) = u.layout {
+                    self.resize(l.width as usize, l.height as usize);
+                }
+            }
+            vnc::VncEvent::RawImage(r, data) => {
+                let (x0, y0, w) = (r.x as usize, r.y as usize, r.width as usize);
+                for row in 0..r.height as usize {
+                    let dst = ((y0 + row) * self.width + x0) * 4;
+                    let src = row * w * 4;
+                    if dst + w * 4 <= self.pixels.len() && src + w * 4 <= data.len() {
+                        self.pixels[dst..dst + w * 4].copy_from_slice(&data[src..src + w * 4]);
+                    }
+                }
+            }
+            vnc::VncEvent::Copy(dst, src) => {
+                let snapshot = self.pixels.clone();
+                for row in 0..dst.height as usize {
+                    let s = ((src.y as usize + row) * self.width + src.x as usize) * 4;
+                    let d = ((dst.y as usize + row) * self.width + dst.x as usize) * 4;
+                    let n = dst.width as usize * 4;
+                    self.pixels[d..d + n].copy_from_slice(&snapshot[s..s + n]);
+                }
+            }
+            vnc::VncEvent::Error(e) => self.error = Some(e),
+            _ => {}
+        }
+    }
+}
+
+/// A vnc-rs viewer connected to the proxy, drawing into a shared [`ViewerState`].
+pub struct Viewer {
+    pub state: Arc<Mutex<ViewerState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn connect_viewer(addr: std::net::SocketAddr, token: &str) -> Result<Viewer, vnc::VncError> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(vnc::VncError::IoError)?;
+    let token = token.to_string();
+    let client = vnc::VncConnector::new(tcp)
+        .set_auth_method(async move { Ok(token) })
+        .add_encoding(vnc::VncEncoding::Tight)
+        .add_encoding(vnc::VncEncoding::Zrle)
+        .add_encoding(vnc::VncEncoding::Raw)
+        .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
+        .allow_shared(true)
+        .set_pixel_format(vnc::PixelFormat::bgra())
+        .build()?
+        .try_start()
+        .await?
+        .finish()?;
+    let state = Arc::new(Mutex::new(ViewerState::default()));
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let mut last_refresh = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(50), client.recv_event()).await {
+                Ok(Ok(ev)) => st.lock().unwrap().apply(ev),
+                Ok(Err(e)) => {
+                    let mut s = st.lock().unwrap();
+                    s.error = Some(e.to_string());
+                    s.closed = true;
+                    return;
+                }
+                Err(_) => {}
+            }
+            if last_refresh.elapsed() > Duration::from_millis(100) {
+                if client.input(vnc::X11Event::Refresh).await.is_err() {
+                    st.lock().unwrap().closed = true;
+                    return;
+                }
+                last_refresh = Instant::now();
+            }
+        }
+    });
+    Ok(Viewer { state, task })
+}
+
+impl Viewer {
+    /// Waits until the viewer shows `want`; fails if its connection ends first.
+    pub async fn wait_for(&self, want: &Screen, what: &str) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            {
+                let s = self.state.lock().unwrap();
+                if s.closed {
+                    bail!("{what}: viewer connection ended: {:?}", s.error);
+                }
+                if s.screen() == *want {
+                    return Ok(t0.elapsed());
+                }
+                if t0.elapsed() > Duration::from_secs(60) {
+                    bail!("{what}: viewer shows {:?}, VM shows {want:?}", s.screen());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+

@@ -1,0 +1,196 @@
+//! Hard handoff end to end on one machine: a real `server-host` with the desktop template,
+//! the orchestrator running the memory algorithm, the VNC proxy and a vnc-rs viewer. Memory is
+//! scaled down so TCG copes: one host of 512 MiB, levels 256/128 MiB. The first user gets
+//! 256 MiB, the second 128 MiB; when the third arrives the first is handed off to a 128 MiB VM
+//! under its live viewer connection, which keeps showing the desktop, now the new VM's.
+
+mod broker_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bootserver::broker::hosts::HostRegistry;
+use bootserver::broker::memory::Action;
+use bootserver::broker::orchestrator::{Orchestrator, Outcome};
+use bootserver::broker::proxy::{Proxy, ProxyOptions};
+use bootserver::broker::settings::{BrokerConfig, HostConfig};
+use broker_common::{connect_viewer, parse_ppm, Viewer};
+use testkit::KillOnDrop;
+
+const TOKEN: &str = "broker-handoff-test-token";
+
+/// `server-host serve` on loopback; dropping it kills it and every QEMU it started.
+struct ServerHost {
+    _proc: KillOnDrop,
+    state: PathBuf,
+    port: u16,
+}
+
+impl Drop for ServerHost {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(self.state.join("vms")) else { return };
+        for e in rd.flatten() {
+            let Ok(t) = std::fs::read_to_string(e.path().join("qemu.pid")) else { continue };
+            let Ok(pid) = t.trim().parse::<i32>() else { continue };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
+                // SAFETY: kill(2) on a QEMU this test's server-host started (checked above).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn server_host_bin() -> anyhow::Result<PathBuf> {
+    // Integration tests live in target/<profile>/deps; the workspace's binaries one level up.
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().and_then(Path::parent).context("test binary location")?.join("server-host");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build -p server-host` (cargo test --workspace does)", bin.display());
+    }
+    Ok(bin)
+}
+
+fn start_server_host(dir: &Path) -> anyhow::Result<ServerHost> {
+    let st = Command::new(testkit::repo_root().join("scripts/build-desktop-template")).status()?;
+    if !st.success() {
+        bail!("scripts/build-desktop-template failed");
+    }
+    let port = testkit::free_port();
+    let state = dir.join("state");
+    let cfg = dir.join("server-host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
+             accel = \"{}\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
+            state.display(),
+            testkit::cache_dir().join("templates").display(),
+            testkit::accel(),
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("server-host.log"))?;
+    let proc = KillOnDrop::spawn(
+        Command::new(server_host_bin()?)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null()),
+    )?;
+    Ok(ServerHost { _proc: proc, state, port })
+}
+
+/// The VM's screen from server-host (`GET /v1/vms/NAME/screen`, PPM).
+fn vm_screen(port: u16, vm: &str) -> anyhow::Result<broker_common::Screen> {
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "60", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg(format!("http://127.0.0.1:{port}/v1/vms/{vm}/screen"))
+        .output()?;
+    if !out.status.success() {
+        bail!("curl screen of {vm}: {}", out.status);
+    }
+    parse_ppm(&out.stdout)
+}
+
+/// Waits until the viewer shows exactly what the VM shows (both change while the VM boots).
+async fn wait_same(viewer: &Viewer, port: u16, vm: &str, what: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let vm_now = vm_screen(port, vm)?;
+        {
+            let s = viewer.state.lock().unwrap();
+            if s.closed {
+                bail!("{what}: viewer connection ended: {:?}", s.error);
+            }
+            if s.screen() == vm_now && vm_now.width == 1280 {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(400) {
+                bail!("{what}: viewer shows {:?}, VM {vm} shows {vm_now:?}", s.screen());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let host = start_server_host(dir.path())?;
+    let cfg = BrokerConfig {
+        levels_mib: vec![256, 128],
+        health_interval_secs: 2,
+        switch_timeout_secs: 400,
+        stop_deadline_secs: 20,
+        hosts: vec![HostConfig {
+            name: "h1".into(),
+            url: format!("http://127.0.0.1:{}", host.port),
+            token: TOKEN.into(),
+            token_file: None,
+            memory_mib: 512,
+        }],
+        ..Default::default()
+    }
+    .validate()
+    .map_err(anyhow::Error::msg)?;
+    let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+    let t0 = Instant::now();
+    while hosts.check_all().await.is_empty() && hosts.status()[0].last_ok_ms_ago.is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("server-host did not answer: {:?}", hosts.status());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let proxy = Proxy::new(ProxyOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_addr = listener.local_addr()?;
+    let server = tokio::spawn(proxy.clone().serve(listener));
+    let (orch, _notices) = Orchestrator::new(cfg, hosts.clone(), proxy.clone(), proxy_addr)?;
+
+    let Outcome::Assigned { token, proxy: told } = orch.arrive("52:54:00:00:00:01").await? else {
+        bail!("first user refused: {:?}", orch.decisions());
+    };
+    assert_eq!(told, proxy_addr);
+    let first = orch.desktops()[0].clone();
+    assert_eq!((first.host.as_str(), first.memory_mib), ("h1", 256));
+    let viewer = connect_viewer(proxy_addr, &token).await?;
+    wait_same(&viewer, host.port, &first.vm, "first user's desktop").await?;
+    // A token opens only its own VM: a made-up one is refused.
+    assert!(connect_viewer(proxy_addr, "notmine1").await.is_err());
+
+    // The second user fits at 128 MiB beside the first with the reserve kept; the third does
+    // not, so the first (the newest above 128 MiB) moves down by hard handoff.
+    for n in [2, 3] {
+        let t_arrive = Instant::now();
+        let Outcome::Assigned { .. } = orch.arrive(&format!("52:54:00:00:00:0{n}")).await? else {
+            bail!("user {n} refused: {:?}", orch.decisions());
+        };
+        eprintln!("arrival {n} handled in {:?}", t_arrive.elapsed());
+    }
+    let record = orch.decisions().pop().context("a decision")?;
+    eprintln!("{}", serde_json::to_string_pretty(&record)?);
+    assert!(record.steps.iter().all(|s| s.ok), "{record:?}");
+    let handoff = record
+        .decision
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Handoff { user, .. } if user == "52:54:00:00:00:01"))
+        .context("the first user is handed off")?;
+    assert_eq!(record.steps[handoff].detail["viewer_connected"], true);
+    let moved = orch.desktops().into_iter().find(|d| d.user == "52:54:00:00:00:01").context("first user")?;
+    assert_eq!(moved.memory_mib, 128);
+    assert_ne!(moved.vm, first.vm);
+    wait_same(&viewer, host.port, &moved.vm, "first user's desktop after the handoff").await?;
+    {
+        let s = viewer.state.lock().unwrap();
+        assert!(!s.closed && s.error.is_none(), "viewer connection dropped: {:?}", s.error);
+    }
+    server.abort();
+    drop(viewer);
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The VNC proxy against real QEMU VNC servers and a real viewer engine (vnc-rs): the viewer
+//! sees its own VM, a backend switch under a live connection shows the new VM's screen
+//! without a reconnect (across a change of screen size and with Tight's zlib streams), a wrong
+//! token is refused and a token opens only its own VM.
+//!
+//! VM A is a QEMU held at reset (`-S`): QEMU draws a fixed 640x480 notice. VM B runs its BIOS,
+//! which finds nothing to boot, says so on the 720x400 VGA text console and halts (no kernel
+//! boot: a few seconds under TCG). Both are still, apart from B's blinking text cursor, so each
+//! can be compared with its `screendump` (a viewer shows B's dump at least every other blink).
+
+mod broker_common;
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bootserver::broker::proxy::{Backend, Proxy, ProxyOptions};
+use broker_common::{connect_viewer, parse_ppm, Screen};
+use testkit::KillOnDrop;
+
+struct Vm {
+    _qemu: KillOnDrop,
+    vnc: PathBuf,
+    monitor: PathBuf,
+    password: String,
+}
+
+impl Vm {
+    fn start(dir: &Path, name: &str, password: &str, extra: &[&str]) -> anyhow::Result<Vm> {
+        let vnc = dir.join(format!("{name}.vnc"));
+        let monitor = dir.join(format!("{name}.mon"));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(testkit::accel_args())
+            .args(["-m", "128", "-nic", "none", "-display", "none", "-vga", "std"])
+            .arg("-vnc")
+            .arg(format!("unix:{},password=on", vnc.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let qemu = KillOnDrop::spawn(&mut cmd)?;
+        let vm = Vm { _qemu: qemu, vnc, monitor, password: password.to_string() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(vm.vnc.exists() && vm.monitor.exists()) {
+            if Instant::now() > deadline {
+                bail!("QEMU {name} did not create its sockets");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        vm.hmp(&format!("set_password vnc {password}"))?;
+        Ok(vm)
+    }
+
+    fn backend(&self) -> Backend {
+        Backend { addr: format!("unix:{}", self.vnc.display()).parse().unwrap(), password: Some(self.password.clone()) }
+    }
+
+    /// Runs one human monitor command and returns its output.
+    fn hmp(&self, command: &str) -> anyhow::Result<String> {
+        let s = UnixStream::connect(&self.monitor).context("connecting to the QEMU monitor")?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut w = s;
+        let read_prompt = |r: &mut BufReader<UnixStream>| -> anyhow::Result<String> {
+            let mut out = Vec::new();
+            loop {
+                let mut byte = [0u8; 1];
+                r.read_exact(&mut byte)?;
+                out.push(byte[0]);
+                if out.ends_with(b"(qemu) ") {
+                    return Ok(String::from_utf8_lossy(&out).into_owned());
+                }
+            }
+        };
+        read_prompt(&mut r)?;
+        writeln!(w, "{command}")?;
+        let out = read_prompt(&mut r)?;
+        Ok(out)
+    }
+
+    /// The VM's screen as (width, height, RGB bytes), via `screendump` (PPM).
+    fn screen(&self, dir: &Path) -> anyhow::Result<Screen> {
+        let path = dir.join("dump.ppm");
+        let _ = std::fs::remove_file(&path);
+        self.hmp(&format!("screendump {}", path.display()))?;
+        let data = std::fs::read(&path).context("reading the screendump")?;
+        parse_ppm(&data)
+    }
+}
+
+/// VM B: no disk, no network, and no reboot after the failed boot.
+const B_ARGS: &[&str] = &["-boot", "reboot-timeout=-1"];
+
+/// Waits until the BIOS has given up booting: the text console is up and has stopped changing
+/// apart from the cursor.
+fn wait_bios_done(vm: &Vm, dir: &Path) -> anyhow::Result<Screen> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = vm.screen(dir)?;
+        if (s.width, s.height) == (720, 400) {
+            // SeaBIOS tries its boot devices within a second of drawing its banner.
+            std::thread::sleep(Duration::from_secs(3));
+            return vm.screen(dir);
+        }
+        if Instant::now() > deadline {
+            bail!("VM B's BIOS did not reach its text console: {s:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let vm_b = Vm::start(dir.path(), "b", "pw-b-123", B_ARGS)?;
+    let vm_a = Vm::start(dir.path(), "a", "pw-a-456", &["-S"])?;
+    let screen_b = wait_bios_done(&vm_b, dir.path())?;
+    let screen_a = vm_a.screen(dir.path())?;
+    assert_ne!(screen_a, screen_b, "the two VMs must look different for this test to mean anything");
+    assert_eq!((screen_a.width, screen_a.height), (640, 480));
+    assert_eq!((screen_b.width, screen_b.height), (720, 400));
+
+    let proxy = Proxy::new(ProxyOptions { auth_fail_delay: Duration::from_millis(10), ..Default::default() });
+    let token_a = proxy.open_session("user-a", vm_a.backend());
+    let token_b = proxy.open_session("user-b", vm_b.backend());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(proxy.clone().serve(listener));
+
+    // A wrong token is refused.
+    assert!(connect_viewer(addr, "wrong-tk").await.is_err(), "a wrong token must be refused");
+
+    // Each token opens its own VM and no other.
+    let viewer_b = connect_viewer(addr, &token_b).await?;
+    viewer_b.wait_for(&screen_b, "token B shows VM B").await?;
+    let viewer_a = connect_viewer(addr, &token_a).await?;
+    viewer_a.wait_for(&screen_a, "token A shows VM A").await?;
+    drop(viewer_b);
+
+    // Hard handoff of user A to VM B's screen, under the live connection.
+    let report = proxy.switch(&token_a, vm_b.backend()).await?;
+    assert!(report.viewer_connected && report.resized, "{report:?}");
+    let shown_after = viewer_a.wait_for(&screen_b, "after the switch, viewer A shows VM B").await?;
+    eprintln!("switch: {report:?}; viewer showed the new screen {shown_after:?} after the switch returned");
+    {
+        let s = viewer_a.state.lock().unwrap();
+        assert!(!s.closed && s.error.is_none(), "viewer saw an error: {:?}", s.error);
+        assert_eq!(s.resizes, 2, "one size at connect, one at the switch");
+    }
+    // And back, to check that the viewer's zlib streams were reset and stay in step.
+    proxy.switch(&token_a, vm_a.backend()).await?;
+    viewer_a.wait_for(&screen_a, "after switching back, viewer A shows VM A").await?;
+
+    // A token that no longer exists opens nothing.
+    proxy.close_session(&token_b);
+    assert!(connect_viewer(addr, &token_b).await.is_err(), "a closed session's token must be refused");
+    server.abort();
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! End to end in the lab, through `scripts/demo` with this build's binaries: a QEMU PC
+//! network-boots into the agent, announces itself, the broker starts its desktop VM on a real
+//! `server-host` and assigns it a session on the VNC proxy, the agent's fbdev viewer shows it,
+//! and the PC's screen (QMP `screendump`) equals the VM's screen (server-host's `/screen`).
+
+use std::path::Path;
+use std::process::Command;
+
+fn ppm_size(data: &[u8]) -> (usize, usize) {
+    let text = String::from_utf8_lossy(&data[..data.len().min(32)]).into_owned();
+    let mut f = text.split_ascii_whitespace();
+    assert_eq!(f.next(), Some("P6"), "not a PPM");
+    let w = f.next().unwrap().parse().unwrap();
+    let h = f.next().unwrap().parse().unwrap();
+    (w, h)
+}
+
+#[test]
+fn network_booted_pc_shows_its_desktop_vm() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_thinclient")).parent().unwrap().to_path_buf();
+    for b in ["bootserver", "server-host", "initramfs"] {
+        assert!(bin.join(b).exists(), "{} is missing: build the workspace binaries", bin.join(b).display());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let keep = out.path().join("work");
+    let run = Command::new(testkit::repo_root().join("scripts/demo"))
+        .arg("--keep")
+        .arg(&keep)
+        .env("DEMO_BIN_DIR", &bin)
+        .env("DEMO_OUT", out.path())
+        .env("DEMO_TIMEOUT", "900")
+        .output()
+        .expect("running scripts/demo");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    if !run.status.success() {
+        let log = |n: &str| std::fs::read_to_string(keep.join(n)).unwrap_or_default();
+        let tail = |s: String| s.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect::<String>();
+        panic!(
+            "demo failed: {}\nstdout:\n{stdout}\nstderr:\n{}\nbootserver:\n{}\nserial:\n{}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr),
+            tail(log("bootserver.log")),
+            tail(log("pc-serial.log"))
+        );
+    }
+    assert!(stdout.contains("its screen equals the VM's"), "{stdout}");
+    assert!(stdout.contains("time to desktop"), "{stdout}");
+    let png = std::fs::read(out.path().join("demo-desktop.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // The compared screens: the desktop's own size on both sides.
+    let pc = std::fs::read(out.path().join("pc.ppm")).unwrap();
+    let vm = std::fs::read(out.path().join("vm.ppm")).unwrap();
+    assert_eq!(ppm_size(&pc), (1280, 800));
+    assert_eq!(ppm_size(&vm), (1280, 800));
+    // And they are close pixel for pixel (the viewer may get lossy JPEG through the proxy).
+    let st = Command::new(testkit::repo_root().join("scripts/screen"))
+        .arg("same")
+        .arg(out.path().join("pc.ppm"))
+        .arg(out.path().join("vm.ppm"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "the saved PC screen differs from the VM's");
+}
