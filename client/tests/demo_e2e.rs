@@ -21,12 +21,17 @@ fn network_booted_pc_shows_its_desktop_vm() {
     for b in ["bootserver", "server-host", "initramfs"] {
         assert!(bin.join(b).exists(), "{} is missing: build the workspace binaries", bin.join(b).display());
     }
+    // The static agent without SDL, as the image needs it (scripts/setup builds it with
+    // scripts/build-client); this test's own thinclient links SDL2 dynamically.
+    let client = testkit::repo_root().join("target/x86_64-unknown-linux-gnu/release/thinclient");
+    assert!(client.exists(), "{} is missing: run scripts/build-client (scripts/setup does)", client.display());
     let out = tempfile::tempdir().unwrap();
     let keep = out.path().join("work");
     let run = Command::new(testkit::repo_root().join("scripts/demo"))
         .arg("--keep")
         .arg(&keep)
         .env("DEMO_BIN_DIR", &bin)
+        .env("DEMO_CLIENT", &client)
         .env("DEMO_OUT", out.path())
         .env("DEMO_TIMEOUT", "900")
         .output()
