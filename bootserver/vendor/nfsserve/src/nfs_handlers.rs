@@ -526,7 +526,13 @@ pub async fn nfsproc3_access(
     };
     // TODO better checks here
     if !matches!(context.vfs.capabilities(), VFSCapabilities::ReadWrite) {
-        access &= ACCESS3_READ | ACCESS3_LOOKUP;
+        // Read-only still runs programs: keep EXECUTE where the mode has an x bit (an NFS
+        // root whose binaries cannot be executed is of no use).
+        let executable = match &obj_attr {
+            nfs::post_op_attr::attributes(a) => a.mode & 0o111 != 0,
+            nfs::post_op_attr::Void => false,
+        };
+        access &= ACCESS3_READ | ACCESS3_LOOKUP | if executable { ACCESS3_EXECUTE } else { 0 };
     }
     debug!(" {:?} ---> {:?}", xid, access);
     make_success_reply(xid).serialize(output)?;
