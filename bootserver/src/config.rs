@@ -42,6 +42,7 @@ pub struct FileConfig {
     pub enable_dhcp: Option<bool>,
     pub enable_tftp: Option<bool>,
     pub enable_http: Option<bool>,
+    pub enable_broker: Option<bool>,
     #[serde(default)]
     pub dhcp: DhcpConfig,
     #[serde(default)]
@@ -109,6 +110,10 @@ pub struct ServeArgs {
     /// Do not run the HTTP service.
     #[arg(long)]
     pub no_http: bool,
+    /// Do not run the broker (agent listener on --broker, admin API, desktops): serve boot
+    /// files only.
+    #[arg(long)]
+    pub no_broker: bool,
     /// TFTP port. Default: 69.
     #[arg(long)]
     pub tftp_port: Option<u16>,
@@ -140,6 +145,7 @@ pub struct Settings {
     pub enable_dhcp: bool,
     pub enable_tftp: bool,
     pub enable_http: bool,
+    pub enable_broker: bool,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
     pub desktops: crate::broker::settings::BrokerConfig,
@@ -342,6 +348,7 @@ impl Settings {
             enable_dhcp: !args.no_dhcp && file.enable_dhcp.unwrap_or(true),
             enable_tftp: !args.no_tftp && file.enable_tftp.unwrap_or(true),
             enable_http: !args.no_http && file.enable_http.unwrap_or(true),
+            enable_broker: !args.no_broker && file.enable_broker.unwrap_or(true),
             dhcp: file.dhcp,
             tftp,
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,

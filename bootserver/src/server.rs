@@ -117,7 +117,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(crate::broker::flow::start(&settings.desktops, proxy_addr, &mut tasks).await?)
     };
     // The broker: the agents' announces, the client registry and the admin API.
-    crate::broker::listener::start(&settings, desktops, &mut tasks).await?;
+    if settings.enable_broker {
+        crate::broker::listener::start(&settings, desktops, &mut tasks).await?;
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

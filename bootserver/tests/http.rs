@@ -17,7 +17,7 @@ fn start(boot: &Path, state: &Path) -> Server {
     let port = free_port();
     let child = KillOnDrop::spawn(
         Command::new(env!("CARGO_BIN_EXE_bootserver"))
-            .args(["serve", "--interface", "lo", "--address", "127.0.0.1", "--no-dhcp", "--no-tftp"])
+            .args(["serve", "--interface", "lo", "--address", "127.0.0.1", "--no-dhcp", "--no-broker", "--no-tftp"])
             .args(["--http-port", &port.to_string(), "--kernel", "vmlinuz", "--initrd", "initrd.img"])
             .arg("--boot-dir")
             .arg(boot)

@@ -29,7 +29,7 @@ impl Server {
         let port = free_udp_port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bootserver"))
-            .args(["serve", "--interface", "lo", "--address", "127.0.0.1", "--no-dhcp", "--no-http"])
+            .args(["serve", "--interface", "lo", "--address", "127.0.0.1", "--no-dhcp", "--no-broker", "--no-http"])
             .args(["--tftp-port", &port.to_string()])
             .arg("--boot-dir")
             .arg(&boot)
