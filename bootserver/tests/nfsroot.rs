@@ -125,26 +125,13 @@ echo VIEWER-EXITED $?
 poweroff -f
 "#
     );
-    let initrd = dir.join("initrd");
-    testkit::busybox_initramfs(&initrd, &init).unwrap();
-    let extra = dir.join("extra");
-    let _ = std::fs::remove_dir_all(&extra);
-    std::fs::create_dir_all(extra.join("modules")).unwrap();
-    for (p, n) in mods.iter().zip(&names) {
-        std::fs::copy(p, extra.join("modules").join(n)).unwrap();
-    }
+    let mut extra: Vec<(String, Vec<u8>)> =
+        mods.iter().zip(&names).map(|(p, n)| (format!("modules/{n}"), std::fs::read(p).unwrap())).collect();
     if let Some(v) = static_viewer {
-        std::fs::copy(v, extra.join("thinclient")).unwrap();
+        extra.push(("thinclient".into(), std::fs::read(v).unwrap()));
     }
-    let out = std::fs::OpenOptions::new().append(true).open(&initrd).unwrap();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg("find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0")
-        .current_dir(&extra)
-        .stdout(out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cpio of the modules failed");
+    let initrd = dir.join("initrd");
+    testkit::busybox_initramfs_with(&initrd, &init, &extra).unwrap();
     initrd
 }
 

@@ -83,20 +83,11 @@ fn initramfs(out: &Path, thinclient: &Path, init_tail: &str) {
     let have = |m: &str| ["", ".xz", ".zst"].iter().map(|s| format!("{m}{s}")).find(|p| mods_dir.join(p).exists());
     let names: Vec<String> = want.iter().map(|m| have(m).unwrap_or_else(|| panic!("{m} missing in {}", mods_dir.display()))).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let dir = tmpdir();
-    let root = dir.path();
-    for d in ["bin", "proc", "sys", "dev", "tmp", "mods"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    for a in ["sh", "mount", "insmod", "ip", "cat", "echo", "sleep", "ls"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::copy(thinclient, root.join("bin/thinclient")).unwrap();
+    let mut extra: Vec<(String, Vec<u8>)> =
+        vec![("bin/thinclient".into(), std::fs::read(thinclient).expect("reading the static thinclient"))];
     let mut load = String::new();
     for (i, m) in module_closure(&mods_dir, &names).iter().enumerate() {
         // busybox insmod reads plain ELF only: unpack compressed modules on this side.
-        let dst = root.join(format!("mods/{i:02}.ko"));
         let src = mods_dir.join(m);
         let data = match m.rsplit_once('.').map(|(_, e)| e) {
             Some("xz") => Command::new("xz").arg("-dc").arg(&src).output().unwrap().stdout,
@@ -104,7 +95,7 @@ fn initramfs(out: &Path, thinclient: &Path, init_tail: &str) {
             _ => std::fs::read(&src).unwrap(),
         };
         assert!(data.starts_with(b"\x7fELF"), "{m} did not unpack to ELF");
-        std::fs::write(&dst, data).unwrap();
+        extra.push((format!("mods/{i:02}.ko"), data));
         load.push_str(&format!("insmod /mods/{i:02}.ko || echo \"insmod {m} failed\"\n"));
     }
     let init = format!(
@@ -117,18 +108,7 @@ fn initramfs(out: &Path, thinclient: &Path, init_tail: &str) {
          {init_tail}\n\
          echo 'guest: viewer ended'\nsleep 100000\n"
     );
-    let init_path = root.join("init");
-    std::fs::write(&init_path, init).unwrap();
-    std::fs::set_permissions(&init_path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let outf = std::fs::File::create(out).unwrap();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg("find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0")
-        .current_dir(root)
-        .stdout(outf)
-        .status()
-        .expect("cpio");
-    assert!(st.success(), "cpio failed");
+    testkit::busybox_initramfs_with(out, &init, &extra).expect("building the test initramfs");
 }
 
 /// A 16x16 cursor with an empty mask: the server's pointer is invisible, so the viewer draws

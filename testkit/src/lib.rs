@@ -200,39 +200,40 @@ pub fn accel_args() -> Vec<String> {
 /// Builds a tiny initramfs (newc cpio, uncompressed) of Debian's static busybox with `init`
 /// as its `/init` script. For tests that need a guest to run a few shell commands.
 pub fn busybox_initramfs(out: &Path, init: &str) -> anyhow::Result<()> {
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.exists() {
-        bail!("/bin/busybox missing: run scripts/setup (busybox-static)");
-    }
-    let dir = tempfile::tempdir()?;
-    let root = dir.path();
-    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "run"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::fs::copy(busybox, root.join("bin/busybox"))?;
-    for applet in ["sh", "mount", "echo", "cat", "ip", "udhcpc", "poweroff", "sleep", "ls", "wget", "reboot"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let init_path = root.join("init");
-    std::fs::write(&init_path, init)?;
-    let mut perms = std::fs::metadata(&init_path)?.permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&init_path, perms)?;
-    let outf = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut find = Command::new("sh")
-        .arg("-c")
-        .arg("find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0")
-        .current_dir(root)
-        .stdout(outf)
-        .spawn()
-        .context("running cpio")?;
-    let st = find.wait()?;
-    if !st.success() {
-        bail!("cpio failed: {st}");
-    }
-    Ok(())
+    busybox_initramfs_with(out, init, &[])
 }
 
+/// Like [`busybox_initramfs`], plus `extra` files (path inside the image, contents), executable,
+/// with their parent folders. Written with the project's own newc writer.
+pub fn busybox_initramfs_with(out: &Path, init: &str, extra: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    use initramfs::newc::{write_archive, Entry, S_IFDIR, S_IFLNK, S_IFREG};
+    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox missing: run scripts/setup (busybox-static)")?;
+    let mut dirs: std::collections::BTreeSet<String> =
+        ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "run"].iter().map(|d| d.to_string()).collect();
+    for (path, _) in extra {
+        let mut p = Path::new(path.trim_start_matches('/'));
+        while let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(parent.to_string_lossy().into_owned());
+            p = parent;
+        }
+    }
+    let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::new(d.as_str(), S_IFDIR | 0o755, Vec::new())).collect();
+    entries.push(Entry::new("bin/busybox", S_IFREG | 0o755, busybox));
+    for applet in [
+        "sh", "mount", "echo", "cat", "ip", "udhcpc", "poweroff", "sleep", "ls", "wget", "reboot", "insmod",
+    ] {
+        entries.push(Entry::new(format!("bin/{applet}"), S_IFLNK | 0o777, b"busybox".to_vec()));
+    }
+    entries.push(Entry::new("init", S_IFREG | 0o755, init.as_bytes().to_vec()));
+    for (path, data) in extra {
+        entries.push(Entry::new(path.trim_start_matches('/').to_string(), S_IFREG | 0o755, data.clone()));
+    }
+    // The kernel links regular files that share an inode number; give each its own.
+    for (i, e) in entries.iter_mut().enumerate() {
+        e.ino = i as u32 + 1;
+    }
+    std::fs::write(out, write_archive(&entries, 512)).with_context(|| format!("writing {}", out.display()))
+}
 /// A free TCP/UDP port on loopback (bound, then released; good enough for tests).
 pub fn free_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a loopback port");
