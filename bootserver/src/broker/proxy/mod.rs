@@ -9,14 +9,16 @@
 //! DesktopSize or ExtendedDesktopSize; a viewer that did not cannot be resized and is
 //! disconnected, which a well-behaved viewer answers by reconnecting with the same token), the
 //! first Tight rectangle asks the viewer to reset its zlib streams, and the buffered full frame
-//! follows. The viewer sees one more update, never a reconnect. See [`rfb`] for why only some
-//! encodings are offered to VMs.
+//! follows. The viewer sees one more update, never a reconnect. ZRLE and Zlib rectangles are
+//! re-compressed into the viewer's own zlib stream, which the switch does not touch (see
+//! [`recode`]). See [`rfb`] for why only some encodings are offered to VMs.
 //!
 //! When a VM's connection drops (its host died), the viewer stays connected and sees a frozen
 //! screen until the broker switches it to a new VM, or until `orphan_timeout` passes.
 
 pub(crate) mod auth;
 pub mod backend;
+mod recode;
 pub mod rfb;
 mod session;
 

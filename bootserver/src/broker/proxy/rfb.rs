@@ -11,9 +11,9 @@
 //! next. Tight keeps four zlib streams per connection, but its control byte has "reset stream"
 //! bits, so after a switch the proxy sets them on the first Tight rectangle and the viewer starts
 //! fresh inflaters, exactly like the new VM's fresh deflaters. ZRLE and Zlib keep one zlib
-//! stream per connection with no reset signal, so after a switch the viewer's inflater would be
-//! fed a stream that starts in the middle: they are never offered to the VM (Tight, which every
-//! common viewer and QEMU speak, covers the need for compression).
+//! stream per connection with no reset signal, so the proxy re-compresses them into a stream of
+//! its own towards the viewer that outlives switches (see [`super::recode`]). TRLE and ZYWRLE
+//! are not offered: TRLE's length is only found by walking its tiles, and ZYWRLE is lossy.
 
 use std::fmt;
 
@@ -23,10 +23,10 @@ pub(crate) mod enc {
     pub const COPY_RECT: i32 = 1;
     pub const RRE: i32 = 2;
     pub const HEXTILE: i32 = 5;
-    #[cfg_attr(not(test), allow(dead_code))] // named so tests can show it is refused
     pub const ZLIB: i32 = 6;
     pub const TIGHT: i32 = 7;
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))] // named so tests can show it is refused
+    pub const TRLE: i32 = 15;
     pub const ZRLE: i32 = 16;
     pub const DESKTOP_SIZE: i32 = -223;
     pub const LAST_RECT: i32 = -224;
@@ -47,7 +47,9 @@ pub(crate) fn relayable(e: i32) -> bool {
         RAW | COPY_RECT
             | RRE
             | HEXTILE
+            | ZLIB
             | TIGHT
+            | ZRLE
             | DESKTOP_SIZE
             | LAST_RECT
             | CURSOR
@@ -75,6 +77,10 @@ pub enum RfbError {
     /// A rectangle in an encoding the proxy never offered.
     UnexpectedEncoding(i32),
     TooLarge(usize),
+    /// A ZRLE or Zlib rectangle announcing more compressed bytes than its size can need.
+    Oversized { encoding: i32, width: u16, height: u16, len: usize, max: usize },
+    /// A ZRLE or Zlib rectangle whose data does not inflate within its bounds.
+    Zlib(String),
     Malformed(&'static str),
 }
 
@@ -85,6 +91,12 @@ impl fmt::Display for RfbError {
             RfbError::UnknownClientMessage(t) => write!(f, "unknown client message type {t}"),
             RfbError::UnexpectedEncoding(e) => write!(f, "rectangle in encoding {e}, which was not offered"),
             RfbError::TooLarge(n) => write!(f, "message of {n} bytes exceeds the {MAX_MESSAGE} byte limit"),
+            RfbError::Oversized { encoding, width, height, len, max } => write!(
+                f,
+                "rectangle {width}x{height} in encoding {encoding} announces {len} compressed bytes, \
+                 more than the {max} its pixels can take"
+            ),
+            RfbError::Zlib(what) => f.write_str(what),
             RfbError::Malformed(what) => write!(f, "malformed {what}"),
         }
     }
@@ -454,6 +466,18 @@ fn frame_rect(b: &[u8], pf: &PixelFormat) -> Result<Option<(ServerItem, usize)>,
         }
         enc::HEXTILE => hextile_len(body, w, h, bpp)?,
         enc::TIGHT => tight_len(body, w, h, pf)?,
+        enc::ZRLE | enc::ZLIB => {
+            if body.len() < 4 {
+                None
+            } else {
+                let n = be32(body, 0) as usize;
+                let max = super::recode::max_compressed(super::recode::max_inflated(encoding, w, h, bpp));
+                if n > max {
+                    return Err(RfbError::Oversized { encoding, width: w as u16, height: h as u16, len: n, max });
+                }
+                Some(4 + n)
+            }
+        }
         enc::DESKTOP_SIZE
         | enc::LAST_RECT
         | enc::QEMU_POINTER_MOTION
@@ -710,8 +734,12 @@ mod tests {
 
     #[test]
     fn encodings_the_proxy_cannot_frame_are_never_offered() {
-        let viewer = [enc::ZRLE, enc::TIGHT, enc::ZLIB, enc::HEXTILE, enc::RAW, -260, -313, -32, -247, enc::CURSOR];
-        assert_eq!(filter_encodings(&viewer), vec![enc::TIGHT, enc::HEXTILE, enc::RAW, -32, -247, enc::CURSOR]);
+        let viewer =
+            [enc::ZRLE, enc::TRLE, 17, enc::TIGHT, enc::ZLIB, enc::HEXTILE, enc::RAW, -260, -313, -32, -247, enc::CURSOR];
+        assert_eq!(
+            filter_encodings(&viewer),
+            vec![enc::ZRLE, enc::TIGHT, enc::ZLIB, enc::HEXTILE, enc::RAW, -32, -247, enc::CURSOR]
+        );
     }
 
     /// Frames `stream` item by item; every strict prefix of an item must ask for more bytes.
@@ -869,10 +897,34 @@ mod tests {
         assert_eq!(ServerFramer::default().next(&[150], &pf), Err(RfbError::UnknownServerMessage(150)));
         let mut f = ServerFramer::default();
         f.next(&[0, 0, 0, 1], &pf).unwrap();
-        assert_eq!(f.next(&rect(0, 0, 1, 1, enc::ZRLE, &[0, 0, 0, 0]), &pf), Err(RfbError::UnexpectedEncoding(16)));
+        assert_eq!(f.next(&rect(0, 0, 1, 1, enc::TRLE, &[0, 0, 0, 0]), &pf), Err(RfbError::UnexpectedEncoding(15)));
         let mut f = ServerFramer::default();
         f.next(&[0, 0, 0, 1], &pf).unwrap();
         assert!(matches!(f.next(&rect(0, 0, 8192, 8192, enc::RAW, &[]), &pf), Err(RfbError::TooLarge(_))));
+    }
+
+    #[test]
+    fn zlib_rects_frame_by_length_and_a_lying_length_is_refused_early() {
+        let pf = rgbx();
+        let mut s = vec![0, 0, 0, 2];
+        let mut z = 5u32.to_be_bytes().to_vec();
+        z.extend([1, 2, 3, 4, 5]);
+        s.extend(rect(0, 0, 64, 64, enc::ZRLE, &z));
+        s.extend(rect(0, 0, 8, 8, enc::ZLIB, &z));
+        let r = |w, h, e| ServerItem::Rect { x: 0, y: 0, width: w, height: h, encoding: e };
+        check_stream(&s, &pf, &[ServerItem::UpdateHeader { rects: 2 }, r(64, 64, enc::ZRLE), r(8, 8, enc::ZLIB)]);
+        // 3 GB announced for a 16x16 rectangle: refused from the header, before any waiting.
+        let mut f = ServerFramer::default();
+        f.next(&[0, 0, 0, 1], &pf).unwrap();
+        let lie = rect(0, 0, 16, 16, enc::ZRLE, &3_000_000_000u32.to_be_bytes());
+        let err = f.next(&lie, &pf).unwrap_err();
+        assert!(matches!(err, RfbError::Oversized { len: 3_000_000_000, .. }), "{err}");
+        assert!(err.to_string().contains("16x16"));
+        // Even a full-size screen cannot announce more than the message limit.
+        let lie = rect(0, 0, 8192, 8192, enc::ZLIB, &(MAX_MESSAGE as u32 + 1).to_be_bytes());
+        let mut f = ServerFramer::default();
+        f.next(&[0, 0, 0, 1], &pf).unwrap();
+        assert!(f.next(&lie, &pf).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::backend::{self, BackendError, Ready, Stream};
+use super::recode::{self, RecodeError, ZStreams};
 use super::rfb::{self, enc, ClientMsg, PixelFormat, ServerFramer, ServerItem};
 use super::{auth, Backend, Control, Proxy, ProxyError, SwitchReport};
 
@@ -89,6 +90,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr
         vm_buf: Vec::new(),
         viewer_buf: Vec::new(),
         tight_reset_due: false,
+        zstreams: ZStreams::default(),
         orphaned_at: None,
     };
     let res = relay.run(rx).await;
@@ -122,6 +124,8 @@ struct Relay {
     viewer_buf: Vec<u8>,
     /// Set at a swap: the next Tight rectangle must reset the viewer's zlib streams.
     tight_reset_due: bool,
+    /// ZRLE and Zlib: the viewer's deflaters (kept across switches) and the VM's inflaters.
+    zstreams: ZStreams,
     orphaned_at: Option<Instant>,
 }
 
@@ -169,7 +173,10 @@ impl Relay {
                 done = async { (&mut pending.as_mut().expect("guarded").task).await }, if pending.is_some() => {
                     let p = pending.take().expect("guarded");
                     let res = match done {
-                        Ok(Ok(ready)) => self.swap(ready, &p).await.map_err(|e| ProxyError::Abandoned(format!("{e:#}"))),
+                        Ok(Ok(ready)) => self.swap(ready, &p).await.map_err(|e| match e.downcast::<BackendError>() {
+                            Ok(b) => ProxyError::Backend(b),
+                            Err(e) => ProxyError::Abandoned(format!("{e:#}")),
+                        }),
                         Ok(Err(e)) => Err(ProxyError::Backend(e)),
                         Err(e) => Err(ProxyError::Abandoned(format!("preparing task failed: {e}"))),
                     };
@@ -244,7 +251,25 @@ impl Relay {
         let mut at = 0;
         while let Some((item, len)) = self.framer.next(&self.vm_buf[at..], &self.format)? {
             let start = out.len();
-            out.extend_from_slice(&self.vm_buf[at..at + len]);
+            let raw = &self.vm_buf[at..at + len];
+            match item {
+                ServerItem::Rect { encoding, .. } if recode::recoded(encoding) => {
+                    match self.zstreams.recode(raw, self.format.bytes_per_pixel(), &mut out) {
+                        Ok(()) => {}
+                        Err(RecodeError::Vm(e)) => {
+                            // What went before this rectangle is good: send it and an empty
+                            // rectangle in its place, so the update's count still holds; then the
+                            // VM is dropped (and the rest of its update closed).
+                            out.truncate(start);
+                            out.extend(rfb::close_update(Some(1)));
+                            self.viewer.write_all(&out).await.context("writing to the viewer")?;
+                            return Err(e.into());
+                        }
+                        Err(RecodeError::Viewer(e)) => bail!("session {}: {e}", self.label),
+                    }
+                }
+                _ => out.extend_from_slice(raw),
+            }
             if let ServerItem::Rect { width, height, encoding, .. } = item {
                 match encoding {
                     enc::TIGHT if self.tight_reset_due => {
@@ -270,6 +295,7 @@ impl Relay {
     /// The VM went away: close its open update so the viewer stays in step, and wait.
     async fn lose_vm(&mut self) -> anyhow::Result<()> {
         self.vm = None;
+        self.zstreams.new_vm();
         if let Some(open) = self.framer.open_update() {
             self.viewer.write_all(&rfb::close_update(open)).await.context("writing to the viewer")?;
         }
@@ -317,9 +343,16 @@ impl Relay {
         self.vm = Some(ready.stream);
         self.vm_buf = ready.buffered;
         self.framer = ServerFramer::default();
+        self.zstreams.new_vm();
         self.tight_reset_due = true;
         self.orphaned_at = None;
-        self.from_vm().await?;
+        if let Err(e) = self.from_vm().await {
+            let Some(bad) = e.downcast_ref::<rfb::RfbError>() else { return Err(e) };
+            // The new VM's first frame did not recode: the viewer stays, without a VM.
+            let err = BackendError::Protocol { addr: p.backend.describe(), message: bad.to_string() };
+            self.lose_vm().await?;
+            return Err(err.into());
+        }
         self.proxy.set_backend(&self.token, p.backend.clone());
         let report = SwitchReport {
             viewer_connected: true,

@@ -1,0 +1,315 @@
+//! Re-compression of the encodings that carry one zlib stream per connection (ZRLE, Zlib), so
+//! that they survive a switch of VM.
+//!
+//! Such a stream has no reset signal: after a switch the viewer's inflater would continue a
+//! stream the new VM never started. So the proxy ends the stream on each side. Each VM
+//! connection gets its own inflater, and the viewer connection its own deflater, which lives as
+//! long as the viewer and does not notice switches. A rectangle's zlib data is inflated with
+//! the VM's inflater and deflated again into the viewer's stream with a sync flush; the content
+//! (ZRLE tiles, Zlib's pixels) passes through unparsed, only the length field changes.
+//!
+//! A rectangle is inflated completely before any of it is deflated: if the VM's data turns out
+//! bad, the viewer's stream has not been touched and stays usable for the next VM.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::rfb::{enc, RfbError, MAX_MESSAGE};
+
+/// Deflate level towards the viewer. Level 1 costs the proxy the least CPU; on a LAN the few
+/// percent of size it gives up against the VM's own level do not matter.
+const LEVEL: u32 = 1;
+
+/// Inflated data of a rectangle that is larger than this is not kept between rectangles.
+const KEEP_SCRATCH: usize = 4 << 20;
+
+/// Whether rectangles of this encoding go through [`ZStreams::recode`].
+pub(crate) fn recoded(encoding: i32) -> bool {
+    matches!(encoding, enc::ZRLE | enc::ZLIB)
+}
+
+/// The most inflated data a `w`x`h` rectangle can carry, at `bpp` bytes per pixel.
+///
+/// ZRLE: each 64x64 tile has a subencoding byte and at most a 127-colour palette; a pixel
+/// costs at most a CPIXEL (never more than `bpp`) and a one-byte run length (plain RLE with
+/// runs of one), or two bytes in palette RLE. Zlib: the pixels, raw.
+pub(crate) fn max_inflated(encoding: i32, w: usize, h: usize, bpp: usize) -> usize {
+    match encoding {
+        enc::ZRLE => w.div_ceil(64) * h.div_ceil(64) * (1 + 127 * bpp) + w * h * (bpp + 1).max(2),
+        _ => w * h * bpp,
+    }
+}
+
+/// The most compressed bytes a VM may announce for a rectangle that inflates to at most
+/// `inflated` bytes: deflate's stored blocks add 5 bytes per 64 KiB, flushes 5 bytes each, so
+/// this leaves a wide margin for any real encoder while a lying length is refused before the
+/// proxy waits for (and buffers) its bytes.
+pub(crate) fn max_compressed(inflated: usize) -> usize {
+    inflated + inflated / 64 + 4096
+}
+
+/// Which of the two streams a rectangle belongs to.
+fn slot(encoding: i32) -> usize {
+    match encoding {
+        enc::ZRLE => 0,
+        _ => 1,
+    }
+}
+
+fn name(encoding: i32) -> &'static str {
+    match encoding {
+        enc::ZRLE => "ZRLE",
+        _ => "Zlib",
+    }
+}
+
+/// Why a rectangle could not be re-compressed.
+#[derive(Debug)]
+pub(crate) enum RecodeError {
+    /// The VM's data is bad: drop the VM, keep the viewer (its stream is untouched).
+    Vm(RfbError),
+    /// The viewer's deflater failed: its stream is lost, and with it the viewer connection.
+    Viewer(String),
+}
+
+/// The zlib streams of one viewer connection and of its current VM connection.
+#[derive(Default)]
+pub(crate) struct ZStreams {
+    /// Towards the viewer, per encoding; created on first use, kept across switches.
+    viewer: [Option<Compress>; 2],
+    /// From the current VM, per encoding; replaced with each VM connection.
+    vm: [Option<Decompress>; 2],
+    /// Inflated data of the rectangle being recoded.
+    plain: Vec<u8>,
+}
+
+impl ZStreams {
+    /// A new VM connection starts its streams afresh.
+    pub(crate) fn new_vm(&mut self) {
+        self.vm = [None, None];
+    }
+
+    /// Appends `rect` (a whole ZRLE or Zlib rectangle as the framer cut it: 12-byte header,
+    /// 4-byte length, zlib data) to `out`, its data re-compressed into the viewer's stream.
+    pub(crate) fn recode(&mut self, rect: &[u8], bpp: usize, out: &mut Vec<u8>) -> Result<(), RecodeError> {
+        let bad = |what: String| RecodeError::Vm(RfbError::Zlib(what));
+        if rect.len() < 16 {
+            return Err(RecodeError::Vm(RfbError::Malformed("zlib rectangle (shorter than its header)")));
+        }
+        let (w, h) = (u16::from_be_bytes([rect[4], rect[5]]) as usize, u16::from_be_bytes([rect[6], rect[7]]) as usize);
+        let encoding = i32::from_be_bytes([rect[8], rect[9], rect[10], rect[11]]);
+        let data = &rect[16..];
+        let cap = max_inflated(encoding, w, h, bpp).min(MAX_MESSAGE);
+        let k = slot(encoding);
+        let inflater = self.vm[k].get_or_insert_with(|| Decompress::new(true));
+        inflate(inflater, data, cap, &mut self.plain)
+            .map_err(|e| bad(format!("{} rectangle {w}x{h}: {e}", name(encoding))))?;
+
+        out.extend_from_slice(&rect[..12]);
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        if !self.plain.is_empty() {
+            let deflater = self.viewer[k].get_or_insert_with(|| Compress::new(Compression::new(LEVEL), true));
+            deflate(deflater, &self.plain, out).map_err(RecodeError::Viewer)?;
+        }
+        let n = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&n.to_be_bytes());
+        if self.plain.capacity() > KEEP_SCRATCH {
+            self.plain = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Inflates `data` completely into `plain` (cleared first), refusing more than `cap` bytes.
+fn inflate(d: &mut Decompress, mut data: &[u8], cap: usize, plain: &mut Vec<u8>) -> Result<(), String> {
+    plain.clear();
+    loop {
+        // Room for one byte more than allowed, so that exceeding the bound shows. Growing by
+        // doubling up to that, never beyond, keeps memory at what the VM really sent.
+        if plain.len() == plain.capacity() {
+            let want = (plain.capacity() * 2).max(64 << 10).min(cap + 1);
+            if want <= plain.len() {
+                return Err(format!("inflates to more than the {cap} bytes its size allows"));
+            }
+            plain.reserve_exact(want - plain.len());
+        }
+        let (in0, out0) = (d.total_in(), d.total_out());
+        let status = d.decompress_vec(data, plain, FlushDecompress::Sync).map_err(|e| format!("bad zlib data: {e}"))?;
+        let used = (d.total_in() - in0) as usize;
+        let made = (d.total_out() - out0) as usize;
+        data = &data[used..];
+        if plain.len() > cap {
+            return Err(format!("inflates to more than the {cap} bytes its size allows"));
+        }
+        match status {
+            Status::StreamEnd if !data.is_empty() => return Err("zlib stream ended inside the rectangle".into()),
+            Status::StreamEnd => return Ok(()),
+            // Output space left after taking all input: nothing is pending in the inflater.
+            _ if data.is_empty() && plain.len() < plain.capacity() => return Ok(()),
+            _ if used == 0 && made == 0 && plain.len() < plain.capacity() => {
+                return Err("zlib data makes no progress".into())
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Deflates `plain` onto the end of `out` and flushes, so the viewer can decode the rectangle
+/// from these bytes alone.
+fn deflate(c: &mut Compress, mut plain: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    loop {
+        out.reserve(plain.len() + plain.len() / 64 + 64);
+        let in0 = c.total_in();
+        c.compress_vec(plain, out, FlushCompress::Sync).map_err(|e| format!("deflating for the viewer: {e}"))?;
+        plain = &plain[(c.total_in() - in0) as usize..];
+        // zlib: a flush is complete when deflate returns with output space to spare.
+        if plain.is_empty() && out.len() < out.capacity() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BPP: usize = 4;
+
+    /// A VM's (or a viewer's) end of one zlib stream.
+    struct Peer {
+        c: Compress,
+        d: Decompress,
+    }
+
+    impl Peer {
+        fn new(level: u32) -> Self {
+            Peer { c: Compress::new(Compression::new(level), true), d: Decompress::new(true) }
+        }
+
+        /// A rectangle as a VM sends it: `plain` compressed into this peer's stream.
+        fn rect(&mut self, encoding: i32, w: u16, h: u16, plain: &[u8]) -> Vec<u8> {
+            let mut z = Vec::new();
+            deflate(&mut self.c, plain, &mut z).unwrap();
+            let mut v = Vec::new();
+            for n in [0, 0, w, h] {
+                v.extend_from_slice(&n.to_be_bytes());
+            }
+            v.extend_from_slice(&encoding.to_be_bytes());
+            v.extend_from_slice(&(z.len() as u32).to_be_bytes());
+            v.extend(z);
+            v
+        }
+
+        /// What a viewer decodes from a recoded rectangle: header kept, data inflated.
+        fn open(&mut self, rect: &[u8], header: &[u8]) -> Vec<u8> {
+            assert_eq!(&rect[..12], &header[..12]);
+            let n = u32::from_be_bytes(rect[12..16].try_into().unwrap()) as usize;
+            assert_eq!(rect.len(), 16 + n, "length field matches the data");
+            let mut plain = Vec::new();
+            inflate(&mut self.d, &rect[16..], 1 << 24, &mut plain).unwrap();
+            plain
+        }
+    }
+
+    /// Plausible ZRLE content: a raw tile of varied pixels (the proxy never parses it).
+    fn tile(seed: u8, w: usize, h: usize) -> Vec<u8> {
+        let mut v = vec![0u8];
+        v.extend((0..w * h * 3).map(|i| (i as u8).wrapping_mul(seed) ^ (i / 97) as u8));
+        v
+    }
+
+    #[test]
+    fn a_zrle_rect_is_reframed_with_its_new_length() {
+        let mut vm = Peer::new(9);
+        let mut viewer = Peer::new(0);
+        let mut z = ZStreams::default();
+        for seed in 1..4 {
+            let plain = tile(seed, 64, 32);
+            let rect = vm.rect(enc::ZRLE, 64, 32, &plain);
+            let mut out = Vec::new();
+            z.recode(&rect, BPP, &mut out).unwrap();
+            assert_eq!(viewer.open(&out, &rect), plain);
+        }
+        // Zlib rectangles have their own stream on both sides.
+        let mut vm_zlib = Peer::new(6);
+        let mut viewer_zlib = Peer::new(0);
+        let pixels: Vec<u8> = (0..8 * 8 * 4).map(|i| i as u8).collect();
+        let rect = vm_zlib.rect(enc::ZLIB, 8, 8, &pixels);
+        let mut out = Vec::new();
+        z.recode(&rect, BPP, &mut out).unwrap();
+        assert_eq!(viewer_zlib.open(&out, &rect), pixels);
+        let rect = vm.rect(enc::ZRLE, 16, 16, &tile(9, 16, 16));
+        out.clear();
+        z.recode(&rect, BPP, &mut out).unwrap();
+        assert_eq!(viewer.open(&out, &rect), tile(9, 16, 16));
+    }
+
+    #[test]
+    fn the_viewer_stream_continues_across_a_switch_of_vm() {
+        let mut z = ZStreams::default();
+        let mut viewer = Peer::new(0);
+        let mut vm_a = Peer::new(6);
+        for seed in [3, 5] {
+            let rect = vm_a.rect(enc::ZRLE, 32, 32, &tile(seed, 32, 32));
+            let mut out = Vec::new();
+            z.recode(&rect, BPP, &mut out).unwrap();
+            assert_eq!(viewer.open(&out, &rect), tile(seed, 32, 32));
+        }
+        // VM B starts a stream of its own (with its zlib header); the viewer's goes on.
+        z.new_vm();
+        let mut vm_b = Peer::new(1);
+        for seed in [7, 11, 3] {
+            let rect = vm_b.rect(enc::ZRLE, 40, 24, &tile(seed, 40, 24));
+            let mut out = Vec::new();
+            z.recode(&rect, BPP, &mut out).unwrap();
+            assert_eq!(viewer.open(&out, &rect), tile(seed, 40, 24));
+        }
+        // Without the switch, B's stream fed to A's inflater is refused, not mis-decoded.
+        let mut z2 = ZStreams::default();
+        z2.recode(&Peer::new(6).rect(enc::ZRLE, 8, 8, &tile(1, 8, 8)), BPP, &mut Vec::new()).unwrap();
+        let fresh = Peer::new(6).rect(enc::ZRLE, 8, 8, &tile(1, 8, 8));
+        assert!(matches!(z2.recode(&fresh, BPP, &mut Vec::new()), Err(RecodeError::Vm(_))));
+    }
+
+    #[test]
+    fn bad_vm_data_leaves_the_viewer_stream_intact() {
+        let mut z = ZStreams::default();
+        let mut viewer = Peer::new(0);
+        let mut vm = Peer::new(6);
+        let rect = vm.rect(enc::ZRLE, 16, 16, &tile(2, 16, 16));
+        let mut out = Vec::new();
+        z.recode(&rect, BPP, &mut out).unwrap();
+        viewer.open(&out, &rect);
+
+        // A zip bomb: far more inflated data than a 16x16 rectangle can hold.
+        let bomb = vm.rect(enc::ZRLE, 16, 16, &vec![0u8; 1 << 20]);
+        let err = z.recode(&bomb, BPP, &mut Vec::new()).unwrap_err();
+        assert!(matches!(&err, RecodeError::Vm(RfbError::Zlib(m)) if m.contains("more than")), "{err:?}");
+        // Garbage.
+        let mut junk = rect.clone();
+        junk[16..].fill(0xff);
+        assert!(matches!(z.recode(&junk, BPP, &mut Vec::new()), Err(RecodeError::Vm(_))));
+
+        // The next VM's rectangles still reach the viewer through the untouched stream.
+        z.new_vm();
+        let mut vm2 = Peer::new(6);
+        let rect = vm2.rect(enc::ZRLE, 16, 16, &tile(4, 16, 16));
+        let mut out = Vec::new();
+        z.recode(&rect, BPP, &mut out).unwrap();
+        assert_eq!(viewer.open(&out, &rect), tile(4, 16, 16));
+    }
+
+    #[test]
+    fn bounds_cover_the_worst_honest_rectangle() {
+        // 64x64 plain RLE with runs of one at 4-byte CPIXELs (servers use 3, but need not).
+        assert!(max_inflated(enc::ZRLE, 64, 64, 4) >= 1 + 64 * 64 * 5);
+        // 1x1 palette RLE with a full palette.
+        assert!(max_inflated(enc::ZRLE, 1, 1, 4) >= 1 + 127 * 4 + 2);
+        assert_eq!(max_inflated(enc::ZLIB, 10, 10, 2), 200);
+        // Level 0 (stored blocks) of the largest inflated size still fits.
+        let plain = vec![7u8; max_inflated(enc::ZRLE, 300, 200, 4)];
+        let mut z = Vec::new();
+        deflate(&mut Compress::new(Compression::none(), true), &plain, &mut z).unwrap();
+        assert!(z.len() <= max_compressed(plain.len()));
+    }
+}
