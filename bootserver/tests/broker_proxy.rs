@@ -1,7 +1,8 @@
 //! The VNC proxy against real QEMU VNC servers and a real viewer engine (vnc-rs): the viewer
 //! sees its own VM, a backend switch under a live connection shows the new VM's screen
-//! without a reconnect (across a change of screen size and with Tight's zlib streams), a wrong
-//! token is refused and a token opens only its own VM.
+//! without a reconnect (across a change of screen size and with Tight's zlib streams, or with
+//! ZRLE's single zlib stream, which the proxy re-compresses), a wrong token is refused and a
+//! token opens only its own VM.
 //!
 //! VM A is a QEMU held at reset (`-S`): QEMU draws a fixed 640x480 notice. VM B runs its BIOS,
 //! which finds nothing to boot, says so on the 720x400 VGA text console and halts (no kernel
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bootserver::broker::proxy::{Backend, Proxy, ProxyOptions};
-use broker_common::{connect_viewer, parse_ppm, Screen};
+use broker_common::{connect_viewer, connect_viewer_with, parse_ppm, Screen};
 use testkit::KillOnDrop;
 
 struct Vm {
@@ -114,17 +115,30 @@ fn wait_bios_done(vm: &Vm, dir: &Path) -> anyhow::Result<Screen> {
     }
 }
 
+/// Both VMs, started and settled, with their screens.
+struct Vms {
+    a: Vm,
+    b: Vm,
+    screen_a: Screen,
+    screen_b: Screen,
+}
+
+fn start_vms(dir: &Path) -> anyhow::Result<Vms> {
+    let b = Vm::start(dir, "b", "pw-b-123", B_ARGS)?;
+    let a = Vm::start(dir, "a", "pw-a-456", &["-S"])?;
+    let screen_b = wait_bios_done(&b, dir)?;
+    let screen_a = a.screen(dir)?;
+    assert_ne!(screen_a, screen_b, "the two VMs must look different for this test to mean anything");
+    assert_eq!((screen_a.width, screen_a.height), (640, 480));
+    assert_eq!((screen_b.width, screen_b.height), (720, 400));
+    Ok(Vms { a, b, screen_a, screen_b })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir()?;
-    let vm_b = Vm::start(dir.path(), "b", "pw-b-123", B_ARGS)?;
-    let vm_a = Vm::start(dir.path(), "a", "pw-a-456", &["-S"])?;
-    let screen_b = wait_bios_done(&vm_b, dir.path())?;
-    let screen_a = vm_a.screen(dir.path())?;
-    assert_ne!(screen_a, screen_b, "the two VMs must look different for this test to mean anything");
-    assert_eq!((screen_a.width, screen_a.height), (640, 480));
-    assert_eq!((screen_b.width, screen_b.height), (720, 400));
+    let Vms { a: vm_a, b: vm_b, screen_a, screen_b } = start_vms(dir.path())?;
 
     let proxy = Proxy::new(ProxyOptions { auth_fail_delay: Duration::from_millis(10), ..Default::default() });
     let token_a = proxy.open_session("user-a", vm_a.backend());
@@ -160,6 +174,45 @@ async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
     // A token that no longer exists opens nothing.
     proxy.close_session(&token_b);
     assert!(connect_viewer(addr, &token_b).await.is_err(), "a closed session's token must be refused");
+    server.abort();
+    Ok(())
+}
+
+/// A viewer that speaks only ZRLE: the proxy offers ZRLE to the VMs and re-compresses it into
+/// the viewer's stream, which must go on decoding cleanly across switches in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zrle_passes_through_switches() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let vms = start_vms(dir.path())?;
+
+    let proxy = Proxy::new(ProxyOptions::default());
+    let token = proxy.open_session("user-z", vms.a.backend());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(proxy.clone().serve(listener));
+    let recoded = || proxy.sessions()[0].recoded_rects;
+
+    use vnc::VncEncoding::{DesktopSizePseudo, Zrle};
+    let viewer = connect_viewer_with(addr, &token, &[Zrle, DesktopSizePseudo]).await?;
+    viewer.wait_for(&vms.screen_a, "ZRLE viewer shows VM A").await?;
+    let before = recoded();
+    assert!(before > 0, "VM A's screen must have come as ZRLE rectangles re-compressed by the proxy");
+
+    let report = proxy.switch(&token, vms.b.backend()).await?;
+    assert!(report.viewer_connected && report.resized, "{report:?}");
+    viewer.wait_for(&vms.screen_b, "after the switch, the ZRLE viewer shows VM B").await?;
+    let after_b = recoded();
+    assert!(after_b > before, "VM B's frame must have come as ZRLE too");
+
+    proxy.switch(&token, vms.a.backend()).await?;
+    viewer.wait_for(&vms.screen_a, "after switching back, the ZRLE viewer shows VM A").await?;
+    assert!(recoded() > after_b);
+    {
+        let s = viewer.state.lock().unwrap();
+        assert!(!s.closed && s.error.is_none(), "viewer saw an error: {:?}", s.error);
+        assert_eq!(s.resizes, 3, "one size at connect, one at each switch");
+    }
     server.abort();
     Ok(())
 }

@@ -109,14 +109,23 @@ pub struct Viewer {
 }
 
 pub async fn connect_viewer(addr: std::net::SocketAddr, token: &str) -> Result<Viewer, vnc::VncError> {
+    use vnc::VncEncoding::*;
+    connect_viewer_with(addr, token, &[Tight, Zrle, Raw, DesktopSizePseudo]).await
+}
+
+/// A viewer that advertises exactly `encodings`, in that order of preference.
+pub async fn connect_viewer_with(
+    addr: std::net::SocketAddr,
+    token: &str,
+    encodings: &[vnc::VncEncoding],
+) -> Result<Viewer, vnc::VncError> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(vnc::VncError::IoError)?;
     let token = token.to_string();
-    let client = vnc::VncConnector::new(tcp)
-        .set_auth_method(async move { Ok(token) })
-        .add_encoding(vnc::VncEncoding::Tight)
-        .add_encoding(vnc::VncEncoding::Zrle)
-        .add_encoding(vnc::VncEncoding::Raw)
-        .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
+    let mut connector = vnc::VncConnector::new(tcp).set_auth_method(async move { Ok(token) });
+    for e in encodings {
+        connector = connector.add_encoding(*e);
+    }
+    let client = connector
         .allow_shared(true)
         .set_pixel_format(vnc::PixelFormat::bgra())
         .build()?

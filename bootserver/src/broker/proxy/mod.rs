@@ -90,6 +90,8 @@ struct Slot {
     backend: Backend,
     /// The connected viewer, if any: its connection id and its session task's mailbox.
     live: Option<(u64, mpsc::Sender<Control>)>,
+    /// ZRLE and Zlib rectangles re-compressed for this session's viewers so far.
+    recoded: Arc<AtomicU64>,
 }
 
 /// A session as the admin API shows it.
@@ -98,6 +100,9 @@ pub struct SessionInfo {
     pub label: String,
     pub backend: String,
     pub viewer_connected: bool,
+    /// ZRLE and Zlib rectangles the proxy has re-compressed for the viewer: the CPU the
+    /// session costs the proxy beyond copying.
+    pub recoded_rects: u64,
 }
 
 /// The proxy's session table. Cheap to share: clone the `Arc`.
@@ -128,13 +133,14 @@ impl Proxy {
             }
         };
         log::info!("proxy: session {label} opened for VM {}", backend.describe());
-        slots.insert(token.clone(), Slot { label: label.to_string(), backend, live: None });
+        slots.insert(token.clone(), Slot { label: label.to_string(), backend, live: None, recoded: Arc::default() });
         token
     }
 
     /// Re-registers a known token (after a broker restart, from the state store).
     pub fn restore_session(&self, token: &str, label: &str, backend: Backend) {
-        self.slots().insert(token.to_string(), Slot { label: label.to_string(), backend, live: None });
+        let slot = Slot { label: label.to_string(), backend, live: None, recoded: Arc::default() };
+        self.slots().insert(token.to_string(), slot);
     }
 
     /// Ends a session and disconnects its viewer.
@@ -155,6 +161,7 @@ impl Proxy {
                 label: s.label.clone(),
                 backend: s.backend.describe(),
                 viewer_connected: s.live.is_some(),
+                recoded_rects: s.recoded.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| a.label.cmp(&b.label));
@@ -215,7 +222,8 @@ impl Proxy {
     }
 
     /// Registers a viewer connection, replacing (and closing) an older one of the same session.
-    fn attach(&self, token: &str, tx: mpsc::Sender<Control>) -> Option<u64> {
+    /// Returns the connection's id and the session's recoded-rectangle counter.
+    fn attach(&self, token: &str, tx: mpsc::Sender<Control>) -> Option<(u64, Arc<AtomicU64>)> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.slots();
         let slot = slots.get_mut(token)?;
@@ -223,7 +231,7 @@ impl Proxy {
             log::info!("proxy: session {}: a new viewer connection replaces the old one", slot.label);
             let _ = old.try_send(Control::Close);
         }
-        Some(id)
+        Some((id, slot.recoded.clone()))
     }
 
     fn detach(&self, token: &str, id: u64) {

@@ -2,6 +2,7 @@
 //! messages between the viewer and its current VM and performs switches.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,7 +74,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr
     log::info!("proxy: session {label}: VM answered in {} ms", t0.elapsed().as_millis());
     sock.write_all(&init.to_bytes()).await?;
     let (tx, rx) = mpsc::channel(4);
-    let Some(conn) = proxy.attach(&token, tx) else {
+    let Some((conn, recoded)) = proxy.attach(&token, tx) else {
         bail!("session {label} closed during the handshake");
     };
     let mut relay = Relay {
@@ -91,6 +92,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr
         viewer_buf: Vec::new(),
         tight_reset_due: false,
         zstreams: ZStreams::default(),
+        recoded,
         orphaned_at: None,
     };
     let res = relay.run(rx).await;
@@ -126,6 +128,7 @@ struct Relay {
     tight_reset_due: bool,
     /// ZRLE and Zlib: the viewer's deflaters (kept across switches) and the VM's inflaters.
     zstreams: ZStreams,
+    recoded: Arc<AtomicU64>,
     orphaned_at: Option<Instant>,
 }
 
@@ -255,7 +258,7 @@ impl Relay {
             match item {
                 ServerItem::Rect { encoding, .. } if recode::recoded(encoding) => {
                     match self.zstreams.recode(raw, self.format.bytes_per_pixel(), &mut out) {
-                        Ok(()) => {}
+                        Ok(()) => _ = self.recoded.fetch_add(1, Ordering::Relaxed),
                         Err(RecodeError::Vm(e)) => {
                             // What went before this rectangle is good: send it and an empty
                             // rectangle in its place, so the update's count still holds; then the
