@@ -312,4 +312,82 @@ mod tests {
         deflate(&mut Compress::new(Compression::none(), true), &plain, &mut z).unwrap();
         assert!(z.len() <= max_compressed(plain.len()));
     }
+
+    /// ZRLE data for a `w`x`h` screen of 64x64 tiles: solid areas, two-colour text-like tiles
+    /// (packed palette) and photo-like raw tiles, as a desktop with a picture shows them.
+    fn desktop(w: usize, h: usize) -> Vec<u8> {
+        let mut seed = 0x2545_f491_u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut v = Vec::new();
+        for ty in 0..h.div_ceil(64) {
+            for tx in 0..w.div_ceil(64) {
+                let (tw, th) = ((w - tx * 64).min(64), (h - ty * 64).min(64));
+                match (tx * 7 + ty * 3) % 10 {
+                    0..=3 => v.extend([1, 0xee, 0xee, 0xee]),
+                    4..=6 => {
+                        v.extend([2, 0xff, 0xff, 0xff, 0x20, 0x20, 0x20]);
+                        // Glyph-like rows: mostly background, short strokes.
+                        for _ in 0..th * tw.div_ceil(8) {
+                            let r = rnd();
+                            v.push(if r % 3 == 0 { (r >> 8) as u8 & (r >> 16) as u8 } else { 0 });
+                        }
+                    }
+                    _ => {
+                        v.push(0);
+                        for y in 0..th {
+                            for x in 0..tw {
+                                let n = (rnd() % 9) as usize;
+                                v.extend([(x * 3 + n) as u8, (y * 2 + tx * 16 + n) as u8, (x + y + ty * 16 + n) as u8]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Throughput of the proxy's re-compression against the VM's own ZRLE deflate (zlib's
+    /// default level, as QEMU and TigerVNC use) and the viewer's inflate, on the same frames.
+    /// Run by `scripts/bench/proxy-zrle`.
+    #[test]
+    #[ignore = "benchmark; run by scripts/bench/proxy-zrle"]
+    fn bench_recode() {
+        use std::time::Instant;
+        let (w, h) = (1920u16, 1080u16);
+        let frames: usize = std::env::var("FRAMES").ok().and_then(|f| f.parse().ok()).unwrap_or(40);
+        let plain = desktop(w as usize, h as usize);
+        let mut vm = Peer::new(6);
+        let mut viewer = Peer::new(0);
+        let mut z = ZStreams::default();
+        let (mut t_vm, mut t_proxy, mut t_viewer) = (0.0, 0.0, 0.0);
+        let (mut wire_in, mut wire_out) = (0usize, 0usize);
+        for _ in 0..frames {
+            let t = Instant::now();
+            let rect = vm.rect(enc::ZRLE, w, h, &plain);
+            t_vm += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut out = Vec::new();
+            z.recode(&rect, 4, &mut out).unwrap();
+            t_proxy += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let got = viewer.open(&out, &rect);
+            t_viewer += t.elapsed().as_secs_f64();
+            assert_eq!(got, plain);
+            wire_in += rect.len();
+            wire_out += out.len();
+        }
+        let mib = wire_in as f64 / (1 << 20) as f64;
+        let screens = (frames * w as usize * h as usize * 4) as f64 / (1 << 20) as f64;
+        println!("{frames} frames {w}x{h}: {:.1} MiB of ZRLE from the VM (level 6), {:.1} MiB to the viewer (level {LEVEL}), {screens:.0} MiB of pixels", mib, wire_out as f64 / (1 << 20) as f64);
+        println!("VM deflate (peer):        {:7.2} ms per MiB of ZRLE", t_vm * 1e3 / mib);
+        println!("proxy inflate + deflate:  {:7.2} ms per MiB of ZRLE ({:.0} MiB/s)", t_proxy * 1e3 / mib, mib / t_proxy);
+        println!("viewer inflate:           {:7.2} ms per MiB of ZRLE", t_viewer * 1e3 / mib);
+        println!("ratio proxy / VM deflate: {:.2}", t_proxy / t_vm);
+    }
 }
