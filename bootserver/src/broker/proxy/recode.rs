@@ -27,15 +27,18 @@ pub(crate) fn recoded(encoding: i32) -> bool {
     matches!(encoding, enc::ZRLE | enc::ZLIB)
 }
 
-/// The most inflated data a `w`x`h` rectangle can carry, at `bpp` bytes per pixel.
+/// The most inflated data a `w`x`h` rectangle can carry.
 ///
 /// ZRLE: each 64x64 tile has a subencoding byte and at most a 127-colour palette; a pixel
-/// costs at most a CPIXEL (never more than `bpp`) and a one-byte run length (plain RLE with
-/// runs of one), or two bytes in palette RLE. Zlib: the pixels, raw.
-pub(crate) fn max_inflated(encoding: i32, w: usize, h: usize, bpp: usize) -> usize {
+/// costs at most a CPIXEL (never more than 4 bytes) and a one-byte run length (plain RLE with
+/// runs of one), or two bytes in palette RLE. Zlib: the pixels, raw. The largest pixel size
+/// is assumed rather than the viewer's: right after a SetPixelFormat the VM may still send a
+/// rectangle in the old format, and a bound a few times too loose still stops a lying VM.
+pub(crate) fn max_inflated(encoding: i32, w: usize, h: usize) -> usize {
+    const BPP: usize = 4;
     match encoding {
-        enc::ZRLE => w.div_ceil(64) * h.div_ceil(64) * (1 + 127 * bpp) + w * h * (bpp + 1).max(2),
-        _ => w * h * bpp,
+        enc::ZRLE => w.div_ceil(64) * h.div_ceil(64) * (1 + 127 * BPP) + w * h * (BPP + 1),
+        _ => w * h * BPP,
     }
 }
 
@@ -90,7 +93,7 @@ impl ZStreams {
 
     /// Appends `rect` (a whole ZRLE or Zlib rectangle as the framer cut it: 12-byte header,
     /// 4-byte length, zlib data) to `out`, its data re-compressed into the viewer's stream.
-    pub(crate) fn recode(&mut self, rect: &[u8], bpp: usize, out: &mut Vec<u8>) -> Result<(), RecodeError> {
+    pub(crate) fn recode(&mut self, rect: &[u8], out: &mut Vec<u8>) -> Result<(), RecodeError> {
         let bad = |what: String| RecodeError::Vm(RfbError::Zlib(what));
         if rect.len() < 16 {
             return Err(RecodeError::Vm(RfbError::Malformed("zlib rectangle (shorter than its header)")));
@@ -98,7 +101,7 @@ impl ZStreams {
         let (w, h) = (u16::from_be_bytes([rect[4], rect[5]]) as usize, u16::from_be_bytes([rect[6], rect[7]]) as usize);
         let encoding = i32::from_be_bytes([rect[8], rect[9], rect[10], rect[11]]);
         let data = &rect[16..];
-        let cap = max_inflated(encoding, w, h, bpp).min(MAX_MESSAGE);
+        let cap = max_inflated(encoding, w, h).min(MAX_MESSAGE);
         let k = slot(encoding);
         let inflater = self.vm[k].get_or_insert_with(|| Decompress::new(true));
         inflate(inflater, data, cap, &mut self.plain)
@@ -173,8 +176,6 @@ fn deflate(c: &mut Compress, mut plain: &[u8], out: &mut Vec<u8>) -> Result<(), 
 mod tests {
     use super::*;
 
-    const BPP: usize = 4;
-
     /// A VM's (or a viewer's) end of one zlib stream.
     struct Peer {
         c: Compress,
@@ -227,7 +228,7 @@ mod tests {
             let plain = tile(seed, 64, 32);
             let rect = vm.rect(enc::ZRLE, 64, 32, &plain);
             let mut out = Vec::new();
-            z.recode(&rect, BPP, &mut out).unwrap();
+            z.recode(&rect, &mut out).unwrap();
             assert_eq!(viewer.open(&out, &rect), plain);
         }
         // Zlib rectangles have their own stream on both sides.
@@ -236,11 +237,11 @@ mod tests {
         let pixels: Vec<u8> = (0..8 * 8 * 4).map(|i| i as u8).collect();
         let rect = vm_zlib.rect(enc::ZLIB, 8, 8, &pixels);
         let mut out = Vec::new();
-        z.recode(&rect, BPP, &mut out).unwrap();
+        z.recode(&rect, &mut out).unwrap();
         assert_eq!(viewer_zlib.open(&out, &rect), pixels);
         let rect = vm.rect(enc::ZRLE, 16, 16, &tile(9, 16, 16));
         out.clear();
-        z.recode(&rect, BPP, &mut out).unwrap();
+        z.recode(&rect, &mut out).unwrap();
         assert_eq!(viewer.open(&out, &rect), tile(9, 16, 16));
     }
 
@@ -252,7 +253,7 @@ mod tests {
         for seed in [3, 5] {
             let rect = vm_a.rect(enc::ZRLE, 32, 32, &tile(seed, 32, 32));
             let mut out = Vec::new();
-            z.recode(&rect, BPP, &mut out).unwrap();
+            z.recode(&rect, &mut out).unwrap();
             assert_eq!(viewer.open(&out, &rect), tile(seed, 32, 32));
         }
         // VM B starts a stream of its own (with its zlib header); the viewer's goes on.
@@ -261,14 +262,14 @@ mod tests {
         for seed in [7, 11, 3] {
             let rect = vm_b.rect(enc::ZRLE, 40, 24, &tile(seed, 40, 24));
             let mut out = Vec::new();
-            z.recode(&rect, BPP, &mut out).unwrap();
+            z.recode(&rect, &mut out).unwrap();
             assert_eq!(viewer.open(&out, &rect), tile(seed, 40, 24));
         }
         // Without the switch, B's stream fed to A's inflater is refused, not mis-decoded.
         let mut z2 = ZStreams::default();
-        z2.recode(&Peer::new(6).rect(enc::ZRLE, 8, 8, &tile(1, 8, 8)), BPP, &mut Vec::new()).unwrap();
+        z2.recode(&Peer::new(6).rect(enc::ZRLE, 8, 8, &tile(1, 8, 8)), &mut Vec::new()).unwrap();
         let fresh = Peer::new(6).rect(enc::ZRLE, 8, 8, &tile(1, 8, 8));
-        assert!(matches!(z2.recode(&fresh, BPP, &mut Vec::new()), Err(RecodeError::Vm(_))));
+        assert!(matches!(z2.recode(&fresh, &mut Vec::new()), Err(RecodeError::Vm(_))));
     }
 
     #[test]
@@ -278,36 +279,36 @@ mod tests {
         let mut vm = Peer::new(6);
         let rect = vm.rect(enc::ZRLE, 16, 16, &tile(2, 16, 16));
         let mut out = Vec::new();
-        z.recode(&rect, BPP, &mut out).unwrap();
+        z.recode(&rect, &mut out).unwrap();
         viewer.open(&out, &rect);
 
         // A zip bomb: far more inflated data than a 16x16 rectangle can hold.
         let bomb = vm.rect(enc::ZRLE, 16, 16, &vec![0u8; 1 << 20]);
-        let err = z.recode(&bomb, BPP, &mut Vec::new()).unwrap_err();
+        let err = z.recode(&bomb, &mut Vec::new()).unwrap_err();
         assert!(matches!(&err, RecodeError::Vm(RfbError::Zlib(m)) if m.contains("more than")), "{err:?}");
         // Garbage.
         let mut junk = rect.clone();
         junk[16..].fill(0xff);
-        assert!(matches!(z.recode(&junk, BPP, &mut Vec::new()), Err(RecodeError::Vm(_))));
+        assert!(matches!(z.recode(&junk, &mut Vec::new()), Err(RecodeError::Vm(_))));
 
         // The next VM's rectangles still reach the viewer through the untouched stream.
         z.new_vm();
         let mut vm2 = Peer::new(6);
         let rect = vm2.rect(enc::ZRLE, 16, 16, &tile(4, 16, 16));
         let mut out = Vec::new();
-        z.recode(&rect, BPP, &mut out).unwrap();
+        z.recode(&rect, &mut out).unwrap();
         assert_eq!(viewer.open(&out, &rect), tile(4, 16, 16));
     }
 
     #[test]
     fn bounds_cover_the_worst_honest_rectangle() {
         // 64x64 plain RLE with runs of one at 4-byte CPIXELs (servers use 3, but need not).
-        assert!(max_inflated(enc::ZRLE, 64, 64, 4) >= 1 + 64 * 64 * 5);
+        assert!(max_inflated(enc::ZRLE, 64, 64) >= 1 + 64 * 64 * 5);
         // 1x1 palette RLE with a full palette.
-        assert!(max_inflated(enc::ZRLE, 1, 1, 4) >= 1 + 127 * 4 + 2);
-        assert_eq!(max_inflated(enc::ZLIB, 10, 10, 2), 200);
+        assert!(max_inflated(enc::ZRLE, 1, 1) >= 1 + 127 * 4 + 2);
+        assert_eq!(max_inflated(enc::ZLIB, 10, 10), 400);
         // Level 0 (stored blocks) of the largest inflated size still fits.
-        let plain = vec![7u8; max_inflated(enc::ZRLE, 300, 200, 4)];
+        let plain = vec![7u8; max_inflated(enc::ZRLE, 300, 200)];
         let mut z = Vec::new();
         deflate(&mut Compress::new(Compression::none(), true), &plain, &mut z).unwrap();
         assert!(z.len() <= max_compressed(plain.len()));
@@ -373,7 +374,7 @@ mod tests {
             t_vm += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let mut out = Vec::new();
-            z.recode(&rect, 4, &mut out).unwrap();
+            z.recode(&rect, &mut out).unwrap();
             t_proxy += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let got = viewer.open(&out, &rect);

@@ -471,7 +471,7 @@ fn frame_rect(b: &[u8], pf: &PixelFormat) -> Result<Option<(ServerItem, usize)>,
                 None
             } else {
                 let n = be32(body, 0) as usize;
-                let max = super::recode::max_compressed(super::recode::max_inflated(encoding, w, h, bpp));
+                let max = super::recode::max_compressed(super::recode::max_inflated(encoding, w, h));
                 if n > max {
                     return Err(RfbError::Oversized { encoding, width: w as u16, height: h as u16, len: n, max });
                 }

@@ -257,7 +257,7 @@ impl Relay {
             let raw = &self.vm_buf[at..at + len];
             match item {
                 ServerItem::Rect { encoding, .. } if recode::recoded(encoding) => {
-                    match self.zstreams.recode(raw, self.format.bytes_per_pixel(), &mut out) {
+                    match self.zstreams.recode(raw, &mut out) {
                         Ok(()) => _ = self.recoded.fetch_add(1, Ordering::Relaxed),
                         Err(RecodeError::Vm(e)) => {
                             // What went before this rectangle is good: send it and an empty
