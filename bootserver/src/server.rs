@@ -114,7 +114,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         None
     } else {
         let proxy_addr = SocketAddr::new(settings.address.into(), settings.desktops.proxy_port);
-        Some(crate::broker::flow::start(&settings.desktops, proxy_addr, &mut tasks).await?)
+        Some(crate::broker::flow::start(&settings.desktops, &settings.state_dir, proxy_addr, &mut tasks).await?)
     };
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {
