@@ -52,14 +52,9 @@ pub async fn start(
     let store_path = state_dir.join(&cfg.sessions_file);
     let store = SessionStore::open(&store_path).context("key `desktops.sessions_file`")?;
     let recovered = orchestrator.recover(store).await?;
-    tasks.spawn({
-        let o = orchestrator.clone();
-        let every = cfg.health_interval();
-        async move {
-            o.follow_pending(every).await;
-            Ok(())
-        }
-    });
+    // Not in `tasks`: this one ends once every host has answered, and the end of a task
+    // there ends the server.
+    tokio::spawn(orchestrator.clone().follow_pending(cfg.health_interval()));
     let (tx, rx) = mpsc::channel(16);
     tasks.spawn({
         let hosts = hosts.clone();
