@@ -247,16 +247,21 @@ pub fn start_server_host(dir: &Path) -> anyhow::Result<ServerHost> {
     Ok(ServerHost { _proc: proc, state, port })
 }
 
-/// The VM's screen from server-host (`GET /v1/vms/NAME/screen`, PPM).
-pub fn vm_screen(port: u16, vm: &str) -> anyhow::Result<Screen> {
+/// `GET /v1{path}` from the server-host on `port`, with its token.
+fn host_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("curl")
         .args(["-sf", "-m", "60", "-H", &format!("Authorization: Bearer {TOKEN}")])
-        .arg(format!("http://127.0.0.1:{port}/v1/vms/{vm}/screen"))
+        .arg(format!("http://127.0.0.1:{port}/v1{path}"))
         .output()?;
     if !out.status.success() {
-        bail!("curl screen of {vm}: {}", out.status);
+        bail!("curl server-host {path}: {}", out.status);
     }
-    parse_ppm(&out.stdout)
+    Ok(out.stdout)
+}
+
+/// The VM's screen from server-host (`GET /v1/vms/NAME/screen`, PPM).
+pub fn vm_screen(port: u16, vm: &str) -> anyhow::Result<Screen> {
+    parse_ppm(&host_get(port, &format!("/vms/{vm}/screen"))?)
 }
 
 /// Waits until the viewer shows exactly what the VM shows (both change while the VM boots).
@@ -282,12 +287,5 @@ pub async fn wait_same(viewer: &Viewer, port: u16, vm: &str, what: &str) -> anyh
 
 /// The VMs server-host runs (`GET /v1/vms`).
 pub fn host_vms(port: u16) -> anyhow::Result<Vec<proto::host::VmInfo>> {
-    let out = Command::new("curl")
-        .args(["-sf", "-m", "30", "-H", &format!("Authorization: Bearer {TOKEN}")])
-        .arg(format!("http://127.0.0.1:{port}/v1/vms"))
-        .output()?;
-    if !out.status.success() {
-        bail!("curl VM list: {}", out.status);
-    }
-    serde_json::from_slice(&out.stdout).context("server-host VM list")
+    serde_json::from_slice(&host_get(port, "/vms")?).context("server-host VM list")
 }

@@ -294,6 +294,67 @@ mod tests {
         .unwrap()
     }
 
+    fn stored(user: &str, memory_mib: u64, arrived: u64) -> StoredSession {
+        StoredSession {
+            user: user.into(),
+            host: "h1".into(),
+            vm: format!("{}-1", host_user_name(user)),
+            level: 0,
+            memory_mib,
+            token: format!("tok{arrived}abc"),
+            vnc: "127.0.0.1:5901".into(),
+            vnc_password: Some("pw".into()),
+            arrived,
+            since: 1,
+        }
+    }
+
+    /// A host that does not answer (nothing listens on its port): its sessions come back
+    /// pending, hold their memory and keep their tokens; rows that no longer fit the config
+    /// are dropped from the store.
+    #[tokio::test]
+    async fn sessions_on_a_silent_host_stay_pending_with_their_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite");
+        let store = SessionStore::open(&path).unwrap();
+        store.put(&stored("aa", 256, 0)).unwrap();
+        store.put(&stored("bb", 100, 1)).unwrap();
+        store.put(&StoredSession { host: "gone".into(), ..stored("cc", 256, 2) }).unwrap();
+        drop(store);
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = BrokerConfig {
+            levels_mib: vec![256, 128],
+            hosts: vec![crate::broker::settings::HostConfig {
+                name: "h1".into(),
+                url: format!("http://127.0.0.1:{closed}"),
+                token: "t".into(),
+                token_file: None,
+                memory_mib: 512,
+            }],
+            ..Default::default()
+        };
+        let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+        let proxy = crate::broker::proxy::Proxy::new(Default::default());
+        let (orch, _notices) = Orchestrator::new(cfg, hosts, proxy.clone(), "127.0.0.1:5900".parse().unwrap()).unwrap();
+        let back = orch.recover(SessionStore::open(&path).unwrap()).await.unwrap();
+        assert_eq!(back, vec!["aa".to_string()]);
+        assert_eq!(orch.check_pending().await, 1, "h1 stays pending");
+        assert_eq!(orch.overview().state.users.len(), 1);
+        assert_eq!(orch.desktops()[0].vm, stored("aa", 256, 0).vm);
+        assert_eq!(proxy.sessions().len(), 1);
+        let again = orch.arrive("aa").await.unwrap();
+        assert_eq!(again, Outcome::Assigned { proxy: "127.0.0.1:5900".parse().unwrap(), token: "tok0abc".into() });
+        let kept: Vec<String> = SessionStore::open(&path).unwrap().all().unwrap().into_iter().map(|s| s.user).collect();
+        assert_eq!(kept, vec!["aa".to_string()]);
+        let decisions = orch.decisions();
+        let failed: Vec<&str> =
+            decisions[0].steps.iter().filter(|s| !s.ok).map(|s| s.error.as_deref().unwrap_or("")).collect();
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert!(failed.iter().any(|e| e.contains("none of the configured levels")));
+        assert!(failed.iter().any(|e| e.contains("no longer configured")));
+    }
+
     #[test]
     fn only_vms_of_the_broker_naming_count_as_its_own() {
         let user = host_user_name("52:54:00:AB:cd:01");
