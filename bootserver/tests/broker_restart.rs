@@ -3,7 +3,8 @@
 //! core (`proto::agent::Session`) and a vnc-rs viewer through the proxy. The boot server is
 //! killed (SIGKILL, no chance to tidy up) and started again on the same state dir: the same
 //! desktop is listed, the old token opens the same VM, the client reconnects by itself and gets
-//! the same token again, and no second VM was made.
+//! the same token again, and no second VM was made; a VM of the broker's naming that no session
+//! claims (left by a crash between making a VM and storing its session) is stopped.
 
 mod broker_common;
 
@@ -231,6 +232,20 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     drop(server);
     eprintln!("killed bootserver {pid}");
     let t_restart = Instant::now();
+    // What a crash between making a VM and storing its session leaves behind: a VM of the
+    // broker's naming that no session claims. The restarted broker must stop it.
+    let orphan = "52-54-00-00-00-32-12345";
+    let made = Command::new("curl")
+        .args(["-sf", "-m", "300", "-X", "POST", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", "Content-Type: application/json", "--data"])
+        .arg(format!(
+            r#"{{"name":"{orphan}","template":"desktop","memory_mib":128,"user":"52-54-00-00-00-32"}}"#
+        ))
+        .arg(format!("http://127.0.0.1:{}/v1/vms", host.port))
+        .output()?;
+    if !made.status.success() {
+        bail!("making the orphan VM: curl {}", made.status);
+    }
     server = start_bootserver(dir, broker, admin)?;
 
     // The admin API lists the same desktop, adopted.
@@ -241,13 +256,16 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     .await?;
     assert_eq!(again, vec![(MAC.to_string(), vm.clone())], "same user, same VM");
     let decisions = admin_get(admin, "/api/decisions")?;
-    let adopted = decisions
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|d| d["steps"].as_array().cloned().unwrap_or_default())
-        .any(|s| s["action"].as_str().is_some_and(|a| a.starts_with("adopt ") && a.contains(&vm)));
-    assert!(adopted, "no adopt decision: {decisions:#}");
+    let steps = |prefix: &str, vm: &str| {
+        decisions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["steps"].as_array().cloned().unwrap_or_default())
+            .any(|s| s["ok"] == true && s["action"].as_str().is_some_and(|a| a.starts_with(prefix) && a.contains(vm)))
+    };
+    assert!(steps("adopt ", &vm), "no adopt decision: {decisions:#}");
+    assert!(steps("stop VM ", orphan), "the orphan VM was not stopped: {decisions:#}");
 
     // The old token opens the same VM through the restarted proxy.
     let viewer = connect_viewer(proxy, &token).await?;
@@ -264,9 +282,18 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     assert_eq!(second.session_token, token, "same token after the restart");
     assert_eq!(second.vnc, proxy);
 
-    // One VM, the same one, on the host.
-    let running: Vec<String> = host_vms(host.port)?.into_iter().map(|v| v.name).collect();
-    assert_eq!(running, vec![vm], "no second VM");
+    // One VM, the same one, runs on the host: no second VM, and the orphan is gone (its stop
+    // runs in the background and may wait out the guest's power-off deadline).
+    let running = || -> Vec<String> {
+        let vms = host_vms(host.port).unwrap_or_default();
+        vms.into_iter().filter(|v| v.state == proto::host::VmState::Running).map(|v| v.name).collect()
+    };
+    let only = wait_for(120, "the orphan VM stopped", || {
+        let r = running();
+        (r.len() == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(only?, vec![vm], "no second VM");
     {
         let s = viewer.state.lock().unwrap();
         assert!(!s.closed, "viewer connection dropped: {:?}", s.error);

@@ -260,13 +260,19 @@ impl Orchestrator {
                 continue;
             }
             stopped += 1;
-            let res = client
-                .stop(&vm.name, self.cfg.stop_deadline_secs)
-                .await
-                .map(|_| json!({ "vm": vm.name, "memory_mib": vm.memory_mib }))
-                .map_err(|e| e.to_string());
+            // In the background: a guest that ignores the power button holds the event lock
+            // (and so every announce) for the whole stop deadline otherwise. Its name is never
+            // used again, so nothing can race with the stop.
+            let (c, name, deadline) = (client.clone(), vm.name.clone(), self.cfg.stop_deadline_secs);
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                match c.stop(&name, deadline).await {
+                    Ok(_) => log::info!("broker: recovery: unclaimed VM {name} stopped in {:?}", t0.elapsed()),
+                    Err(e) => log::error!("broker: recovery: stopping unclaimed VM {name}: {e}"),
+                }
+            });
             let what = format!("stop VM {} on {host} ({} MiB): no session claims it", vm.name, vm.memory_mib);
-            steps.push(step(what, res, t0));
+            steps.push(step(what, Ok(json!({ "vm": vm.name, "memory_mib": vm.memory_mib })), t0));
         }
         let summary = format!(
             "broker restart: host {host} checked: {adopted} adopted, {dropped} dropped, {stopped} unclaimed VMs stopped"
