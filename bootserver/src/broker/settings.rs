@@ -145,6 +145,9 @@ mod tests {
         .unwrap();
         let c = c.validate().unwrap();
         assert_eq!(c.proxy_port, 5900);
+        assert_eq!(c.sessions_file, PathBuf::from("sessions.sqlite"));
+        let empty = BrokerConfig { sessions_file: PathBuf::new(), ..c.clone() };
+        assert!(empty.validate().unwrap_err().contains("sessions_file"));
         assert_eq!(c.levels().unwrap().sizes(), &[512 << 20, 256 << 20]);
         let mut dup = c.clone();
         dup.hosts.push(dup.hosts[0].clone());
