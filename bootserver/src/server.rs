@@ -105,8 +105,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         tasks.spawn(crate::tftp::run(socket, Arc::new(service)));
     }
-    if tasks.is_empty() {
-        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs");
+    if tasks.is_empty() && !settings.enable_broker {
+        anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs, broker");
     }
     // The desktops (VNC proxy, hosts, orchestrator) where `[desktops]` names hosts; the proxy
     // listens on the boot server's address, the one the PCs reach.
@@ -114,7 +114,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         None
     } else {
         let proxy_addr = SocketAddr::new(settings.address.into(), settings.desktops.proxy_port);
-        Some(crate::broker::flow::start(&settings.desktops, proxy_addr, &mut tasks).await?)
+        Some(crate::broker::flow::start(&settings.desktops, &settings.state_dir, proxy_addr, &mut tasks).await?)
     };
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {

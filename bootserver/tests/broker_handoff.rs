@@ -6,8 +6,6 @@
 
 mod broker_common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,106 +14,7 @@ use bootserver::broker::memory::Action;
 use bootserver::broker::orchestrator::{Orchestrator, Outcome};
 use bootserver::broker::proxy::{Proxy, ProxyOptions};
 use bootserver::broker::settings::{BrokerConfig, HostConfig};
-use broker_common::{connect_viewer, parse_ppm, Viewer};
-use testkit::KillOnDrop;
-
-const TOKEN: &str = "broker-handoff-test-token";
-
-/// `server-host serve` on loopback; dropping it kills it and every QEMU it started.
-struct ServerHost {
-    _proc: KillOnDrop,
-    state: PathBuf,
-    port: u16,
-}
-
-impl Drop for ServerHost {
-    fn drop(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.state.join("vms")) else { return };
-        for e in rd.flatten() {
-            let Ok(t) = std::fs::read_to_string(e.path().join("qemu.pid")) else { continue };
-            let Ok(pid) = t.trim().parse::<i32>() else { continue };
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
-                // SAFETY: kill(2) on a QEMU this test's server-host started (checked above).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-fn server_host_bin() -> anyhow::Result<PathBuf> {
-    // Integration tests live in target/<profile>/deps; the workspace's binaries one level up.
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(Path::parent).context("test binary location")?.join("server-host");
-    if !bin.exists() {
-        bail!("{} is missing: build it with `cargo build -p server-host` (cargo test --workspace does)", bin.display());
-    }
-    Ok(bin)
-}
-
-fn start_server_host(dir: &Path) -> anyhow::Result<ServerHost> {
-    let st = Command::new(testkit::repo_root().join("scripts/build-desktop-template")).status()?;
-    if !st.success() {
-        bail!("scripts/build-desktop-template failed");
-    }
-    let port = testkit::free_port();
-    let state = dir.join("state");
-    let cfg = dir.join("server-host.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
-             accel = \"{}\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
-            state.display(),
-            testkit::cache_dir().join("templates").display(),
-            testkit::accel(),
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("server-host.log"))?;
-    let proc = KillOnDrop::spawn(
-        Command::new(server_host_bin()?)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null()),
-    )?;
-    Ok(ServerHost { _proc: proc, state, port })
-}
-
-/// The VM's screen from server-host (`GET /v1/vms/NAME/screen`, PPM).
-fn vm_screen(port: u16, vm: &str) -> anyhow::Result<broker_common::Screen> {
-    let out = Command::new("curl")
-        .args(["-sf", "-m", "60", "-H", &format!("Authorization: Bearer {TOKEN}")])
-        .arg(format!("http://127.0.0.1:{port}/v1/vms/{vm}/screen"))
-        .output()?;
-    if !out.status.success() {
-        bail!("curl screen of {vm}: {}", out.status);
-    }
-    parse_ppm(&out.stdout)
-}
-
-/// Waits until the viewer shows exactly what the VM shows (both change while the VM boots).
-async fn wait_same(viewer: &Viewer, port: u16, vm: &str, what: &str) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    loop {
-        let vm_now = vm_screen(port, vm)?;
-        {
-            let s = viewer.state.lock().unwrap();
-            if s.closed {
-                bail!("{what}: viewer connection ended: {:?}", s.error);
-            }
-            if s.screen() == vm_now && vm_now.width == 1280 {
-                return Ok(());
-            }
-            if t0.elapsed() > Duration::from_secs(400) {
-                bail!("{what}: viewer shows {:?}, VM {vm} shows {vm_now:?}", s.screen());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+use broker_common::{connect_viewer, start_server_host, wait_same, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! into (an assignment to the proxy, or a refusal for its screen).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -14,6 +15,7 @@ use tokio::task::JoinSet;
 use super::hosts::HostRegistry;
 use super::orchestrator::{Notice, Orchestrator, Outcome};
 use super::proxy::{Proxy, ProxyOptions};
+use super::sessions::SessionStore;
 use super::settings::BrokerConfig;
 
 /// The running broker parts, for the agent listener and the admin API.
@@ -23,11 +25,15 @@ pub struct Desktops {
     pub proxy: Arc<Proxy>,
     /// Messages for clients' screens; the agent listener sends them as `ShowMessage`.
     pub notices: mpsc::UnboundedReceiver<Notice>,
+    /// Users whose sessions came back from the session store; their PCs should reconnect.
+    pub recovered: Vec<String>,
 }
 
-/// Binds the proxy on `proxy_addr`, starts health checks and the orchestrator's follower.
+/// Binds the proxy on `proxy_addr`, puts back the sessions of the store in `state_dir`,
+/// starts health checks and the orchestrator's follower.
 pub async fn start(
     cfg: &BrokerConfig,
+    state_dir: &Path,
     proxy_addr: SocketAddr,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Desktops> {
@@ -43,6 +49,12 @@ pub async fn start(
     tasks.spawn(async move { p.serve(listener).await.context("VNC proxy") });
     let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
     let (orchestrator, notices) = Orchestrator::new(cfg.clone(), hosts.clone(), proxy.clone(), proxy_addr)?;
+    let store_path = state_dir.join(&cfg.sessions_file);
+    let store = SessionStore::open(&store_path).context("key `desktops.sessions_file`")?;
+    let recovered = orchestrator.recover(store).await?;
+    // Not in `tasks`: this one ends once every host has answered, and the end of a task
+    // there ends the server.
+    tokio::spawn(orchestrator.clone().follow_pending(cfg.health_interval()));
     let (tx, rx) = mpsc::channel(16);
     tasks.spawn({
         let hosts = hosts.clone();
@@ -58,7 +70,7 @@ pub async fn start(
             Ok(())
         }
     });
-    Ok(Desktops { orchestrator, hosts, proxy, notices })
+    Ok(Desktops { orchestrator, hosts, proxy, notices, recovered })
 }
 
 /// What to send an agent that announced itself as `user` (its MAC).

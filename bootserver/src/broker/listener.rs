@@ -325,7 +325,9 @@ pub async fn start(
     broker.leave_after = Duration::from_secs(settings.desktops.leave_after_secs);
     let mut extra = None;
     let mut notices = None;
+    let mut recovered = Vec::new();
     if let Some(d) = desktops {
+        recovered = d.recovered;
         broker.desktops = Some(d.orchestrator.clone());
         extra = Some(super::admin_routes::router(d.orchestrator, d.hosts, d.proxy));
         notices = Some(d.notices);
@@ -333,6 +335,10 @@ pub async fn start(
     let broker = Arc::new(broker);
     if let Some(rx) = notices {
         tasks.spawn(forward_notices(rx, broker.clone()));
+    }
+    // A desktop that came back from the session store is kept only if its PC reconnects.
+    for mac in recovered {
+        leave_unless_back(&broker, mac);
     }
     let agents = TcpListener::bind(settings.broker)
         .await

@@ -171,6 +171,9 @@ pub enum Event {
     HostDown { host: HostId },
     /// A host is back (or new) and empty.
     HostUp { host: HostId },
+    /// After a broker restart, the host's VMs were checked against the stored sessions; the
+    /// users whose VMs were gone are no longer in the state, so the others may grow back.
+    Recovered { host: HostId },
 }
 
 /// One step of a decision. Sizes are in bytes; levels index [`Levels`].
@@ -438,7 +441,7 @@ impl State {
                 })?;
                 h.up = up;
             }
-            Event::Arrive { .. } | Event::Leave { .. } => {}
+            Event::Arrive { .. } | Event::Leave { .. } | Event::Recovered { .. } => {}
         }
         decision.actions.iter().try_for_each(|a| self.apply_action(levels, a))
     }
@@ -595,6 +598,11 @@ impl Planner {
                     sim.regrow();
                 }
                 format!("host {host} is up")
+            }
+            Event::Recovered { host } => {
+                state.host(host).ok_or_else(|| PlanError::UnknownHost(host.clone()))?;
+                sim.regrow();
+                format!("sessions on host {host} recovered after a restart")
             }
         };
         let actions = sim.into_actions();

@@ -13,4 +13,5 @@ mod placement;
 pub mod proxy;
 pub mod settings;
 pub mod registry;
+pub mod sessions;
 pub mod size;

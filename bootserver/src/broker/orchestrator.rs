@@ -14,7 +14,10 @@
 //! * Stop: the session ends and the VM powers off.
 //! * Refuse: the client is told why on its screen.
 //!
-//! Every step is logged with its duration and kept for the admin API.
+//! Every step is logged with its duration and kept for the admin API. Each session is also
+//! written to the session store, so that a restarted broker finds it again (see [`recovery`]).
+
+mod recovery;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -107,6 +110,7 @@ pub struct Orchestrator {
     run_lock: tokio::sync::Mutex<()>,
     view: Mutex<View>,
     notices: mpsc::UnboundedSender<Notice>,
+    recovery: recovery::Recovery,
 }
 
 struct View {
@@ -168,6 +172,7 @@ impl Orchestrator {
             run_lock: tokio::sync::Mutex::new(()),
             view: Mutex::new(View { state, desktops: HashMap::new(), decisions: VecDeque::new() }),
             notices: tx,
+            recovery: Default::default(),
         };
         Ok((Arc::new(me), rx))
     }
@@ -271,6 +276,7 @@ impl Orchestrator {
                     if let Err(e) = self.view().state.apply_action(&self.planner.levels, action) {
                         log::error!("broker: {action} ran but does not fit the state: {e}");
                     }
+                    self.persist(action.user());
                     log::info!("broker: done in {ms} ms: {detail}");
                     Step { action: action.to_string(), ok: true, error: None, ms, detail }
                 }
@@ -285,12 +291,16 @@ impl Orchestrator {
                 break;
             }
         }
+        self.keep_record(record.clone());
+        Ok(record)
+    }
+
+    fn keep_record(&self, record: DecisionRecord) {
         let mut v = self.view();
-        v.decisions.push_back(record.clone());
+        v.decisions.push_back(record);
         while v.decisions.len() > DECISIONS_KEPT {
             v.decisions.pop_front();
         }
-        Ok(record)
     }
 
     /// A host died: tell its users; their sessions stay open (the viewers see a frozen

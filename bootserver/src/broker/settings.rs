@@ -13,6 +13,7 @@
 //! stop_deadline_secs = 30          # guest's time to power off before it is killed
 //! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
 //! balloon = false                  # shrink in place where host and guest can, no handoff
+//! sessions_file = "sessions.sqlite" # running desktops, kept across restarts (in state_dir)
 //!
 //! [[desktops.hosts]]
 //! name = "h1"
@@ -56,6 +57,8 @@ pub struct BrokerConfig {
     pub stop_deadline_secs: u64,
     pub leave_after_secs: u64,
     pub balloon: bool,
+    /// The session store; a relative path is taken inside the boot server's `state_dir`.
+    pub sessions_file: PathBuf,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -72,6 +75,7 @@ impl Default for BrokerConfig {
             stop_deadline_secs: 30,
             leave_after_secs: 120,
             balloon: false,
+            sessions_file: PathBuf::from("sessions.sqlite"),
             hosts: Vec::new(),
         }
     }
@@ -83,6 +87,9 @@ impl BrokerConfig {
         self.levels()?;
         if self.proxy_port == 0 {
             return Err("desktops.proxy_port: 0 is not a port; use e.g. 5900".into());
+        }
+        if self.sessions_file.as_os_str().is_empty() {
+            return Err("desktops.sessions_file: empty; use e.g. \"sessions.sqlite\"".into());
         }
         if self.health_interval_secs == 0 {
             return Err("desktops.health_interval_secs: must be at least 1".into());
@@ -138,6 +145,9 @@ mod tests {
         .unwrap();
         let c = c.validate().unwrap();
         assert_eq!(c.proxy_port, 5900);
+        assert_eq!(c.sessions_file, PathBuf::from("sessions.sqlite"));
+        let empty = BrokerConfig { sessions_file: PathBuf::new(), ..c.clone() };
+        assert!(empty.validate().unwrap_err().contains("sessions_file"));
         assert_eq!(c.levels().unwrap().sizes(), &[512 << 20, 256 << 20]);
         let mut dup = c.clone();
         dup.hosts.push(dup.hosts[0].clone());

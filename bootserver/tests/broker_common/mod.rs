@@ -1,10 +1,14 @@
-//! Shared by the broker tests: a vnc-rs viewer that draws into memory, and PPM screens.
+//! Shared by the broker tests: a `server-host` on loopback with the desktop template, a vnc-rs
+//! viewer that draws into memory, and PPM screens.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use testkit::KillOnDrop;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Screen {
@@ -187,3 +191,110 @@ impl Drop for Viewer {
     }
 }
 
+pub const TOKEN: &str = "broker-handoff-test-token";
+
+/// `server-host serve` on loopback; dropping it kills it and every QEMU it started.
+pub struct ServerHost {
+    _proc: KillOnDrop,
+    state: PathBuf,
+    pub port: u16,
+}
+
+impl Drop for ServerHost {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(self.state.join("vms")) else { return };
+        for e in rd.flatten() {
+            let Ok(t) = std::fs::read_to_string(e.path().join("qemu.pid")) else { continue };
+            let Ok(pid) = t.trim().parse::<i32>() else { continue };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
+                // SAFETY: kill(2) on a QEMU this test's server-host started (checked above).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn server_host_bin() -> anyhow::Result<PathBuf> {
+    // Integration tests live in target/<profile>/deps; the workspace's binaries one level up.
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().and_then(Path::parent).context("test binary location")?.join("server-host");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build -p server-host` (cargo test --workspace does)", bin.display());
+    }
+    Ok(bin)
+}
+
+pub fn start_server_host(dir: &Path) -> anyhow::Result<ServerHost> {
+    let st = Command::new(testkit::repo_root().join("scripts/build-desktop-template")).status()?;
+    if !st.success() {
+        bail!("scripts/build-desktop-template failed");
+    }
+    let port = testkit::free_port();
+    let state = dir.join("state");
+    let cfg = dir.join("server-host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
+             accel = \"{}\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
+            state.display(),
+            testkit::cache_dir().join("templates").display(),
+            testkit::accel(),
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("server-host.log"))?;
+    let proc = KillOnDrop::spawn(
+        Command::new(server_host_bin()?)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null()),
+    )?;
+    Ok(ServerHost { _proc: proc, state, port })
+}
+
+/// `GET /v1{path}` from the server-host on `port`, with its token.
+fn host_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "60", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg(format!("http://127.0.0.1:{port}/v1{path}"))
+        .output()?;
+    if !out.status.success() {
+        bail!("curl server-host {path}: {}", out.status);
+    }
+    Ok(out.stdout)
+}
+
+/// The VM's screen from server-host (`GET /v1/vms/NAME/screen`, PPM).
+pub fn vm_screen(port: u16, vm: &str) -> anyhow::Result<Screen> {
+    parse_ppm(&host_get(port, &format!("/vms/{vm}/screen"))?)
+}
+
+/// Waits until the viewer shows exactly what the VM shows (both change while the VM boots).
+pub async fn wait_same(viewer: &Viewer, port: u16, vm: &str, what: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let vm_now = vm_screen(port, vm)?;
+        {
+            let s = viewer.state.lock().unwrap();
+            if s.closed {
+                bail!("{what}: viewer connection ended: {:?}", s.error);
+            }
+            if s.screen() == vm_now && vm_now.width == 1280 {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(400) {
+                bail!("{what}: viewer shows {:?}, VM {vm} shows {vm_now:?}", s.screen());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The VMs server-host runs (`GET /v1/vms`).
+pub fn host_vms(port: u16) -> anyhow::Result<Vec<proto::host::VmInfo>> {
+    serde_json::from_slice(&host_get(port, "/vms")?).context("server-host VM list")
+}

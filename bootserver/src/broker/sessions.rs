@@ -1,0 +1,216 @@
+//! The session store: every running desktop (user, host, VM, level, memory, proxy token, the
+//! VM's VNC address and password), kept in SQLite so that a restarted broker finds its
+//! sessions again. A row is written when a desktop starts or is handed off, and removed when
+//! it stops. The VNC password is stored because a host tells it only once, when the VM is made.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection};
+
+/// One stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub user: String,
+    pub host: String,
+    pub vm: String,
+    pub level: usize,
+    pub memory_mib: u64,
+    /// The viewer's proxy token.
+    pub token: String,
+    /// The VM's VNC server as the proxy reaches it (`host:port` or `unix:/path`).
+    pub vnc: String,
+    pub vnc_password: Option<String>,
+    /// Arrival order, larger is newer (the memory algorithm moves the newest first).
+    pub arrived: u64,
+    /// Unix seconds.
+    pub since: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store {path}: {source}")]
+    Sql { path: PathBuf, source: rusqlite::Error },
+    #[error("session store {path}: row of {user}: {detail}")]
+    Row { path: PathBuf, user: String, detail: String },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    user         TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    vm           TEXT NOT NULL,
+    level        INTEGER NOT NULL,
+    memory_mib   INTEGER NOT NULL,
+    token        TEXT NOT NULL,
+    vnc          TEXT NOT NULL,
+    vnc_password TEXT,
+    arrived      INTEGER NOT NULL,
+    since        INTEGER NOT NULL
+);";
+
+/// The SQLite-backed store; one short write per start, handoff or stop, so one connection
+/// behind a mutex is plenty.
+pub struct SessionStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SessionStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let sql = |source| StoreError::Sql { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(SessionStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql { path: self.path.clone(), source }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces the user's session.
+    pub fn put(&self, s: &StoredSession) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO sessions
+                   (user, host, vm, level, memory_mib, token, vnc, vnc_password, arrived, since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    s.user,
+                    s.host,
+                    s.vm,
+                    s.level as i64,
+                    s.memory_mib as i64,
+                    s.token,
+                    s.vnc,
+                    s.vnc_password,
+                    s.arrived as i64,
+                    s.since as i64
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, user: &str) -> Result<(), StoreError> {
+        self.lock().execute("DELETE FROM sessions WHERE user = ?1", [user]).map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Every stored session, oldest arrival first.
+    pub fn all(&self) -> Result<Vec<StoredSession>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT user, host, vm, level, memory_mib, token, vnc, vnc_password, arrived, since
+                 FROM sessions ORDER BY arrived, user",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (user, host, vm, level, memory_mib, token, vnc, vnc_password, arrived, since) =
+                row.map_err(|e| self.sql(e))?;
+            let unsigned = |what: &str, v: i64| {
+                u64::try_from(v).map_err(|_| StoreError::Row {
+                    path: self.path.clone(),
+                    user: user.clone(),
+                    detail: format!("{what} is {v}"),
+                })
+            };
+            out.push(StoredSession {
+                level: unsigned("level", level)? as usize,
+                memory_mib: unsigned("memory_mib", memory_mib)?,
+                arrived: unsigned("arrived", arrived)?,
+                since: unsigned("since", since)?,
+                user,
+                host,
+                vm,
+                token,
+                vnc,
+                vnc_password,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user: &str, arrived: u64) -> StoredSession {
+        StoredSession {
+            user: user.into(),
+            host: "h1".into(),
+            vm: format!("{user}-1"),
+            level: 0,
+            memory_mib: 256,
+            token: "AbCd1234".into(),
+            vnc: "127.0.0.1:5901".into(),
+            vnc_password: Some("secret".into()),
+            arrived,
+            since: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_follows_handoffs_and_forgets_stopped_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite");
+        let store = SessionStore::open(&path).unwrap();
+        let (a, b) = (session("u-a", 1), session("u-b", 0));
+        store.put(&a).unwrap();
+        store.put(&b).unwrap();
+        drop(store);
+
+        let store = SessionStore::open(&path).unwrap();
+        assert_eq!(store.all().unwrap(), vec![b.clone(), a.clone()], "oldest arrival first");
+
+        // A handoff replaces the row: new host, VM, level, memory, VNC server; same token.
+        let moved = StoredSession {
+            host: "h2".into(),
+            vm: "u-a-2".into(),
+            level: 1,
+            memory_mib: 128,
+            vnc: "unix:/run/vm.vnc".into(),
+            vnc_password: None,
+            ..a.clone()
+        };
+        store.put(&moved).unwrap();
+        store.delete("u-b").unwrap();
+        store.delete("nobody").unwrap();
+        drop(store);
+
+        let store = SessionStore::open(&path).unwrap();
+        assert_eq!(store.all().unwrap(), vec![moved]);
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite");
+        std::fs::write(&path, b"this is not a database, just text that is long enough").unwrap();
+        let e = SessionStore::open(&path).err().expect("garbage must not open").to_string();
+        assert!(e.contains("sessions.sqlite"), "{e}");
+    }
+}

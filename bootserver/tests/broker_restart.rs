@@ -1,0 +1,305 @@
+//! Broker restart end to end on loopback: a real `server-host` with the desktop template, the
+//! real `bootserver serve` with only the broker, a client driven by the agent's own session
+//! core (`proto::agent::Session`) and a vnc-rs viewer through the proxy. The boot server is
+//! killed (SIGKILL, no chance to tidy up) and started again on the same state dir: the same
+//! desktop is listed, the old token opens the same VM, the client reconnects by itself and gets
+//! the same token again, and no second VM was made; a VM of the broker's naming that no session
+//! claims (left by a crash between making a VM and storing its session) is stopped.
+
+mod broker_common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use broker_common::{connect_viewer, host_vms, start_server_host, wait_same, TOKEN};
+use proto::agent::{
+    encode, Assignment, BrokerMessage, Decoder, Hello, Input, MacAddr, Output, Session, SessionConfig, PROTOCOL,
+};
+use testkit::KillOnDrop;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MAC: &str = "52:54:00:00:00:31";
+
+/// What the client saw from the broker.
+#[derive(Default)]
+struct Seen {
+    welcomes: u32,
+    /// Every assignment message, repeats included.
+    assignments: Vec<Assignment>,
+}
+
+/// A PC's agent as far as the broker can tell: the agent's session state machine over TCP,
+/// reconnecting with its backoff whenever the broker goes away.
+fn spawn_agent(broker: SocketAddr) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let hello = Hello {
+        version: PROTOCOL,
+        mac: MacAddr([0x52, 0x54, 0, 0, 0, 0x31]),
+        ipv4: "127.0.0.1".parse().expect("address"),
+        cpu_model: "QEMU".into(),
+        cpu_count: 1,
+        ram_bytes: 256 << 20,
+        display_modes: Vec::new(),
+        agent_version: "test".into(),
+        boot_ms: 1000,
+        boot_phases: Vec::new(),
+        resume_token: None,
+    };
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let cfg = SessionConfig { backoff_max_ms: 4000, ..Default::default() };
+        let mut session = Session::new(cfg, hello, 31);
+        let epoch = Instant::now();
+        let now = || epoch.elapsed().as_millis() as u64;
+        let mut conn: Option<(TcpStream, Decoder<BrokerMessage>)> = None;
+        let mut inputs = vec![Input::Start];
+        loop {
+            while !inputs.is_empty() {
+                let input = inputs.remove(0);
+                for out in session.handle(now(), input) {
+                    match out {
+                        Output::Connect => {
+                            conn = None;
+                            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(broker)).await {
+                                Ok(Ok(c)) => {
+                                    conn = Some((c, Decoder::new()));
+                                    inputs.push(Input::Connected);
+                                }
+                                Ok(Err(e)) => inputs.push(Input::ConnectFailed { reason: e.to_string() }),
+                                Err(_) => inputs.push(Input::ConnectFailed { reason: "timeout".into() }),
+                            }
+                        }
+                        Output::Send(msg) => {
+                            let res = match (&mut conn, encode(&msg)) {
+                                (Some((c, _)), Ok(bytes)) => c.write_all(&bytes).await.map_err(|e| e.to_string()),
+                                (None, _) => Err("not connected".into()),
+                                (_, Err(e)) => Err(e.to_string()),
+                            };
+                            if let Err(reason) = res {
+                                inputs.push(Input::Closed { reason });
+                            }
+                        }
+                        Output::Close { .. } => conn = None,
+                        _ => {}
+                    }
+                }
+            }
+            if let Some((c, dec)) = &mut conn {
+                let mut buf = [0u8; 8192];
+                match tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await {
+                    Ok(Ok(0)) => inputs.push(Input::Closed { reason: "closed by the broker".into() }),
+                    Ok(Ok(n)) => {
+                        for m in dec.feed(&buf[..n]) {
+                            match m {
+                                Ok(m) => {
+                                    match &m {
+                                        BrokerMessage::Welcome(_) => s.lock().unwrap().welcomes += 1,
+                                        BrokerMessage::Assignment(a) => s.lock().unwrap().assignments.push(a.clone()),
+                                        _ => {}
+                                    }
+                                    inputs.push(Input::Received(m));
+                                }
+                                Err(e) => inputs.push(Input::DecodeError(e)),
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => inputs.push(Input::Closed { reason: e.to_string() }),
+                    Err(_) => {}
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if session.deadline().is_some_and(|d| now() >= d) {
+                inputs.push(Input::Tick);
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// `bootserver serve` with only the broker, on loopback.
+fn start_bootserver(dir: &Path, broker: SocketAddr, admin: SocketAddr) -> anyhow::Result<KillOnDrop> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("bootserver.log"))?;
+    KillOnDrop::spawn(
+        Command::new(env!("CARGO_BIN_EXE_bootserver"))
+            .args(["serve", "--interface", "lo", "--address", "127.0.0.1", "--no-dhcp", "--no-tftp", "--no-http"])
+            .arg("--broker")
+            .arg(broker.to_string())
+            .arg("--config")
+            .arg(dir.join("bootserver.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("bs-state"))
+            .arg("--boot-dir")
+            .arg(dir)
+            .env("BOOTSERVER_ADMIN", admin.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null()),
+    )
+}
+
+fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("curl").args(["-sf", "-m", "30"]).arg(format!("http://{admin}{path}")).output()?;
+    if !out.status.success() {
+        bail!("admin API {path}: curl {}", out.status);
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("admin API {path}"))
+}
+
+/// Polls `f` until it gives a value, for at most `secs`.
+async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            bail!("{what}: not within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The desktops the admin API lists, as (user, VM name).
+fn desktops(admin: SocketAddr) -> Vec<(String, String)> {
+    let Ok(v) = admin_get(admin, "/api/vms") else { return Vec::new() };
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| (d["user"].as_str().unwrap_or("").to_string(), d["vm"].as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_finds_its_desktop_and_the_client_its_session() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let res = restart(dir.path()).await;
+    if res.is_err() {
+        for log in ["server-host.log", "bootserver.log"] {
+            let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- {log} (last lines) ---");
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
+    }
+    res
+}
+
+async fn restart(dir: &Path) -> anyhow::Result<()> {
+    let host = start_server_host(dir)?;
+    let (broker, admin, proxy_port) = (testkit::free_port(), testkit::free_port(), testkit::free_port());
+    let broker: SocketAddr = format!("127.0.0.1:{broker}").parse()?;
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
+    let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse()?;
+    std::fs::write(
+        dir.join("bootserver.toml"),
+        format!(
+            "[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
+             switch_timeout_secs = 400\nstop_deadline_secs = 20\n\
+             [[desktops.hosts]]\nname = \"h1\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\nmemory_mib = 512\n",
+            host.port
+        ),
+    )?;
+    wait_for(60, "server-host answering", || host_vms(host.port).ok()).await?;
+    let mut server = start_bootserver(dir, broker, admin)?;
+    let (seen, agent) = spawn_agent(broker);
+
+    // The first VM boots under TCG: minutes.
+    let assignment =
+        wait_for(600, "an assignment", || seen.lock().unwrap().assignments.first().cloned()).await?;
+    assert_eq!(assignment.vnc, proxy);
+    let token = assignment.session_token.clone();
+    let listed = desktops(admin);
+    let vm = match listed.as_slice() {
+        [(user, vm)] if user == MAC => vm.clone(),
+        other => bail!("admin API lists {other:?}"),
+    };
+    let viewer = connect_viewer(proxy, &token).await?;
+    wait_same(&viewer, host.port, &vm, "the desktop before the restart").await?;
+    drop(viewer);
+
+    // Kill the boot server outright and start it again on the same state.
+    let pid = server.id();
+    drop(server);
+    eprintln!("killed bootserver {pid}");
+    let t_restart = Instant::now();
+    // What a crash between making a VM and storing its session leaves behind: a VM of the
+    // broker's naming that no session claims. The restarted broker must stop it.
+    let orphan = "52-54-00-00-00-32-12345";
+    let made = Command::new("curl")
+        .args(["-sf", "-m", "300", "-X", "POST", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", "Content-Type: application/json", "--data"])
+        .arg(format!(
+            r#"{{"name":"{orphan}","template":"desktop","memory_mib":128,"user":"52-54-00-00-00-32"}}"#
+        ))
+        .arg(format!("http://127.0.0.1:{}/v1/vms", host.port))
+        .output()?;
+    if !made.status.success() {
+        bail!("making the orphan VM: curl {}", made.status);
+    }
+    server = start_bootserver(dir, broker, admin)?;
+
+    // The admin API lists the same desktop, adopted.
+    let again = wait_for(120, "the desktop listed again", || {
+        let d = desktops(admin);
+        (!d.is_empty()).then_some(d)
+    })
+    .await?;
+    assert_eq!(again, vec![(MAC.to_string(), vm.clone())], "same user, same VM");
+    let decisions = admin_get(admin, "/api/decisions")?;
+    let steps = |prefix: &str, vm: &str| {
+        decisions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["steps"].as_array().cloned().unwrap_or_default())
+            .any(|s| s["ok"] == true && s["action"].as_str().is_some_and(|a| a.starts_with(prefix) && a.contains(vm)))
+    };
+    assert!(steps("adopt ", &vm), "no adopt decision: {decisions:#}");
+    assert!(steps("stop VM ", orphan), "the orphan VM was not stopped: {decisions:#}");
+
+    // The old token opens the same VM through the restarted proxy.
+    let viewer = connect_viewer(proxy, &token).await?;
+    wait_same(&viewer, host.port, &vm, "the desktop after the restart").await?;
+    eprintln!("desktop shown again {:?} after the restart", t_restart.elapsed());
+
+    // The client reconnected by itself and was told the same assignment.
+    let (welcomes, second) = wait_for(120, "a second assignment", || {
+        let s = seen.lock().unwrap();
+        (s.assignments.len() >= 2).then(|| (s.welcomes, s.assignments[1].clone()))
+    })
+    .await?;
+    assert!(welcomes >= 2, "the client announced itself again");
+    assert_eq!(second.session_token, token, "same token after the restart");
+    assert_eq!(second.vnc, proxy);
+
+    // One VM, the same one, runs on the host: no second VM, and the orphan is gone (its stop
+    // runs in the background and may wait out the guest's power-off deadline).
+    let running = || -> Vec<String> {
+        let vms = host_vms(host.port).unwrap_or_default();
+        vms.into_iter().filter(|v| v.state == proto::host::VmState::Running).map(|v| v.name).collect()
+    };
+    let only = wait_for(120, "the orphan VM stopped", || {
+        let r = running();
+        (r.len() == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(only?, vec![vm], "no second VM");
+    {
+        let s = viewer.state.lock().unwrap();
+        assert!(!s.closed, "viewer connection dropped: {:?}", s.error);
+    }
+    agent.abort();
+    drop(viewer);
+    server.stop(Duration::from_secs(10));
+    Ok(())
+}
