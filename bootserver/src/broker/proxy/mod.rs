@@ -88,6 +88,9 @@ struct Slot {
     backend: Backend,
     /// The connected viewer, if any: its connection id and its session task's mailbox.
     live: Option<(u64, mpsc::Sender<Control>)>,
+    /// Viewer connections accepted over the session's life: one viewer that stays connected
+    /// through handoffs keeps this at 1, so a reconnect shows here.
+    connections: u64,
 }
 
 /// A session as the admin API shows it.
@@ -96,6 +99,8 @@ pub struct SessionInfo {
     pub label: String,
     pub backend: String,
     pub viewer_connected: bool,
+    /// Viewer connections accepted for this session so far (reconnects included).
+    pub viewer_connections: u64,
 }
 
 /// The proxy's session table. Cheap to share: clone the `Arc`.
@@ -126,13 +131,13 @@ impl Proxy {
             }
         };
         log::info!("proxy: session {label} opened for VM {}", backend.describe());
-        slots.insert(token.clone(), Slot { label: label.to_string(), backend, live: None });
+        slots.insert(token.clone(), Slot { label: label.to_string(), backend, live: None, connections: 0 });
         token
     }
 
     /// Re-registers a known token (after a broker restart, from the state store).
     pub fn restore_session(&self, token: &str, label: &str, backend: Backend) {
-        self.slots().insert(token.to_string(), Slot { label: label.to_string(), backend, live: None });
+        self.slots().insert(token.to_string(), Slot { label: label.to_string(), backend, live: None, connections: 0 });
     }
 
     /// Ends a session and disconnects its viewer.
@@ -153,6 +158,7 @@ impl Proxy {
                 label: s.label.clone(),
                 backend: s.backend.describe(),
                 viewer_connected: s.live.is_some(),
+                viewer_connections: s.connections,
             })
             .collect();
         v.sort_by(|a, b| a.label.cmp(&b.label));
@@ -217,6 +223,7 @@ impl Proxy {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.slots();
         let slot = slots.get_mut(token)?;
+        slot.connections += 1;
         if let Some((_, old)) = slot.live.replace((id, tx)) {
             log::info!("proxy: session {}: a new viewer connection replaces the old one", slot.label);
             let _ = old.try_send(Control::Close);
