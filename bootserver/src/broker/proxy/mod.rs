@@ -92,6 +92,9 @@ struct Slot {
     live: Option<(u64, mpsc::Sender<Control>)>,
     /// ZRLE and Zlib rectangles re-compressed for this session's viewers so far.
     recoded: Arc<AtomicU64>,
+    /// Viewer connections accepted over the session's life: one viewer that stays connected
+    /// through handoffs keeps this at 1, so a reconnect shows here.
+    connections: u64,
 }
 
 /// A session as the admin API shows it.
@@ -103,6 +106,8 @@ pub struct SessionInfo {
     /// ZRLE and Zlib rectangles the proxy has re-compressed for the viewer: the CPU the
     /// session costs the proxy beyond copying.
     pub recoded_rects: u64,
+    /// Viewer connections accepted for this session so far (reconnects included).
+    pub viewer_connections: u64,
 }
 
 /// The proxy's session table. Cheap to share: clone the `Arc`.
@@ -133,13 +138,16 @@ impl Proxy {
             }
         };
         log::info!("proxy: session {label} opened for VM {}", backend.describe());
-        slots.insert(token.clone(), Slot { label: label.to_string(), backend, live: None, recoded: Arc::default() });
+        slots.insert(
+            token.clone(),
+            Slot { label: label.to_string(), backend, live: None, recoded: Arc::default(), connections: 0 },
+        );
         token
     }
 
     /// Re-registers a known token (after a broker restart, from the state store).
     pub fn restore_session(&self, token: &str, label: &str, backend: Backend) {
-        let slot = Slot { label: label.to_string(), backend, live: None, recoded: Arc::default() };
+        let slot = Slot { label: label.to_string(), backend, live: None, recoded: Arc::default(), connections: 0 };
         self.slots().insert(token.to_string(), slot);
     }
 
@@ -162,6 +170,7 @@ impl Proxy {
                 backend: s.backend.describe(),
                 viewer_connected: s.live.is_some(),
                 recoded_rects: s.recoded.load(Ordering::Relaxed),
+                viewer_connections: s.connections,
             })
             .collect();
         v.sort_by(|a, b| a.label.cmp(&b.label));
@@ -227,6 +236,7 @@ impl Proxy {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.slots();
         let slot = slots.get_mut(token)?;
+        slot.connections += 1;
         if let Some((_, old)) = slot.live.replace((id, tx)) {
             log::info!("proxy: session {}: a new viewer connection replaces the old one", slot.label);
             let _ = old.try_send(Control::Close);
