@@ -79,6 +79,12 @@ impl Framebuffer {
         &self.pixels
     }
 
+    /// For presenters whose blit functions want a mutable surface (they only read from it).
+    #[cfg_attr(not(feature = "sdl"), allow(dead_code))]
+    pub(crate) fn pixels_mut(&mut self) -> &mut [u8] {
+        &mut self.pixels
+    }
+
     pub(crate) fn stride(&self) -> usize {
         self.width as usize * BPP
     }

@@ -18,7 +18,7 @@ use tokio::{
 use tokio_util::compat::*;
 use tracing::*;
 
-use crate::{codec, PixelFormat, Rect, VncEncoding, VncError, VncEvent, X11Event};
+use crate::{codec, PixelFormat, PixelSink, Rect, VncEncoding, VncError, VncEvent, X11Event};
 // Read-ahead is bounded: 4096 chunks of up to 64 KiB let a fast server park up to 256 MiB
 // in this queue while the decoder catches up.
 const NETWORK_CHANNEL_SIZE: usize = 16;
@@ -134,6 +134,7 @@ impl VncInner {
         shared: bool,
         mut pixel_format: Option<PixelFormat>,
         encodings: Vec<VncEncoding>,
+        sink: Option<Arc<dyn PixelSink>>,
     ) -> Result<Self, VncError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -149,9 +150,8 @@ impl VncInner {
 
         trace!("server init msg");
         let (name, (width, height)) =
-            read_server_init(&mut stream, &mut pixel_format, &|e| async {
-                output_ch_tx.send(e).await?;
-                Ok(())
+            read_server_init(&mut stream, &mut pixel_format, &|e| {
+                deliver(sink.as_deref(), &output_ch_tx, e)
             })
             .await?;
 
@@ -184,10 +184,7 @@ impl VncInner {
                 FuturesAsyncReadCompatExt::compat(conn_ch_rx)
             };
 
-            let output_func = |e| async {
-                output_ch_tx.send(e).await?;
-                Ok(())
-            };
+            let output_func = |e| deliver(sink.as_deref(), &output_ch_tx, e);
 
             let pf = pixel_format.as_ref().unwrap();
             let result = asycn_vnc_read_loop(
@@ -301,11 +298,12 @@ impl VncClient {
         shared: bool,
         pixel_format: Option<PixelFormat>,
         encodings: Vec<VncEncoding>,
+        sink: Option<Arc<dyn PixelSink>>,
     ) -> Result<Self, VncError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let inner = VncInner::new(stream, shared, pixel_format, encodings).await?;
+        let inner = VncInner::new(stream, shared, pixel_format, encodings, sink).await?;
         Ok(Self {
             desktop: Arc::clone(&inner.desktop),
             input_ch: inner.input_ch.clone(),
@@ -384,6 +382,45 @@ impl Clone for VncClient {
             closed: Arc::clone(&self.closed),
         }
     }
+}
+
+/// Hands an event to the frontend: pixels and size changes to its sink if it has one (the
+/// buffers then go back to the decoders), everything else through the event channel.
+async fn deliver(
+    sink: Option<&dyn PixelSink>,
+    tx: &Sender<VncEvent>,
+    event: VncEvent,
+) -> Result<(), VncError> {
+    let Some(sink) = sink else {
+        tx.send(event).await?;
+        return Ok(());
+    };
+    let event = match event {
+        VncEvent::RawImage(rect, pixels) => {
+            let r = sink.put(rect, &pixels);
+            codec::recycle(pixels);
+            return r.map_err(VncError::General);
+        }
+        VncEvent::JpegImage(rect, jpeg) => {
+            let r = sink.jpeg(rect, &jpeg);
+            codec::recycle(jpeg);
+            return r.map_err(VncError::General);
+        }
+        VncEvent::Copy(dst, src) => return sink.copy(dst, src).map_err(VncError::General),
+        VncEvent::SetResolution(s) => {
+            sink.resize(s.width, s.height);
+            VncEvent::SetResolution(s)
+        }
+        VncEvent::DesktopUpdate(u) => {
+            if let Some(l) = &u.layout {
+                sink.resize(l.width, l.height);
+            }
+            VncEvent::DesktopUpdate(u)
+        }
+        other => other,
+    };
+    tx.send(event).await?;
+    Ok(())
 }
 
 async fn send_client_init<S>(stream: &mut S, shared: bool) -> Result<(), VncError>

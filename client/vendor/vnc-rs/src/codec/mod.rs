@@ -10,8 +10,41 @@ pub(crate) use tight::Decoder as TightDecoder;
 pub(crate) use trle::Decoder as TrleDecoder;
 pub(crate) use zrle::Decoder as ZrleDecoder;
 
+/// Decoded rectangles are often desktop-sized (8 MiB at 1920x1080). A fresh allocation of that
+/// size is a fresh mapping whose every page faults in zeroed, which cost more than decoding a
+/// Tight rectangle; buffers a [crate::PixelSink] is done with come back here instead.
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// A rectangle's pixels and its compressed data are the most a decoder holds at once.
+const POOL_SIZE: usize = 2;
+
+fn pooled() -> Vec<u8> {
+    let mut v = POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop()
+        .unwrap_or_default();
+    v.clear();
+    v
+}
+
 fn initialized_vec(len: usize) -> Vec<u8> {
-    vec![0; len]
+    let mut v = pooled();
+    v.resize(len, 0);
+    v
+}
+
+fn vec_with_capacity(cap: usize) -> Vec<u8> {
+    let mut v = pooled();
+    v.reserve(cap);
+    v
+}
+
+/// Gives a buffer back for the next rectangle.
+pub(crate) fn recycle(v: Vec<u8>) {
+    let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if pool.len() < POOL_SIZE && v.capacity() > 0 {
+        pool.push(v);
+    }
 }
 
 #[cfg(test)]

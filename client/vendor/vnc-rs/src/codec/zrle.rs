@@ -3,7 +3,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::error;
 
-use super::{initialized_vec, zlib::ZlibReader};
+use super::{initialized_vec, recycle, zlib::ZlibReader};
 
 fn read_run_length(reader: &mut ZlibReader, remaining: usize) -> Result<usize, VncError> {
     let mut run_length_part;
@@ -261,6 +261,7 @@ impl Decoder {
         }
 
         self.decompressor = Some(reader.into_inner()?);
+        recycle(zlib_data);
         output_func(VncEvent::RawImage(*rect, image)).await?;
 
         Ok(())
