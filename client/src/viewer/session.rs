@@ -205,7 +205,10 @@ impl vnc::PixelSink for Shared {
         info!("desktop is {w}x{h}");
         s.fb.resize(w, h);
         s.size_gen += 1;
+        drop(s);
         self.resized.store(true, Ordering::Release);
+        // Presenters take the new size now, before the first pixels arrive.
+        self.touch();
     }
 
     fn put(&self, r: vnc::Rect, pixels: &[u8]) -> Result<(), String> {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use log::{debug, info};
+use log::{debug, info, warn};
 use sdl2::event::{Event, WindowEvent};
 use sdl2::mouse::{MouseButton, MouseWheelDirection};
 use sdl2::pixels::{Color, PixelFormatEnum};
@@ -102,6 +102,9 @@ struct CanvasState<'a> {
 #[derive(Default)]
 struct SurfaceState {
     status: Option<overlay::StatusBar>,
+    /// The window changed size since the last present: SDL replaces the window surface on the
+    /// next `window.surface()`, so the framebuffer must not be living in it by then.
+    window_changed: bool,
 }
 
 impl Presenter for Sdl {
@@ -163,7 +166,11 @@ impl Presenter for Sdl {
                     Event::Window { win_event: WindowEvent::FocusLost, .. } => {
                         kb.release_all().into_iter().for_each(send);
                     }
-                    Event::Window { win_event: WindowEvent::SizeChanged(..) | WindowEvent::Exposed, .. } => {
+                    Event::Window { win_event: WindowEvent::SizeChanged(..), .. } => {
+                        redraw = true;
+                        ss.window_changed = true;
+                    }
+                    Event::Window { win_event: WindowEvent::Exposed, .. } => {
                         redraw = true;
                     }
                     other => debug!("SDL event {other:?}"),
@@ -235,6 +242,8 @@ impl Presenter for Sdl {
             redraw = false;
         }
         let _ = &cursor;
+        // The window (and its surface) goes away with the presenter; the session may still run.
+        shared.lock().fb.withdraw();
         kb.release_all().into_iter().for_each(send);
         Ok(())
     }
@@ -283,56 +292,101 @@ impl CanvasState<'_> {
 
 impl SurfaceState {
     /// Copies what changed into the window surface and pushes just that to the display; `all`
-    /// repaints the whole window (borders included).
+    /// repaints the whole window (borders included). Where the desktop fills the window 1:1 in
+    /// our pixel layout, the framebuffer lives in the window surface itself (see
+    /// [`crate::viewer::framebuffer::Framebuffer::offer`]): then presenting copies nothing.
     fn present(
-        &self,
+        &mut self,
         window: &sdl2::video::Window,
         pump: &sdl2::EventPump,
         s: &mut Screen,
         fit: &Fit,
-        all: bool,
+        mut all: bool,
     ) -> anyhow::Result<()> {
+        if std::mem::take(&mut self.window_changed) {
+            s.fb.withdraw();
+        }
         let mut ws = window.surface(pump).map_err(e).context("SDL window surface")?;
         let (fw, fh) = (s.fb.width(), s.fb.height());
+        let stride = s.fb.stride();
+        let display = if ws.must_lock() { None } else { ws.without_lock_mut().map(|p| (p.as_mut_ptr(), p.len())) };
+        if let Some(lent) = s.fb.lent_ptr() {
+            if display.map(|d| d.0) != Some(lent) {
+                warn!("the window surface was replaced while the desktop lived in it; repainting black");
+                s.fb.forget_lent();
+                all = true;
+            }
+        }
+        let (sw, sh) = (ws.width(), ws.height());
+        if let Some((ptr, len)) = display {
+            if s.fb.offered() != Some(ptr)
+                && ws.pitch() as usize == sw as usize * BPP
+                && ws.pixel_format_enum() == PixelFormatEnum::RGB888
+            {
+                // SAFETY: the surface stays valid until SDL replaces it, which only happens in
+                // `window.surface()` after a size change (withdrawn above first) or when the
+                // window goes away (withdrawn at the end of `run`); the screen lock is held.
+                unsafe { s.fb.offer(ptr, len, sw, sh) };
+                if s.fb.lent_ptr().is_some() {
+                    debug!("the desktop now lives in the window surface");
+                    all = true;
+                }
+            }
+        }
         let damage = s.fb.take_damage();
         let mut shown: Vec<SdlRect> = vec![];
         if all {
-            ws.fill_rect(None, Color::BLACK).map_err(e)?;
             shown.push(SdlRect::new(0, 0, ws.width(), ws.height()));
         }
-        if fw > 0 {
-            let stride = s.fb.stride();
-            let src = Surface::from_data(s.fb.pixels_mut(), fw, fh, stride as u32, PixelFormatEnum::RGB888)
-                .map_err(e)?;
-            let whole = SdlRect::new(fit.x as i32, fit.y as i32, fit.w, fit.h);
-            if fit.is_unscaled() {
-                let rects = if all { vec![Rect::new(0, 0, fw, fh)] } else { damage };
-                for r in rects {
-                    let from = SdlRect::new(r.x as i32, r.y as i32, r.w, r.h);
-                    let to = SdlRect::new(fit.x as i32 + r.x as i32, fit.y as i32 + r.y as i32, r.w, r.h);
-                    src.blit(from, &mut ws, to).map_err(e)?;
-                    if !all {
-                        shown.push(to);
+        if s.fb.lent_ptr().is_some() {
+            if !all {
+                shown.extend(damage.iter().map(|r| SdlRect::new(r.x as i32, r.y as i32, r.w, r.h)));
+            }
+        } else {
+            if all {
+                ws.fill_rect(None, Color::BLACK).map_err(e)?;
+            }
+            if fw > 0 {
+                let src = Surface::from_data(s.fb.pixels_mut(), fw, fh, stride as u32, PixelFormatEnum::RGB888)
+                    .map_err(e)?;
+                let whole = SdlRect::new(fit.x as i32, fit.y as i32, fit.w, fit.h);
+                if fit.is_unscaled() {
+                    let rects = if all { vec![Rect::new(0, 0, fw, fh)] } else { damage };
+                    for r in rects {
+                        let from = SdlRect::new(r.x as i32, r.y as i32, r.w, r.h);
+                        let to = SdlRect::new(fit.x as i32 + r.x as i32, fit.y as i32 + r.y as i32, r.w, r.h);
+                        src.blit(from, &mut ws, to).map_err(e)?;
+                        if !all {
+                            shown.push(to);
+                        }
                     }
-                }
-            } else if all || !damage.is_empty() {
-                // Stretching part of the image would sample differently from stretching all of
-                // it (seams at the edges of each part), so scaled frames are stretched whole;
-                // only the changed parts are pushed to the display.
-                stretch(&src, &mut ws, whole)?;
-                if !all {
-                    for r in damage {
-                        let (x0, x1) = fit.span_x(r.x, r.w);
-                        let (y0, y1) = fit.span_y(r.y, r.h);
-                        shown.push(SdlRect::new(x0 as i32, y0 as i32, x1 - x0, y1 - y0));
+                } else if all || !damage.is_empty() {
+                    // Stretching part of the image would sample differently from stretching all
+                    // of it (seams at the edges of each part), so scaled frames are stretched
+                    // whole; only the changed parts are pushed to the display.
+                    stretch(&src, &mut ws, whole)?;
+                    if !all {
+                        for r in damage {
+                            let (x0, x1) = fit.span_x(r.x, r.w);
+                            let (y0, y1) = fit.span_y(r.y, r.h);
+                            shown.push(SdlRect::new(x0 as i32, y0 as i32, x1 - x0, y1 - y0));
+                        }
                     }
                 }
             }
         }
+        // Drawn over the desktop for this present only: where the desktop lives in the surface,
+        // what the bar covers is put back once the display has taken the frame (SDL waits for
+        // the X server before returning).
+        let mut under = vec![];
         if let Some(bar) = &self.status {
+            let h = bar.h.min(ws.height());
+            if s.fb.lent_ptr().is_some() {
+                under = s.fb.pixels()[..(h as usize * stride).min(s.fb.pixels().len())].to_vec();
+            }
             let mut px = bar.bgrx.clone();
             let b = Surface::from_data(&mut px, bar.w, bar.h, bar.w * 4, PixelFormatEnum::RGB888).map_err(e)?;
-            let to = SdlRect::new(0, 0, bar.w, bar.h);
+            let to = SdlRect::new(0, 0, bar.w, h);
             b.blit(None, &mut ws, to).map_err(e)?;
             if !all {
                 shown.push(to);
@@ -340,6 +394,9 @@ impl SurfaceState {
         }
         if !shown.is_empty() {
             ws.update_window_rects(&shown).map_err(e)?;
+        }
+        if !under.is_empty() {
+            s.fb.pixels_mut()[..under.len()].copy_from_slice(&under);
         }
         Ok(())
     }

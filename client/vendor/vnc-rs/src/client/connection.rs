@@ -1,5 +1,3 @@
-use futures::TryStreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 
 use std::{
     future::Future,
@@ -15,13 +13,14 @@ use tokio::{
         oneshot, Mutex,
     },
 };
-use tokio_util::compat::*;
 use tracing::*;
 
 use crate::{codec, PixelFormat, PixelSink, Rect, VncEncoding, VncError, VncEvent, X11Event};
-// Read-ahead is bounded: 4096 chunks of up to 64 KiB let a fast server park up to 256 MiB
-// in this queue while the decoder catches up.
-const NETWORK_CHANNEL_SIZE: usize = 16;
+/// The decoder reads the socket itself through a buffer of this size; reads at least this
+/// large (raw pixels) go straight into the decoder's buffer. The kernel's socket buffer is the
+/// read-ahead: a queue of chunks in between cost a copy, an allocation and a task hand-off
+/// for every 64 KiB.
+const READ_BUFFER: usize = 64 * 1024;
 const INPUT_CHANNEL_SIZE: usize = 4096;
 const OUTPUT_CHANNEL_SIZE: usize = 2;
 
@@ -139,7 +138,6 @@ impl VncInner {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (conn_ch_tx, conn_ch_rx) = channel(NETWORK_CHANNEL_SIZE);
         let (input_ch_tx, input_ch_rx) = channel(INPUT_CHANNEL_SIZE);
         let (output_ch_tx, output_ch_rx) = channel(OUTPUT_CHANNEL_SIZE);
         let (decoding_stop_tx, mut decoding_stop_rx) = oneshot::channel();
@@ -176,19 +174,21 @@ impl VncInner {
             ))
             .await?;
 
+        // The decoder reads, the network task writes: input never waits for decoding.
+        let (read_half, write_half) = tokio::io::split(stream);
+        // Dropped by the decoder when it stops, which lets the network task close the socket.
+        let (reader_done, reader_done_rx) = oneshot::channel::<()>();
+
         // start the decoding thread
         spawn(async move {
             trace!("Decoding thread starts");
-            let mut conn_ch_rx = {
-                let conn_ch_rx = ReceiverStream::new(conn_ch_rx).into_async_read();
-                FuturesAsyncReadCompatExt::compat(conn_ch_rx)
-            };
+            let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, read_half);
 
             let output_func = |e| deliver(sink.as_deref(), &output_ch_tx, e);
 
             let pf = pixel_format.as_ref().unwrap();
             let result = asycn_vnc_read_loop(
-                &mut conn_ch_rx,
+                &mut reader,
                 pf,
                 &output_func,
                 &mut decoding_stop_rx,
@@ -199,7 +199,8 @@ impl VncInner {
             .await;
             // Release the network worker and fail any pending resize before waiting
             // for output capacity.
-            drop(conn_ch_rx);
+            drop(reader);
+            drop(reader_done);
             decoder_desktop.close();
             if let Err(error) = result {
                 output::report_error(error, &output_ch_tx, &mut decoding_stop_rx).await;
@@ -211,7 +212,7 @@ impl VncInner {
         spawn(async move {
             trace!("Net Connection thread starts");
             let _ =
-                async_connection_process_loop(stream, input_ch_rx, conn_ch_tx, net_conn_stop_rx)
+                async_connection_process_loop(write_half, input_ch_rx, reader_done_rx, net_conn_stop_rx)
                     .await;
             network_desktop.close();
             trace!("Net Connection thread stops");
@@ -661,34 +662,16 @@ where
 async fn async_connection_process_loop<S>(
     mut stream: S,
     mut input_ch: Receiver<ClientMsg>,
-    conn_ch: Sender<std::io::Result<Vec<u8>>>,
+    mut reader_done: oneshot::Receiver<()>,
     mut stop_ch: oneshot::Receiver<()>,
 ) -> Result<(), VncError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buffer = [0; 65535];
-    let mut pending = 0;
-
     loop {
         tokio::select! {
             _ = &mut stop_ch => break,
-            _ = conn_ch.closed() => break,
-            permit = conn_ch.reserve(), if pending > 0 => {
-                match permit {
-                    Ok(permit) => {
-                        permit.send(Ok(buffer[..pending].to_vec()));
-                        pending = 0;
-                    }
-                    Err(_) => break,
-                }
-            }
-            result = stream.read(&mut buffer), if pending == 0 => {
-                match result {
-                    Ok(0) | Err(_) => break,
-                    Ok(length) => pending = length,
-                }
-            }
+            _ = &mut reader_done => break,
             message = input_ch.recv() => {
                 let Some(message) = message else { break; };
                 tokio::select! {
@@ -699,7 +682,7 @@ where
             }
         }
     }
-    // Dropping the bridge signals EOF without blocking shutdown on a full queue.
+    // Dropping the write half (after the decoder dropped the read half) closes the socket.
     Ok(())
 }
 

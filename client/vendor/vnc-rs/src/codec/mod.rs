@@ -4,6 +4,7 @@ mod tight;
 mod trle;
 mod zlib;
 mod zrle;
+use crate::Rect;
 pub(crate) use cursor::Decoder as CursorDecoder;
 pub(crate) use raw::Decoder as RawDecoder;
 pub(crate) use tight::Decoder as TightDecoder;
@@ -14,6 +15,20 @@ pub(crate) use zrle::Decoder as ZrleDecoder;
 /// size is a fresh mapping whose every page faults in zeroed, which cost more than decoding a
 /// Tight rectangle; buffers a [crate::PixelSink] is done with come back here instead.
 static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Decoders that can hand over a large rectangle in bands of rows use bands of about this size.
+const STRIP_BYTES: usize = 256 * 1024;
+
+/// `rect` cut into bands of whole rows of about [STRIP_BYTES] (`row_bytes` per row).
+fn strips(rect: &Rect, row_bytes: usize) -> impl Iterator<Item = Rect> {
+    let rows = (STRIP_BYTES / row_bytes.max(1)).clamp(1, usize::from(u16::MAX)) as u16;
+    let rect = *rect;
+    (0..rect.height).step_by(rows.into()).map(move |y| Rect {
+        y: rect.y + y,
+        height: (rect.height - y).min(rows),
+        ..rect
+    })
+}
+
 /// A rectangle's pixels and its compressed data are the most a decoder holds at once.
 const POOL_SIZE: usize = 2;
 

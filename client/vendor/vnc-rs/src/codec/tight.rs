@@ -4,7 +4,7 @@ use std::io::Read;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::error;
 
-use super::{initialized_vec, recycle, vec_with_capacity, zlib::ZlibReader};
+use super::{initialized_vec, recycle, strips, vec_with_capacity, zlib::ZlibReader};
 
 const MAX_PALETTE: usize = 256;
 
@@ -150,16 +150,14 @@ impl Decoder {
         let mut color = [0; 3];
         input.read_exact(&mut color).await?;
         let bpp = format.bits_per_pixel as usize / 8;
-        let mut image = vec_with_capacity(rect.width as usize * rect.height as usize * bpp);
-
         let true_color = self.to_true_color(format, &color);
-
-        for _ in 0..rect.width {
-            for _ in 0..rect.height {
+        for strip in strips(rect, rect.width as usize * bpp) {
+            let mut image = vec_with_capacity(strip.width as usize * strip.height as usize * bpp);
+            for _ in 0..strip.width as usize * strip.height as usize {
                 image.extend_from_slice(&true_color);
             }
+            output_func(VncEvent::RawImage(strip, image)).await?;
         }
-        output_func(VncEvent::RawImage(*rect, image)).await?;
         Ok(())
     }
 
@@ -242,37 +240,40 @@ impl Decoder {
             return Ok(());
         };
 
-        let mut image = vec_with_capacity(uncompressed_size / 3 * 4);
         let bgra =
             (format.red_shift, format.green_shift, format.blue_shift, self.alpha_shift) == (16, 8, 0, 24);
         if uncompressed_size < 12 {
             let mut data = [0; 12];
             input.read_exact(&mut data[..uncompressed_size]).await?;
+            let mut image = vec_with_capacity(uncompressed_size / 3 * 4);
             self.push_pixels(format, bgra, &data[..uncompressed_size], &mut image);
-        } else {
-            // Inflated a slice at a time straight into the pixels: a whole-rectangle buffer of
-            // inflated data would be another 6 MiB at 1920x1080, touched once.
-            let d = self.read_data(input).await?;
-            let mut reader = ZlibReader::new(
-                self.zlibs[stream as usize]
-                    .take()
-                    .ok_or(VncError::InvalidImageData)?,
-                &d,
-            );
-            let mut chunk = [0; 3 * 4096];
-            let mut left = uncompressed_size;
+            output_func(VncEvent::RawImage(*rect, image)).await?;
+            return Ok(());
+        }
+        // Inflated a slice at a time straight into the pixels, handed over a band of rows at a
+        // time: whole-rectangle buffers would be 6 MiB (inflated) and 8 MiB (pixels) at
+        // 1920x1080, touched once.
+        let d = self.read_data(input).await?;
+        let mut reader = ZlibReader::new(
+            self.zlibs[stream as usize]
+                .take()
+                .ok_or(VncError::InvalidImageData)?,
+            &d,
+        );
+        let mut chunk = [0; 3 * 4096];
+        for strip in strips(rect, rect.width as usize * 4) {
+            let mut left = strip.width as usize * strip.height as usize * 3;
+            let mut image = vec_with_capacity(left / 3 * 4);
             while left > 0 {
                 let n = left.min(chunk.len());
                 reader.read_exact(&mut chunk[..n])?;
                 self.push_pixels(format, bgra, &chunk[..n], &mut image);
                 left -= n;
             }
-            self.zlibs[stream as usize] = Some(reader.into_inner()?);
-            recycle(d);
+            output_func(VncEvent::RawImage(strip, image)).await?;
         }
-
-        output_func(VncEvent::RawImage(*rect, image)).await?;
-
+        self.zlibs[stream as usize] = Some(reader.into_inner()?);
+        recycle(d);
         Ok(())
     }
 
