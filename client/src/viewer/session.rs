@@ -388,8 +388,14 @@ fn apply(ev: VncEvent, shared: &Shared, update: &mut Update) -> anyhow::Result<b
     match ev {
         // Already applied by the sink; a legacy DesktopSize asks for a full repaint even when
         // the size stayed the same.
-        VncEvent::SetResolution(_) => update.resized = true,
-        VncEvent::DesktopUpdate(u) => debug!("desktop layout {:?}", u.layout),
+        VncEvent::SetResolution(s) => {
+            info!("server size {}x{} (server init or DesktopSize)", s.width, s.height);
+            update.resized = true;
+        }
+        VncEvent::DesktopUpdate(u) => match u.layout {
+            Some(l) => info!("server size {}x{} (ExtendedDesktopSize)", l.width, l.height),
+            None => debug!("desktop update without a layout"),
+        },
         VncEvent::SetCursor(rect, data) => {
             let mut s = shared.lock();
             s.cursor = (rect.width > 0 && rect.height > 0).then(|| Cursor {
