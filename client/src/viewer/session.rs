@@ -1,8 +1,10 @@
 //! One RFB connection after the other: connect, apply what the server sends to the shared
 //! framebuffer, forward input, and on any failure show why and reconnect with backoff.
 //!
-//! vnc-rs decodes on its own tokio tasks; this task only copies decoded rectangles into the
-//! framebuffer. The presenter runs on the main thread and never waits for the network.
+//! vnc-rs reads and decodes on its own tokio task and writes decoded rows straight into the
+//! framebuffer ([`Shared`] is its [`vnc::PixelSink`]); this task forwards input, paces update
+//! requests and handles the remaining events. The presenter runs on the main thread and never
+//! waits for the network.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
