@@ -313,6 +313,68 @@ fn lying_server_gets_errors_and_reconnects() {
 /// sends ExtendedDesktopSize): the viewer follows, and what it shows equals the new screen.
 #[test]
 fn desktop_resize_is_followed() {
+    follows_resizes(false);
+}
+
+/// The same with the legacy DesktopSize pseudo-encoding: a proxy takes ExtendedDesktopSize out
+/// of the viewer's SetEncodings, so Xvnc can only announce the new size the old way.
+#[test]
+fn plain_desktop_size_is_followed() {
+    follows_resizes(true);
+}
+
+/// Forwards one connection from `listen` to the server at `server`, with ExtendedDesktopSize
+/// (-308) in the client's SetEncodings replaced by Raw (listed twice: harmless).
+fn without_extended_desktop_size(listen: &Path, server: &Path) {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let l = UnixListener::bind(listen).unwrap();
+    let server = server.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut c, _) = l.accept()?;
+        let mut s = UnixStream::connect(&server)?;
+        let (mut c2, mut s2) = (c.try_clone()?, s.try_clone()?);
+        std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+        // Version, security type, ClientInit: each waits for the server's answer to the last.
+        for n in [12, 1, 1] {
+            let mut b = vec![0; n];
+            c.read_exact(&mut b)?;
+            s.write_all(&b)?;
+        }
+        let read = |c: &mut UnixStream, n: usize| -> std::io::Result<Vec<u8>> {
+            let mut b = vec![0; n];
+            c.read_exact(&mut b)?;
+            Ok(b)
+        };
+        loop {
+            let mut msg = read(&mut c, 1)?;
+            match msg[0] {
+                0 => msg.extend(read(&mut c, 19)?),
+                3 => msg.extend(read(&mut c, 9)?),
+                4 => msg.extend(read(&mut c, 7)?),
+                5 => msg.extend(read(&mut c, 5)?),
+                2 => {
+                    let head = read(&mut c, 3)?;
+                    let n = u16::from_be_bytes([head[1], head[2]]) as usize;
+                    msg.extend(head);
+                    for e in read(&mut c, 4 * n)?.chunks_exact(4) {
+                        let e = if i32::from_be_bytes(e.try_into().unwrap()) == -308 { [0; 4] } else { e.try_into().unwrap() };
+                        msg.extend(e);
+                    }
+                }
+                6 => {
+                    let head = read(&mut c, 7)?;
+                    let n = u32::from_be_bytes(head[3..7].try_into().unwrap()) as usize;
+                    msg.extend(head);
+                    msg.extend(read(&mut c, n)?);
+                }
+                t => panic!("client message type {t} unknown to this proxy"),
+            }
+            s.write_all(&msg)?;
+        }
+    });
+}
+
+fn follows_resizes(legacy: bool) {
     let dir = tmpdir();
     let srv = xvnc(dir.path(), 1024, 768);
     x(srv.display, "xsetroot", &["-mod", "3", "9", "-fg", "#c04020", "-bg", "#102030"]);
@@ -325,7 +387,14 @@ fn desktop_resize_is_followed() {
     });
     let shot = dir.path().join("resize.png");
     let log = dir.path().join("viewer.log");
-    let viewer = sdl_viewer(vd, &format!("unix:{}", srv.sock.display()), &shot, Some(&log));
+    let target = if legacy {
+        let proxy = dir.path().join("proxy.sock");
+        without_extended_desktop_size(&proxy, &srv.sock);
+        proxy
+    } else {
+        srv.sock.clone()
+    };
+    let viewer = sdl_viewer(vd, &format!("unix:{}", target.display()), &shot, Some(&log));
     wait_for("first frame", Duration::from_secs(60), || shot.exists());
     assert_eq!(image::open(&shot).unwrap().into_rgb8().dimensions(), (1024, 768));
     for (w, h) in [(800, 600), (1280, 1024)] {
@@ -363,4 +432,6 @@ fn desktop_resize_is_followed() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("desktop is 800x600") && text.contains("desktop is 1280x1024"), "{text}");
+    let how = if legacy { "(server init or DesktopSize)" } else { "(ExtendedDesktopSize)" };
+    assert!(text.contains(&format!("server size 1280x1024 {how}")), "{text}");
 }

@@ -1,8 +1,10 @@
 //! One RFB connection after the other: connect, apply what the server sends to the shared
 //! framebuffer, forward input, and on any failure show why and reconnect with backoff.
 //!
-//! vnc-rs decodes on its own tokio tasks; this task only copies decoded rectangles into the
-//! framebuffer. The presenter runs on the main thread and never waits for the network.
+//! vnc-rs reads and decodes on its own tokio task and writes decoded rows straight into the
+//! framebuffer ([`Shared`] is its [`vnc::PixelSink`]); this task forwards input, paces update
+//! requests and handles the remaining events. The presenter runs on the main thread and never
+//! waits for the network.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -126,6 +128,12 @@ pub(crate) struct Shared {
     frames: watch::Sender<u64>,
     /// Set by the session after every change, read by presenters to skip idle polls cheaply.
     dirty: AtomicU64,
+    /// Pixels arrived since the last complete update (set on the decoding task).
+    painted: AtomicBool,
+    /// The desktop changed size since the last complete update.
+    resized: AtomicBool,
+    /// JPEG rectangles are decoded here before the screen is locked; kept for the next one.
+    jpeg_buf: Mutex<Vec<u8>>,
 }
 
 impl Shared {
@@ -135,6 +143,9 @@ impl Shared {
             quit: AtomicBool::new(false),
             frames: watch::channel(0).0,
             dirty: AtomicU64::new(0),
+            painted: AtomicBool::new(false),
+            resized: AtomicBool::new(false),
+            jpeg_buf: Mutex::new(Vec::new()),
         })
     }
 
@@ -175,6 +186,48 @@ impl Shared {
 
     pub(crate) fn quitting(&self) -> bool {
         self.quit.load(Ordering::Acquire)
+    }
+}
+
+fn rect(r: vnc::Rect) -> Rect {
+    Rect::new(r.x.into(), r.y.into(), r.width.into(), r.height.into())
+}
+
+/// vnc-rs writes decoded rectangles straight into the screen (see [`vnc::PixelSink`]): no
+/// per-rectangle buffers queued between its decoder and this task. The lock is held only for
+/// the copy, never while reading or decoding, so the presenter is not held up.
+impl vnc::PixelSink for Shared {
+    fn resize(&self, width: u16, height: u16) {
+        let (w, h) = (u32::from(width), u32::from(height));
+        let mut s = self.lock();
+        // Servers repeat the size in every layout announcement: only a change clears the screen.
+        if s.fb.width() == w && s.fb.height() == h {
+            return;
+        }
+        info!("desktop is {w}x{h}");
+        s.fb.resize(w, h);
+        s.size_gen += 1;
+        drop(s);
+        self.resized.store(true, Ordering::Release);
+        // Presenters take the new size now, before the first pixels arrive.
+        self.touch();
+    }
+
+    fn put(&self, r: vnc::Rect, pixels: &[u8]) -> Result<(), String> {
+        self.painted.store(true, Ordering::Release);
+        self.lock().fb.put_bgrx(rect(r), pixels).map_err(|e| format!("{e:#}"))
+    }
+
+    fn copy(&self, dst: vnc::Rect, src: vnc::Rect) -> Result<(), String> {
+        self.painted.store(true, Ordering::Release);
+        self.lock().fb.copy_rect(rect(dst), src.x.into(), src.y.into()).map_err(|e| format!("{e:#}"))
+    }
+
+    fn jpeg(&self, r: vnc::Rect, jpeg: &[u8]) -> Result<(), String> {
+        self.painted.store(true, Ordering::Release);
+        let mut buf = self.jpeg_buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        decode_jpeg(rect(r), jpeg, &mut buf).map_err(|e| format!("{e:#}"))?;
+        self.lock().fb.put_rgbx(rect(r), &buf).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -240,11 +293,11 @@ async fn connect_and_run(
                 .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT:?}"))?
                 .context("connecting")?;
             s.set_nodelay(true).ok();
-            handshake(s, cfg).await?
+            handshake(s, cfg, shared).await?
         }
         Target::Unix(p) => {
             let s = tokio::net::UnixStream::connect(p).await.context("connecting")?;
-            handshake(s, cfg).await?
+            handshake(s, cfg, shared).await?
         }
     };
     let result = drive(&client, shared, input).await;
@@ -252,7 +305,7 @@ async fn connect_and_run(
     result
 }
 
-async fn handshake<S>(stream: S, cfg: &SessionConfig) -> anyhow::Result<VncClient>
+async fn handshake<S>(stream: S, cfg: &SessionConfig, shared: &Arc<Shared>) -> anyhow::Result<VncClient>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
@@ -260,7 +313,8 @@ where
     let mut c = VncConnector::new(stream)
         .set_auth_method(async move { password.ok_or(vnc::VncError::NoPassword) })
         .allow_shared(true)
-        .set_pixel_format(PixelFormat::bgra());
+        .set_pixel_format(PixelFormat::bgra())
+        .set_sink(Arc::clone(shared) as Arc<dyn vnc::PixelSink>);
     for e in cfg.encodings() {
         c = c.add_encoding(e);
     }
@@ -300,6 +354,9 @@ async fn drive(
                     Err(e) => return Err(e).context("reading from the server"),
                 };
                 if apply(ev, shared, &mut update)? {
+                    update.painted = shared.painted.swap(false, Ordering::AcqRel);
+                    update.resized |= shared.resized.swap(false, Ordering::AcqRel);
+                    shared.touch();
                     // Servers announce the desktop layout in an update of its own (no pixels):
                     // only updates that painted count as frames, and after a size change the
                     // whole desktop is asked for again.
@@ -327,35 +384,20 @@ struct Update {
     resized: bool,
 }
 
-/// Applies one event to the screen; true at the end of a complete update.
+/// Handles what vnc-rs still sends as events (pixels and sizes went to the [`vnc::PixelSink`]);
+/// true at the end of a complete update.
 fn apply(ev: VncEvent, shared: &Shared, update: &mut Update) -> anyhow::Result<bool> {
-    if matches!(ev, VncEvent::RawImage(..) | VncEvent::Copy(..) | VncEvent::JpegImage(..)) {
-        update.painted = true;
-    }
-    let r = |r: vnc::Rect| Rect::new(r.x.into(), r.y.into(), r.width.into(), r.height.into());
     match ev {
+        // Already applied by the sink; a legacy DesktopSize asks for a full repaint even when
+        // the size stayed the same.
         VncEvent::SetResolution(s) => {
-            resize(shared, s.width.into(), s.height.into());
+            info!("server size {}x{} (server init or DesktopSize)", s.width, s.height);
             update.resized = true;
         }
-        VncEvent::DesktopUpdate(u) => {
-            if let Some(l) = u.layout {
-                let s = shared.lock();
-                let same = s.fb.width() == u32::from(l.width) && s.fb.height() == u32::from(l.height);
-                drop(s);
-                if !same {
-                    resize(shared, l.width.into(), l.height.into());
-                    update.resized = true;
-                }
-            }
-        }
-        VncEvent::RawImage(rect, data) => shared.lock().fb.put_bgrx(r(rect), &data)?,
-        VncEvent::Copy(dst, src) => shared.lock().fb.copy_rect(r(dst), src.x.into(), src.y.into())?,
-        VncEvent::JpegImage(rect, data) => {
-            // Decoded before taking the lock so that the presenter is never held up by it.
-            let bgrx = decode_jpeg(r(rect), &data)?;
-            shared.lock().fb.put_bgrx(r(rect), &bgrx)?;
-        }
+        VncEvent::DesktopUpdate(u) => match u.layout {
+            Some(l) => info!("server size {}x{} (ExtendedDesktopSize)", l.width, l.height),
+            None => debug!("desktop update without a layout"),
+        },
         VncEvent::SetCursor(rect, data) => {
             let mut s = shared.lock();
             s.cursor = (rect.width > 0 && rect.height > 0).then(|| Cursor {
@@ -367,10 +409,7 @@ fn apply(ev: VncEvent, shared: &Shared, update: &mut Update) -> anyhow::Result<b
             });
             s.cursor_gen += 1;
         }
-        VncEvent::UpdateEnd => {
-            shared.touch();
-            return Ok(true);
-        }
+        VncEvent::UpdateEnd => return Ok(true),
         VncEvent::Error(e) => bail!("{e}"),
         VncEvent::Bell => debug!("bell"),
         VncEvent::Text(t) => debug!("server clipboard: {} bytes", t.len()),
@@ -379,27 +418,22 @@ fn apply(ev: VncEvent, shared: &Shared, update: &mut Update) -> anyhow::Result<b
     Ok(false)
 }
 
-fn resize(shared: &Shared, w: u32, h: u32) {
-    info!("desktop is {w}x{h}");
-    let mut s = shared.lock();
-    s.fb.resize(w, h);
-    s.size_gen += 1;
-}
-
-/// Decodes straight to the desktop's B, G, R, X layout (zune-jpeg converts while it writes),
-/// which saves a pass and a buffer per rectangle over decoding to RGB and swizzling.
-fn decode_jpeg(r: Rect, jpeg: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// Decodes to R, G, B, A: zune-jpeg converts colours to that with SIMD but to B, G, R, A only
+/// one pixel at a time (a sixth of the decoding time); the framebuffer swaps R and B while it
+/// copies the rectangle in anyway.
+fn decode_jpeg(r: Rect, jpeg: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
     use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
-    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::BGRA);
+    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGBA);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), opts);
     dec.decode_headers().map_err(|e| anyhow!("decoding a Tight JPEG rectangle: {e:?}"))?;
     let (w, h) = dec.dimensions().ok_or_else(|| anyhow!("decoding a Tight JPEG rectangle: no size"))?;
     if (w, h) != (r.w as usize, r.h as usize) {
         bail!("JPEG of {w}x{h} for a {}x{} rectangle", r.w, r.h);
     }
-    let mut out = vec![0u8; w * h * BPP];
-    dec.decode_into(&mut out).map_err(|e| anyhow!("decoding a Tight JPEG rectangle: {e:?}"))?;
-    Ok(out)
+    out.clear();
+    out.resize(w * h * BPP, 0);
+    dec.decode_into(out).map_err(|e| anyhow!("decoding a Tight JPEG rectangle: {e:?}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -423,9 +457,10 @@ mod tests {
         image::DynamicImage::ImageRgb8(img)
             .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
             .unwrap();
-        let out = decode_jpeg(Rect::new(0, 0, 3, 2), &jpeg).unwrap();
-        assert!((i32::from(out[2]) - 200).abs() < 8 && (i32::from(out[0]) - 50).abs() < 8);
-        assert!(decode_jpeg(Rect::new(0, 0, 4, 2), &jpeg).is_err());
-        assert!(decode_jpeg(Rect::new(0, 0, 3, 2), &jpeg[..20]).is_err());
+        let mut out = vec![];
+        decode_jpeg(Rect::new(0, 0, 3, 2), &jpeg, &mut out).unwrap();
+        assert!((i32::from(out[0]) - 200).abs() < 8 && (i32::from(out[2]) - 50).abs() < 8);
+        assert!(decode_jpeg(Rect::new(0, 0, 4, 2), &jpeg, &mut out).is_err());
+        assert!(decode_jpeg(Rect::new(0, 0, 3, 2), &jpeg[..20], &mut out).is_err());
     }
 }

@@ -213,6 +213,8 @@ pub mod config;
 mod desktop;
 pub mod error;
 pub mod event;
+mod sink;
+pub use sink::PixelSink;
 pub use desktop::*;
 
 pub use client::VncClient;

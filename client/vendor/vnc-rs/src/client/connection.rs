@@ -1,5 +1,3 @@
-use futures::TryStreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 
 use std::{
     future::Future,
@@ -15,13 +13,14 @@ use tokio::{
         oneshot, Mutex,
     },
 };
-use tokio_util::compat::*;
 use tracing::*;
 
-use crate::{codec, PixelFormat, Rect, VncEncoding, VncError, VncEvent, X11Event};
-// Read-ahead is bounded: 4096 chunks of up to 64 KiB let a fast server park up to 256 MiB
-// in this queue while the decoder catches up.
-const NETWORK_CHANNEL_SIZE: usize = 16;
+use crate::{codec, PixelFormat, PixelSink, Rect, VncEncoding, VncError, VncEvent, X11Event};
+/// The decoder reads the socket itself through a buffer of this size; reads at least this
+/// large (raw pixels) go straight into the decoder's buffer. The kernel's socket buffer is the
+/// read-ahead: a queue of chunks in between cost a copy, an allocation and a task hand-off
+/// for every 64 KiB.
+const READ_BUFFER: usize = 64 * 1024;
 const INPUT_CHANNEL_SIZE: usize = 4096;
 const OUTPUT_CHANNEL_SIZE: usize = 2;
 
@@ -134,11 +133,11 @@ impl VncInner {
         shared: bool,
         mut pixel_format: Option<PixelFormat>,
         encodings: Vec<VncEncoding>,
+        sink: Option<Arc<dyn PixelSink>>,
     ) -> Result<Self, VncError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (conn_ch_tx, conn_ch_rx) = channel(NETWORK_CHANNEL_SIZE);
         let (input_ch_tx, input_ch_rx) = channel(INPUT_CHANNEL_SIZE);
         let (output_ch_tx, output_ch_rx) = channel(OUTPUT_CHANNEL_SIZE);
         let (decoding_stop_tx, mut decoding_stop_rx) = oneshot::channel();
@@ -149,9 +148,8 @@ impl VncInner {
 
         trace!("server init msg");
         let (name, (width, height)) =
-            read_server_init(&mut stream, &mut pixel_format, &|e| async {
-                output_ch_tx.send(e).await?;
-                Ok(())
+            read_server_init(&mut stream, &mut pixel_format, &|e| {
+                deliver(sink.as_deref(), &output_ch_tx, e)
             })
             .await?;
 
@@ -176,22 +174,21 @@ impl VncInner {
             ))
             .await?;
 
+        // The decoder reads, the network task writes: input never waits for decoding.
+        let (read_half, write_half) = tokio::io::split(stream);
+        // Dropped by the decoder when it stops, which lets the network task close the socket.
+        let (reader_done, reader_done_rx) = oneshot::channel::<()>();
+
         // start the decoding thread
         spawn(async move {
             trace!("Decoding thread starts");
-            let mut conn_ch_rx = {
-                let conn_ch_rx = ReceiverStream::new(conn_ch_rx).into_async_read();
-                FuturesAsyncReadCompatExt::compat(conn_ch_rx)
-            };
+            let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, read_half);
 
-            let output_func = |e| async {
-                output_ch_tx.send(e).await?;
-                Ok(())
-            };
+            let output_func = |e| deliver(sink.as_deref(), &output_ch_tx, e);
 
             let pf = pixel_format.as_ref().unwrap();
             let result = asycn_vnc_read_loop(
-                &mut conn_ch_rx,
+                &mut reader,
                 pf,
                 &output_func,
                 &mut decoding_stop_rx,
@@ -202,7 +199,8 @@ impl VncInner {
             .await;
             // Release the network worker and fail any pending resize before waiting
             // for output capacity.
-            drop(conn_ch_rx);
+            drop(reader);
+            drop(reader_done);
             decoder_desktop.close();
             if let Err(error) = result {
                 output::report_error(error, &output_ch_tx, &mut decoding_stop_rx).await;
@@ -214,7 +212,7 @@ impl VncInner {
         spawn(async move {
             trace!("Net Connection thread starts");
             let _ =
-                async_connection_process_loop(stream, input_ch_rx, conn_ch_tx, net_conn_stop_rx)
+                async_connection_process_loop(write_half, input_ch_rx, reader_done_rx, net_conn_stop_rx)
                     .await;
             network_desktop.close();
             trace!("Net Connection thread stops");
@@ -301,11 +299,12 @@ impl VncClient {
         shared: bool,
         pixel_format: Option<PixelFormat>,
         encodings: Vec<VncEncoding>,
+        sink: Option<Arc<dyn PixelSink>>,
     ) -> Result<Self, VncError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let inner = VncInner::new(stream, shared, pixel_format, encodings).await?;
+        let inner = VncInner::new(stream, shared, pixel_format, encodings, sink).await?;
         Ok(Self {
             desktop: Arc::clone(&inner.desktop),
             input_ch: inner.input_ch.clone(),
@@ -384,6 +383,45 @@ impl Clone for VncClient {
             closed: Arc::clone(&self.closed),
         }
     }
+}
+
+/// Hands an event to the frontend: pixels and size changes to its sink if it has one (the
+/// buffers then go back to the decoders), everything else through the event channel.
+async fn deliver(
+    sink: Option<&dyn PixelSink>,
+    tx: &Sender<VncEvent>,
+    event: VncEvent,
+) -> Result<(), VncError> {
+    let Some(sink) = sink else {
+        tx.send(event).await?;
+        return Ok(());
+    };
+    let event = match event {
+        VncEvent::RawImage(rect, pixels) => {
+            let r = sink.put(rect, &pixels);
+            codec::recycle(pixels);
+            return r.map_err(VncError::General);
+        }
+        VncEvent::JpegImage(rect, jpeg) => {
+            let r = sink.jpeg(rect, &jpeg);
+            codec::recycle(jpeg);
+            return r.map_err(VncError::General);
+        }
+        VncEvent::Copy(dst, src) => return sink.copy(dst, src).map_err(VncError::General),
+        VncEvent::SetResolution(s) => {
+            sink.resize(s.width, s.height);
+            VncEvent::SetResolution(s)
+        }
+        VncEvent::DesktopUpdate(u) => {
+            if let Some(l) = &u.layout {
+                sink.resize(l.width, l.height);
+            }
+            VncEvent::DesktopUpdate(u)
+        }
+        other => other,
+    };
+    tx.send(event).await?;
+    Ok(())
 }
 
 async fn send_client_init<S>(stream: &mut S, shared: bool) -> Result<(), VncError>
@@ -624,34 +662,16 @@ where
 async fn async_connection_process_loop<S>(
     mut stream: S,
     mut input_ch: Receiver<ClientMsg>,
-    conn_ch: Sender<std::io::Result<Vec<u8>>>,
+    mut reader_done: oneshot::Receiver<()>,
     mut stop_ch: oneshot::Receiver<()>,
 ) -> Result<(), VncError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buffer = [0; 65535];
-    let mut pending = 0;
-
     loop {
         tokio::select! {
             _ = &mut stop_ch => break,
-            _ = conn_ch.closed() => break,
-            permit = conn_ch.reserve(), if pending > 0 => {
-                match permit {
-                    Ok(permit) => {
-                        permit.send(Ok(buffer[..pending].to_vec()));
-                        pending = 0;
-                    }
-                    Err(_) => break,
-                }
-            }
-            result = stream.read(&mut buffer), if pending == 0 => {
-                match result {
-                    Ok(0) | Err(_) => break,
-                    Ok(length) => pending = length,
-                }
-            }
+            _ = &mut reader_done => break,
             message = input_ch.recv() => {
                 let Some(message) = message else { break; };
                 tokio::select! {
@@ -662,7 +682,7 @@ where
             }
         }
     }
-    // Dropping the bridge signals EOF without blocking shutdown on a full queue.
+    // Dropping the write half (after the decoder dropped the read half) closes the socket.
     Ok(())
 }
 

@@ -4,10 +4,11 @@ use super::{
 };
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{info, trace};
 
-use crate::{PixelFormat, VncEncoding, VncError, VncVersion};
+use crate::{PixelFormat, PixelSink, VncEncoding, VncError, VncVersion};
 
 pub enum VncState<S, F>
 where
@@ -149,6 +150,7 @@ where
                             connector.allow_shared,
                             connector.pixel_format,
                             connector.encodings,
+                            connector.sink,
                         )
                         .await?,
                     ))
@@ -179,6 +181,7 @@ where
     allow_shared: bool,
     pixel_format: Option<PixelFormat>,
     encodings: Vec<VncEncoding>,
+    sink: Option<Arc<dyn PixelSink>>,
 }
 
 impl<S, F> VncConnector<S, F>
@@ -221,6 +224,7 @@ where
             rfb_version: VncVersion::RFB38,
             pixel_format: None,
             encodings: Vec::new(),
+            sink: None,
         }
     }
 
@@ -317,6 +321,13 @@ where
     ///
     pub fn add_encoding(mut self, encoding: VncEncoding) -> Self {
         self.encodings.push(encoding);
+        self
+    }
+
+    /// Decoded pixels go to `sink` on the decoding task instead of arriving as events.
+    ///
+    pub fn set_sink(mut self, sink: Arc<dyn PixelSink>) -> Self {
+        self.sink = Some(sink);
         self
     }
 

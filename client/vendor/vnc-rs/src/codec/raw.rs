@@ -2,7 +2,7 @@ use crate::{PixelFormat, Rect, VncError, VncEvent};
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::initialized_vec;
+use super::{initialized_vec, strips};
 
 pub struct Decoder {}
 
@@ -30,11 +30,14 @@ impl Decoder {
         // +----------------------------+--------------+-------------+
         // | width*height*bytesPerPixel | PIXEL array  | pixels      |
         // +----------------------------+--------------+-------------+
-        let bpp = format.bits_per_pixel / 8;
-        let buffer_size = bpp as usize * rect.height as usize * rect.width as usize;
-        let mut pixels = initialized_vec(buffer_size);
-        input.read_exact(&mut pixels).await?;
-        output_func(VncEvent::RawImage(*rect, pixels)).await?;
+        // Handed over a band of rows at a time: one buffer for a full-screen rectangle would be
+        // desktop-sized (8 MiB at 1920x1080) on top of the frontend's own copy.
+        let row = (format.bits_per_pixel / 8) as usize * rect.width as usize;
+        for strip in strips(rect, row) {
+            let mut pixels = initialized_vec(row * strip.height as usize);
+            input.read_exact(&mut pixels).await?;
+            output_func(VncEvent::RawImage(strip, pixels)).await?;
+        }
         Ok(())
     }
 }

@@ -3,7 +3,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::error;
 
-use super::{initialized_vec, zlib::ZlibReader};
+use super::{initialized_vec, recycle, zlib::ZlibReader};
 
 fn read_run_length(reader: &mut ZlibReader, remaining: usize) -> Result<usize, VncError> {
     let mut run_length_part;
@@ -115,10 +115,10 @@ impl Decoder {
                 (bpp, false)
             };
         let mut palette = Vec::with_capacity(128 * bpp);
-        // The whole rectangle is decoded into one buffer and handed over as one event: one
-        // event per 64x64 tile cost a channel hand-off and an allocation each.
+        // Each row of tiles is decoded into one buffer and handed over as one event: one event
+        // per 64x64 tile cost a channel hand-off and an allocation each, and one buffer for the
+        // whole rectangle is desktop-sized (8 MiB at 1920x1080) for full-screen updates.
         let row_bytes = rect.width as usize * bpp;
-        let mut image = initialized_vec(row_bytes * rect.height as usize);
         let mut pixels = Vec::with_capacity(64 * 64 * bpp);
         let mut packed = Vec::with_capacity(64 * 64 * 4);
 
@@ -129,6 +129,7 @@ impl Decoder {
             } else {
                 64
             };
+            let mut image = initialized_vec(row_bytes * height as usize);
             let mut x = 0;
             while x < rect.width {
                 let width = if x + 64 > rect.width {
@@ -252,16 +253,22 @@ impl Decoder {
                 }
                 let tile_row = width as usize * bpp;
                 for (i, src) in pixels.chunks_exact(tile_row).enumerate() {
-                    let off = (y as usize + i) * row_bytes + x as usize * bpp;
+                    let off = i * row_bytes + x as usize * bpp;
                     image[off..off + tile_row].copy_from_slice(src);
                 }
                 x += width;
             }
+            let strip = Rect {
+                y: rect.y + y,
+                height,
+                ..*rect
+            };
+            output_func(VncEvent::RawImage(strip, image)).await?;
             y += height;
         }
 
         self.decompressor = Some(reader.into_inner()?);
-        output_func(VncEvent::RawImage(*rect, image)).await?;
+        recycle(zlib_data);
 
         Ok(())
     }

@@ -197,49 +197,16 @@ async fn shutdown_interrupts_a_full_event_queue() {
 }
 
 #[tokio::test]
-async fn full_bridge_resumes_without_unrelated_input_and_cancels_promptly() {
-    for cancel in [false, true] {
-        let (client, mut server) = duplex(1);
-        let (_input, input) = channel(INPUT_CHANNEL_SIZE);
-        let (bridge, mut packets) = channel(2);
-        for _ in 0..2 {
-            bridge.try_send(Ok(vec![0])).unwrap();
-        }
-        let (stop, stopped) = oneshot::channel();
-        server.write_all(&[7]).await.unwrap();
-        let task = async_connection_process_loop(client, input, bridge, stopped);
-        tokio::pin!(task);
-        assert!(futures::poll!(task.as_mut()).is_pending());
-        // The network byte was consumed while every bridge slot remains occupied.
-        assert_eq!(packets.len(), 2);
-        assert!(futures::poll!(Box::pin(server.write_all(&[8]))).is_ready());
-        if !cancel {
-            assert_eq!(packets.recv().await.unwrap().unwrap(), [0]);
-            assert!(futures::poll!(task.as_mut()).is_pending());
-            assert_eq!(packets.recv().await.unwrap().unwrap(), [0]);
-            assert_eq!(packets.recv().await.unwrap().unwrap(), [7]);
-        }
-        stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut byte = [0];
-        assert_eq!(server.read(&mut byte).await.unwrap(), 0);
-    }
-}
-
-#[tokio::test]
 async fn shutdown_interrupts_a_blocked_socket_write() {
     let (client, mut server) = duplex(1);
     let (input, input_rx) = channel(INPUT_CHANNEL_SIZE);
-    let (bridge, _packets) = channel(NETWORK_CHANNEL_SIZE);
+    let (_reader, reader_done) = oneshot::channel();
     let (stop, stopped) = oneshot::channel();
     input
         .send(ClientMsg::ClientCutText("test".into()))
         .await
         .unwrap();
-    let task = async_connection_process_loop(client, input_rx, bridge, stopped);
+    let task = async_connection_process_loop(client, input_rx, reader_done, stopped);
     tokio::pin!(task);
     assert!(futures::poll!(task.as_mut()).is_pending());
     assert_eq!(input.capacity(), INPUT_CHANNEL_SIZE);
@@ -256,12 +223,12 @@ async fn shutdown_interrupts_a_blocked_socket_write() {
 async fn decoder_exit_releases_an_idle_socket() {
     let (client, mut server) = duplex(1);
     let (_input, input) = channel(INPUT_CHANNEL_SIZE);
-    let (bridge, packets) = channel(NETWORK_CHANNEL_SIZE);
+    let (reader, reader_done) = oneshot::channel::<()>();
     let (_stop, stopped) = oneshot::channel();
-    let task = async_connection_process_loop(client, input, bridge, stopped);
+    let task = async_connection_process_loop(client, input, reader_done, stopped);
     tokio::pin!(task);
     assert!(futures::poll!(task.as_mut()).is_pending());
-    drop(packets);
+    drop(reader);
     tokio::time::timeout(Duration::from_secs(1), task)
         .await
         .unwrap()
