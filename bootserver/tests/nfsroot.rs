@@ -282,6 +282,8 @@ memory_mib = 512
             }
             let serial_text = std::fs::read_to_string(&serial).unwrap_or_default();
             assert!(!serial_text.contains("Kernel panic"), "the PC's kernel panicked:\n{}", self.logs());
+            // The agent's error screen: with -no-reboot the PC is gone after it.
+            assert!(!serial_text.contains("This PC cannot start"), "the agent gave up:\n{}", self.logs());
             assert!(t0.elapsed() < timeout, "the PC's screen never matched its VM's within {timeout:?}:\n{}", self.logs());
             std::thread::sleep(Duration::from_secs(1));
         }

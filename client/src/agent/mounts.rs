@@ -11,8 +11,9 @@ const EARLY: &[(&str, &str, &str, &str)] = &[
     ("sysfs", "/sys", "sysfs", ""),
     ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
     ("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666"),
-    ("tmpfs", "/run", "tmpfs", "mode=0755,nosuid,nodev"),
-    ("tmpfs", "/tmp", "tmpfs", "mode=1777,nosuid,nodev"),
+    // nosuid and nodev are mount flags, not tmpfs options (tmpfs refuses them as data).
+    ("tmpfs", "/run", "tmpfs", "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
 ];
 
 /// Where the NFS root is mounted; its programs run from there.
@@ -23,7 +24,8 @@ pub(crate) const NFS_MOUNTPOINT: &str = "/run/nfsroot";
 pub(crate) fn mount_early() -> Vec<String> {
     let mut problems = Vec::new();
     for (src, target, fstype, data) in EARLY {
-        if let Err(e) = mount_one(src, target, fstype, data, MsFlags::MS_NOSUID) {
+        let flags = if *fstype == "tmpfs" { MsFlags::MS_NOSUID | MsFlags::MS_NODEV } else { MsFlags::MS_NOSUID };
+        if let Err(e) = mount_one(src, target, fstype, data, flags) {
             problems.push(format!("mounting {fstype} on {target}: {e:#}"));
         }
     }

@@ -122,7 +122,9 @@ pub(crate) fn check_root(root: &Path) -> Result<(), String> {
         Ok(_) => return Err(format!("{} is not an executable file", viewer.display())),
         Err(e) => return Err(format!("the NFS root has no viewer at {}: {e}", viewer.display())),
     }
-    if !loader.exists() {
+    // Debian's lib64/ld-linux-x86-64.so.2 is an absolute link, which means the root's file only
+    // inside the chroot: the link itself is what can be checked from here.
+    if std::fs::symlink_metadata(&loader).is_err() {
         return Err(format!("the NFS root has no dynamic loader at {}", loader.display()));
     }
     for (dir, _) in BINDS {
