@@ -11,6 +11,7 @@ mod mounts;
 mod net;
 mod supervise;
 mod sysinfo;
+mod viewer;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,8 @@ pub(crate) struct AgentArgs {
     /// File holding the kernel command line.
     #[arg(long, default_value = "/proc/cmdline")]
     cmdline_file: PathBuf,
-    /// Program started as the viewer (`PROGRAM view VNC_ADDR`). Default: this executable.
+    /// The built-in viewer (`PROGRAM view VNC_ADDR --presenter fbdev`), used without an NFS
+    /// root or when the root's SDL2 viewer cannot start. Default: this executable.
     #[arg(long)]
     viewer: Option<PathBuf>,
 }
@@ -277,20 +279,35 @@ fn boot(
         )
     })?;
 
-    if let Some(spec) = &params.nfsroot {
-        show(Screen::Booting { step: format!("Mounting the NFS root {spec}") });
-        let root = mounts::NfsRoot::parse(spec)?;
-        if let Some(l) = &mut loader {
-            if let Err(e) = l.load("nfs") {
-                log::info!("nfs module: {e:#} (built in?)");
+    let mode = viewer::Mode::parse(extra(params, viewer::KEY_VIEWER)).unwrap_or_else(|e| {
+        log::warn!("{e}; using auto");
+        viewer::Mode::Auto
+    });
+    let root = match &params.nfsroot {
+        None => Err(format!("no NFS root ({} is not set)", proto::cmdline::KEY_NFSROOT)),
+        Some(_) if mode == viewer::Mode::Builtin => Err(format!("{}=builtin", viewer::KEY_VIEWER)),
+        Some(spec) => {
+            show(Screen::Booting { step: format!("Mounting the NFS root {spec}") });
+            let mounted = mounts::NfsRoot::parse(spec).and_then(|root| {
+                if let Some(l) = &mut loader {
+                    // nfsv3 pulls in nfs and sunrpc; a `vers=3` mount needs it and the kernel
+                    // cannot load it by itself (no modprobe in the image).
+                    if let Err(e) = l.load("nfsv3") {
+                        log::info!("nfsv3 module: {e:#} (built in?)");
+                    }
+                }
+                root.mount()
+            });
+            phases.done("nfsroot");
+            match mounted {
+                Ok(()) => Ok(Path::new(mounts::NFS_MOUNTPOINT)),
+                // The built-in viewer still reaches the desktop: only a forced NFS viewer
+                // makes this fatal (in viewer::plan).
+                Err(e) => Err(format!("{e:#}")),
             }
         }
-        root.mount()?;
-        let path = std::env::var("PATH").unwrap_or_default();
-        let nfs = mounts::NFS_MOUNTPOINT;
-        std::env::set_var("PATH", format!("{path}:{nfs}/usr/bin:{nfs}/bin:{nfs}/usr/sbin:{nfs}/sbin"));
-        phases.done("nfsroot");
-    }
+    };
+    let plan = viewer::plan(mode, &viewer_program, root).map_err(anyhow::Error::msg)?;
 
     show(Screen::Booting { step: format!("Announcing this PC to the broker at {broker}") });
     let hello = build_hello(sys, mac, lease.address, phases)?;
@@ -300,7 +317,7 @@ fn boot(
         let console = console.clone();
         let status_tx = status_tx.clone();
         spawn_guarded("viewer", tx.clone(), move |_| {
-            supervise::run(viewer_program, order_rx, |r| {
+            supervise::run(plan, order_rx, |r| {
                 let status = match &r {
                     supervise::Report::Started { pid } => {
                         log::info!("viewer started (pid {pid})");

@@ -1,7 +1,6 @@
 //! The file systems PID 1 needs before anything else, and the optional NFS root.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use anyhow::{bail, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -12,8 +11,9 @@ const EARLY: &[(&str, &str, &str, &str)] = &[
     ("sysfs", "/sys", "sysfs", ""),
     ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
     ("devpts", "/dev/pts", "devpts", "gid=5,mode=620,ptmxmode=666"),
-    ("tmpfs", "/run", "tmpfs", "mode=0755,nosuid,nodev"),
-    ("tmpfs", "/tmp", "tmpfs", "mode=1777,nosuid,nodev"),
+    // nosuid and nodev are mount flags, not tmpfs options (tmpfs refuses them as data).
+    ("tmpfs", "/run", "tmpfs", "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
 ];
 
 /// Where the NFS root is mounted; its programs run from there.
@@ -24,7 +24,8 @@ pub(crate) const NFS_MOUNTPOINT: &str = "/run/nfsroot";
 pub(crate) fn mount_early() -> Vec<String> {
     let mut problems = Vec::new();
     for (src, target, fstype, data) in EARLY {
-        if let Err(e) = mount_one(src, target, fstype, data, MsFlags::MS_NOSUID) {
+        let flags = if *fstype == "tmpfs" { MsFlags::MS_NOSUID | MsFlags::MS_NODEV } else { MsFlags::MS_NOSUID };
+        if let Err(e) = mount_one(src, target, fstype, data, flags) {
             problems.push(format!("mounting {fstype} on {target}: {e:#}"));
         }
     }
@@ -66,28 +67,19 @@ impl NfsRoot {
     }
 
     /// The `mount(2)` source and data for the kernel's NFSv3 client: read-only, no lock daemon
-    /// (none runs here and nothing writes).
+    /// (none runs here and nothing writes), NFS and MOUNT over TCP (the boot server offers
+    /// both on TCP only; its portmapper tells the ports).
     pub(crate) fn mount_args(&self) -> (String, String) {
-        (format!("{}:{}", self.server, self.export), format!("vers=3,nolock,addr={},ro", self.server))
+        (format!("{}:{}", self.server, self.export), format!("vers=3,proto=tcp,mountproto=tcp,nolock,addr={},ro", self.server))
     }
 
-    /// Mounts it read-only at [`NFS_MOUNTPOINT`] and links the system folders the image lacks
-    /// (`/usr`, `/lib64`, ...) into it, so that dynamically linked programs find their loader
-    /// and libraries.
+    /// Mounts it read-only at [`NFS_MOUNTPOINT`]. Its programs run chrooted into it (see the
+    /// viewer module), so nothing of it is linked into the image's own folders.
     pub(crate) fn mount(&self) -> anyhow::Result<()> {
         let (source, data) = self.mount_args();
         std::fs::create_dir_all(NFS_MOUNTPOINT).with_context(|| format!("creating {NFS_MOUNTPOINT}"))?;
         mount(Some(source.as_str()), NFS_MOUNTPOINT, Some("nfs"), MsFlags::MS_RDONLY, Some(data.as_str()))
             .with_context(|| format!("mounting NFS root {source} ({data}) on {NFS_MOUNTPOINT}"))?;
-        for dir in ["usr", "lib64", "lib32", "bin", "sbin", "etc/fonts", "etc/alternatives"] {
-            let inside = Path::new(NFS_MOUNTPOINT).join(dir);
-            let outside = Path::new("/").join(dir);
-            if inside.exists() && std::fs::symlink_metadata(&outside).is_err() {
-                if let Err(e) = std::os::unix::fs::symlink(&inside, &outside) {
-                    log::warn!("linking {} to {}: {e}", outside.display(), inside.display());
-                }
-            }
-        }
         Ok(())
     }
 }
@@ -109,7 +101,7 @@ mod tests {
         assert_eq!(n.server, Ipv4Addr::new(10, 0, 0, 1));
         let (src, data) = n.mount_args();
         assert_eq!(src, "10.0.0.1:/srv/root");
-        assert_eq!(data, "vers=3,nolock,addr=10.0.0.1,ro");
+        assert_eq!(data, "vers=3,proto=tcp,mountproto=tcp,nolock,addr=10.0.0.1,ro");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Runs the viewer (`thinclient view ...`) for the current assignment and starts it again when
-//! it exits or crashes, waiting longer after each quick failure.
+//! it exits or crashes, waiting longer after each quick failure. A viewer with a fallback (the
+//! NFS root's SDL2 viewer) that keeps failing right at its start is replaced by the fallback.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::children;
+use super::viewer::{GiveUp, Plan};
 
 /// What the viewer must show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,11 +71,16 @@ fn describe(status: &WaitStatus) -> String {
 }
 
 /// The supervisor's loop; returns when `orders` is closed.
-pub(crate) fn run(program: PathBuf, orders: Receiver<Order>, mut report: impl FnMut(Report)) {
+pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Report)) {
+    let Plan { first: mut launch, mut fallback } = plan;
+    // Under TCG, Mesa's first frame alone takes seconds: only a viewer gone within 20 s of
+    // its start, three times in a row, counts as one that cannot start.
+    let mut give_up = GiveUp::new(3, Duration::from_secs(20));
     let mut target: Option<Target> = None;
     let mut running: Option<(u32, Receiver<WaitStatus>, Instant)> = None;
     let mut start_at: Option<Instant> = None;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(60));
+    log::info!("viewer: {}", launch.describe());
     loop {
         match orders.recv_timeout(Duration::from_millis(100)) {
             Ok(Order::Show(t)) => {
@@ -92,42 +98,63 @@ pub(crate) fn run(program: PathBuf, orders: Receiver<Order>, mut report: impl Fn
         }
         if let Some((_, rx, since)) = &running {
             if let Ok(status) = rx.try_recv() {
-                let delay = backoff.after_run(since.elapsed());
-                report(Report::Exited { status: describe(&status), restart_in: delay });
+                let ran = since.elapsed();
+                let status = describe(&status);
                 running = None;
-                start_at = Some(Instant::now() + delay);
+                if fallback.is_some() && give_up.after_run(ran) {
+                    let next = fallback.take().expect("checked above");
+                    log::warn!(
+                        "{} {} (last: {status}); switching to {}",
+                        launch.describe(),
+                        give_up.describe(),
+                        next.describe()
+                    );
+                    launch = next;
+                    backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(60));
+                    report(Report::Exited { status, restart_in: Duration::ZERO });
+                    start_at = Some(Instant::now());
+                } else {
+                    let delay = backoff.after_run(ran);
+                    report(Report::Exited { status, restart_in: delay });
+                    start_at = Some(Instant::now() + delay);
+                }
             }
         }
         if running.is_none() && start_at.is_some_and(|t| Instant::now() >= t) {
             if let Some(t) = &target {
-                let mut cmd = Command::new(&program);
-                // The console has no window system: the viewer draws into /dev/fb0.
-                cmd.arg("view").arg(t.vnc.to_string()).arg("--presenter").arg("fbdev");
-                // In the environment rather than argv: /proc/PID/cmdline is world-readable.
-                cmd.env("TC_SESSION_TOKEN", &t.token);
-                let password = match &t.password {
-                    Some(p) => match password_pipe(&mut cmd, p) {
-                        Ok(fd) => Some(fd),
-                        Err(e) => {
-                            log::error!("handing the viewer its password: {e}");
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                let spawned = children::spawn(&mut cmd);
-                // The child holds its own copy of the read end now.
-                drop(password);
+                let spawned = launch.command(t.vnc).and_then(|mut cmd| {
+                    // In the environment rather than argv: /proc/PID/cmdline is world-readable.
+                    cmd.env("TC_SESSION_TOKEN", &t.token);
+                    let password = match &t.password {
+                        Some(p) => match password_pipe(&mut cmd, p) {
+                            Ok(fd) => Some(fd),
+                            Err(e) => {
+                                log::error!("handing the viewer its password: {e}");
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    let spawned = children::spawn(&mut cmd);
+                    // The child holds its own copy of the read end now.
+                    drop(password);
+                    Ok(spawned?)
+                });
                 match spawned {
                     Ok((pid, rx)) => {
                         report(Report::Started { pid });
                         running = Some((pid, rx, Instant::now()));
                         start_at = None;
                     }
+                    Err(e) if fallback.is_some() => {
+                        let next = fallback.take().expect("checked above");
+                        log::warn!("could not start {}: {e:#}; switching to {}", launch.describe(), next.describe());
+                        launch = next;
+                    }
                     Err(e) => {
                         let delay = backoff.after_run(Duration::ZERO);
                         report(Report::Exited {
-                            status: format!("could not start {}: {e}", program.display()),
+                            status: format!("could not start {}: {e:#}", launch.describe()),
                             restart_in: delay,
                         });
                         start_at = Some(Instant::now() + delay);
