@@ -13,6 +13,7 @@
 //! stop_deadline_secs = 30          # guest's time to power off before it is killed
 //! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
 //! balloon = false                  # shrink in place where host and guest can, no handoff
+//! pool = 0                         # desktop VMs booted ahead for the next arrivals
 //!
 //! [[desktops.hosts]]
 //! name = "h1"
@@ -56,6 +57,8 @@ pub struct BrokerConfig {
     pub stop_deadline_secs: u64,
     pub leave_after_secs: u64,
     pub balloon: bool,
+    /// Pre-booted VMs kept for the next arrivals (see `broker::pool`).
+    pub pool: usize,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -72,6 +75,7 @@ impl Default for BrokerConfig {
             stop_deadline_secs: 30,
             leave_after_secs: 120,
             balloon: false,
+            pool: 0,
             hosts: Vec::new(),
         }
     }
@@ -83,6 +87,9 @@ impl BrokerConfig {
         self.levels()?;
         if self.proxy_port == 0 {
             return Err("desktops.proxy_port: 0 is not a port; use e.g. 5900".into());
+        }
+        if self.pool > 64 {
+            return Err(format!("desktops.pool: {} pre-booted VMs is more than 64; use a few", self.pool));
         }
         if self.health_interval_secs == 0 {
             return Err("desktops.health_interval_secs: must be at least 1".into());
