@@ -461,7 +461,9 @@ async fn connect_retrying(vnc: &VncAddress, password: &str) -> anyhow::Result<Vi
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // server-host resolves template paths from its own state folder.
+    cli.templates = cli.templates.canonicalize().with_context(|| format!("templates folder {}", cli.templates.display()))?;
     match cli.what {
         What::FirstFrame => {
             let (f0, d0) = first_frame(&cli, 0).await.context("pool 0")?;
