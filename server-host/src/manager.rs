@@ -448,14 +448,30 @@ impl Manager {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let sent = async {
-            let mut s = tokio::net::UnixStream::connect(files.console()).await?;
-            s.write_all(format!("tc-assign {user}\n").as_bytes()).await?;
-            s.flush().await
+        let mut s = match tokio::net::UnixStream::connect(files.console()).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("VM {name}: telling the guest its user {user} on {}: {e}", files.console().display());
+                return;
+            }
         };
-        if let Err(e) = sent.await {
-            log::warn!("VM {name}: telling the guest its user {user} on {}: {e}", files.console().display());
+        if let Err(e) = s.write_all(format!("tc-assign {user}\n").as_bytes()).await {
+            log::warn!("VM {name}: telling the guest its user {user}: {e}");
+            return;
         }
+        // QEMU feeds the UART a few bytes at a time and drops what is still unread when the
+        // connection closes: keep it open until the guest answers, or for ten seconds.
+        let done = format!("TC-ASSIGNED user={user}");
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if std::fs::read(&log).is_ok_and(|b| b.windows(done.len()).any(|w| w == done.as_bytes())) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(s);
+        });
     }
 
     async fn hand_over_data_disk(&self, user: &str) {
