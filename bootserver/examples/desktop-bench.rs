@@ -2,11 +2,13 @@
 //! `server-host` with the desktop template on loopback, the broker's orchestrator and VNC proxy,
 //! and a minimal RFB viewer that times every FramebufferUpdateRequest until its answer.
 //!
-//! A "frame" is an answered non-incremental FramebufferUpdateRequest. QEMU answers an
-//! incremental request only once something changed, and the template's screen is static, so
-//! the viewer asks back to back, one request at a time, for the screen's top-left corner while
-//! it watches (whole frames when it connects and waits for the desktop); the longest wait for
-//! an answer is the blackout.
+//! A "frame" is an answered FramebufferUpdateRequest. The template's screen is static and QEMU
+//! answers an incremental request only once something changed (and slows its refresh timer
+//! down to seconds on an idle screen), so for the handoff the bench makes every guest move one
+//! pixel every 50 ms (a loop sent to its serial shell once it printed TC-READY). The viewer
+//! asks for incremental updates of the whole screen back to back, one request at a time; the
+//! longest wait for an answer is the blackout. After a reconnect the first request asks for
+//! the whole frame.
 //!
 //! Memory is scaled down for TCG: one host of 512 MiB, levels 256/128 MiB.
 
@@ -119,9 +121,8 @@ struct Viewer {
     w: u16,
     h: u16,
     bpp: usize,
-    /// Ask for only this top-left corner: a small answer keeps the time per frame down to the
-    /// path's latency (whole Raw frames of 4 MB would make every wait long).
-    corner: Option<u16>,
+    /// Ask for changes only (after the first whole frame).
+    incremental: bool,
 }
 
 /// VNC authentication: DES of the challenge, keyed by the password with each byte's bits
@@ -176,15 +177,15 @@ impl Viewer {
         s.read_exact(&mut name).await?;
         // Raw and DesktopSize only: an answer's length is known without decoding.
         s.write_all(&[2, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x21]).await?;
-        Ok(Viewer { s, w, h, bpp: (pf[0] as usize / 8).max(1), corner: None })
+        Ok(Viewer { s, w, h, bpp: (pf[0] as usize / 8).max(1), incremental: false })
     }
 
     /// Asks for the whole screen and waits for the answer.
     async fn frame(&mut self) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
-        let [w0, w1] = self.corner.map_or(self.w, |c| c.min(self.w)).to_be_bytes();
-        let [h0, h1] = self.corner.map_or(self.h, |c| c.min(self.h)).to_be_bytes();
-        self.s.write_all(&[3, 0, 0, 0, 0, 0, w0, w1, h0, h1]).await?;
+        let [w0, w1] = self.w.to_be_bytes();
+        let [h0, h1] = self.h.to_be_bytes();
+        self.s.write_all(&[3, self.incremental as u8, 0, 0, 0, 0, w0, w1, h0, h1]).await?;
         loop {
             match self.s.read_u8().await? {
                 0 => {
@@ -235,7 +236,7 @@ struct Gaps {
 }
 
 fn watch(mut v: Viewer) -> (Arc<Mutex<Gaps>>, tokio::task::JoinHandle<()>) {
-    v.corner = Some(64);
+    v.incremental = true;
     let g = Arc::new(Mutex::new(Gaps::default()));
     let gg = g.clone();
     let task = tokio::spawn(async move {
@@ -260,6 +261,38 @@ fn watch(mut v: Viewer) -> (Arc<Mutex<Gaps>>, tokio::task::JoinHandle<()>) {
 fn reset(g: &Mutex<Gaps>) -> Duration {
     let mut g = g.lock().unwrap();
     std::mem::take(&mut g.max)
+}
+
+/// The guest loop that changes one pixel every 50 ms (busybox shell on the template's serial port).
+const ANIMATE: &str = "( i=0; while :; do i=$(( (i + 1) % 128 )); p='\\377\\377\\377\\000'; \
+[ $i -lt 64 ] || p='\\000\\000\\200\\000'; printf \"$p\" | \
+dd of=/dev/fb0 bs=4 seek=$(( 1280 * 700 + i % 64 )) conv=notrunc 2>/dev/null; usleep 50000; done ) &\n";
+
+/// Sends [`ANIMATE`] to every VM of `vms` (server-host's VM folders) once its guest printed
+/// TC-READY; the console connections stay open (QEMU drops unread input on a close) until the
+/// task is aborted.
+fn animate(vms: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut done: Vec<(PathBuf, tokio::net::UnixStream)> = Vec::new();
+        loop {
+            for e in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+                let dir = e.path();
+                if done.iter().any(|(d, _)| *d == dir) {
+                    continue;
+                }
+                let log = std::fs::read(dir.join("console.log")).unwrap_or_default();
+                if !log.windows(8).any(|w| w == b"TC-READY") {
+                    continue;
+                }
+                if let Ok(mut s) = tokio::net::UnixStream::connect(dir.join("console.sock")).await {
+                    if s.write_all(ANIMATE.as_bytes()).await.is_ok() {
+                        done.push((dir, s));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }
 
 // --- the broker ----------------------------------------------------------------------------
@@ -374,6 +407,7 @@ async fn first_frame(cli: &Cli, pool: usize) -> anyhow::Result<(Duration, Durati
 async fn handoff_proxy(cli: &Cli, balloon: bool) -> anyhow::Result<(Duration, Duration)> {
     let host = Host::start(&cli.server_host, &cli.templates)?;
     let b = broker(&host, 0, balloon).await?;
+    let anim = animate(host.dir.path().join("state/vms"));
     let token = arrive(&b, "52:54:00:00:00:01").await?;
     let mut v = proxy_viewer(&b, &token).await?;
     until_desktop(&mut v, Duration::from_secs(600)).await?;
@@ -389,6 +423,7 @@ async fn handoff_proxy(cli: &Cli, balloon: bool) -> anyhow::Result<(Duration, Du
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     task.abort();
+    anim.abort();
     let g = gaps.lock().unwrap();
     if let Some(e) = &g.error {
         bail!("the viewer's connection ended during the handoff: {e}");
@@ -423,6 +458,7 @@ async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
         vnc_password: None,
         pool: false,
     };
+    let anim = animate(host.dir.path().join("state/vms"));
     let old = c.create(&create("old", 256)).await?;
     let mut v = connect_retrying(&old.vm.vnc, &old.vnc_password).await?;
     until_desktop(&mut v, Duration::from_secs(600)).await?;
@@ -448,6 +484,7 @@ async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
     let (gaps, task) = watch(v);
     tokio::time::sleep(Duration::from_secs(2)).await;
     task.abort();
+    anim.abort();
     let after = reset(&gaps);
     Ok((gap.max(before).max(after), steady))
 }
