@@ -16,16 +16,17 @@ use bootserver::broker::proxy::{Proxy, ProxyOptions};
 use bootserver::broker::settings::{BrokerConfig, HostConfig};
 use broker_common::{connect_viewer, start_server_host, wait_same, TOKEN};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Result<()> {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let dir = tempfile::tempdir()?;
-    let host = start_server_host(dir.path())?;
+/// The broker on `host` (one 512 MiB host, levels 256/128 MiB) with its proxy on loopback.
+async fn broker(
+    host: &ServerHost,
+    pool: usize,
+) -> anyhow::Result<(std::sync::Arc<Orchestrator>, std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let cfg = BrokerConfig {
         levels_mib: vec![256, 128],
         health_interval_secs: 2,
         switch_timeout_secs: 400,
         stop_deadline_secs: 20,
+        pool,
         hosts: vec![HostConfig {
             name: "h1".into(),
             url: format!("http://127.0.0.1:{}", host.port),
@@ -50,6 +51,15 @@ async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Resu
     let proxy_addr = listener.local_addr()?;
     let server = tokio::spawn(proxy.clone().serve(listener));
     let (orch, _notices) = Orchestrator::new(cfg, hosts.clone(), proxy.clone(), proxy_addr)?;
+    Ok((orch, proxy_addr, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let host = start_server_host(dir.path())?;
+    let (orch, proxy_addr, server) = broker(&host, 0).await?;
 
     let Outcome::Assigned { token, proxy: told } = orch.arrive("52:54:00:00:00:01").await? else {
         bail!("first user refused: {:?}", orch.decisions());
@@ -88,6 +98,54 @@ async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Resu
     {
         let s = viewer.state.lock().unwrap();
         assert!(!s.closed && s.error.is_none(), "viewer connection dropped: {:?}", s.error);
+    }
+    server.abort();
+    drop(viewer);
+    Ok(())
+}
+
+/// `pool = 1`: a VM is booted ahead with no user; the first arrival takes it, and the host gives
+/// it the user's data disk (mounted by the guest) and the user's name strip on its screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_takes_the_pre_booted_vm_with_its_data_disk_and_name() -> anyhow::Result<()> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir()?;
+    let host = start_server_host(dir.path())?;
+    let (orch, proxy_addr, server) = broker(&host, 1).await?;
+    let t0 = Instant::now();
+    let pooled = loop {
+        if let Some(p) = orch.pool().into_iter().find(|p| p.ready) {
+            break p;
+        }
+        if t0.elapsed() > Duration::from_secs(400) {
+            bail!("no pool VM ready: {:?}", orch.pool());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!((pooled.host.as_str(), pooled.memory_mib), ("h1", 256));
+    let user = "52:54:00:00:00:01";
+    let Outcome::Assigned { token, .. } = orch.arrive(user).await? else {
+        bail!("refused: {:?}", orch.decisions());
+    };
+    let d = orch.desktops().into_iter().find(|d| d.user == user).context("desktop")?;
+    assert_eq!(d.vm, pooled.vm, "the arrival takes the pool VM");
+    let console = host.state.join("vms").join(&d.vm).join("console.log");
+    testkit::wait_for_text(&console, "TC-DATA-MOUNTED", Duration::from_secs(120))?;
+    testkit::wait_for_text(&console, "TC-ASSIGNED user=52-54-00-00-00-01", Duration::from_secs(120))?;
+    let viewer = connect_viewer(proxy_addr, &token).await?;
+    wait_same(&viewer, host.port, &d.vm, "the pool VM's desktop").await?;
+    // The strip: one 16-pixel grey block per byte of the user's name, '5' first.
+    let screen = vm_screen(host.port, &d.vm)?;
+    assert_eq!(&screen.rgb[..3], &[b'5'; 3]);
+    let last = (16 * "52-54-00-00-00-01".len() - 1) * 3;
+    assert_eq!(&screen.rgb[last..last + 3], &[b'1'; 3]);
+    // The pool refills where the next newcomer would go: 128 MiB beside the 256 MiB desktop.
+    let t0 = Instant::now();
+    while !orch.pool().iter().any(|p| p.memory_mib == 128) {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("pool not refilled: {:?}", orch.pool());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     server.abort();
     drop(viewer);

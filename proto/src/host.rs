@@ -12,6 +12,7 @@
 //! | `GET /vms/{name}` | | [`VmInfo`] |
 //! | `POST /vms/{name}/stop` | [`StopVm`] | [`Event`] (how it ended) |
 //! | `POST /vms/{name}/balloon` | [`Balloon`] | [`VmInfo`] |
+//! | `POST /vms/{name}/assign` | [`AssignVm`] | [`VmInfo`] |
 //! | `POST /vms/{name}/vnc-password` | [`VncPassword`] | 204 |
 //! | `GET /vms/{name}/screen` | | PPM image (`?format=png` for PNG) |
 //! | `GET /users/{user}` | | [`UserInfo`] |
@@ -86,6 +87,22 @@ pub struct CreateVm {
     /// At most [`VNC_PASSWORD_MAX`] bytes; generated when absent.
     #[serde(default)]
     pub vnc_password: Option<String>,
+    /// A pre-booted VM that belongs to nobody yet: `user` must be empty, it gets a throwaway
+    /// OS overlay and no data disk until [`AssignVm`] gives it to a user.
+    #[serde(default)]
+    pub pool: bool,
+}
+
+/// `POST /vms/{name}/assign`: gives a pool VM to a user. The user's data disk is hot-plugged
+/// (or waits, like at a handoff, until another VM of the user releases it), and the guest is
+/// told its user by the line `tc-assign USER` on its first serial port (a guest learns its
+/// user at boot from `tc.user=` on its kernel command line, which a running VM cannot change).
+/// The line is sent once the guest has printed `TC-READY` there, or after a minute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignVm {
+    /// Same character set as a VM name.
+    pub user: String,
 }
 
 fn one() -> u32 {
@@ -123,6 +140,8 @@ pub enum DataDisk {
     Attached,
     /// Another VM of the same user still holds it; it is hot-plugged here once released.
     Waiting,
+    /// A pool VM that no user has yet.
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +237,8 @@ pub enum EventKind {
     Crashed,
     Adopted,
     Ballooned,
+    /// A pool VM was given to a user.
+    Assigned,
     DataDiskAttached,
     Reset,
     Backup,

@@ -53,6 +53,7 @@ pub fn router(mgr: Arc<Manager>, token: String) -> Router {
         .route("/vms/:name", get(vm))
         .route("/vms/:name/stop", post(stop))
         .route("/vms/:name/balloon", post(balloon))
+        .route("/vms/:name/assign", post(assign))
         .route("/vms/:name/vnc-password", post(vnc_password))
         .route("/vms/:name/screen", get(screen))
         .route("/users/:user", get(user))
@@ -122,6 +123,11 @@ async fn stop(State(st): St, Path(name): Path<String>, b: Result<Json<StopVm>, J
 async fn balloon(State(st): St, Path(name): Path<String>, b: Result<Json<Balloon>, JsonRejection>) -> Result<Json<VmInfo>, Error> {
     let req = body(b)?;
     Ok(Json(st.mgr.balloon(&name, req.memory_mib).await?))
+}
+
+async fn assign(State(st): St, Path(name): Path<String>, b: Result<Json<AssignVm>, JsonRejection>) -> Result<Json<VmInfo>, Error> {
+    let req = body(b)?;
+    Ok(Json(st.mgr.assign(&name, &req.user).await?))
 }
 
 async fn vnc_password(State(st): St, Path(name): Path<String>, b: Result<Json<VncPassword>, JsonRejection>) -> Result<StatusCode, Error> {

@@ -182,8 +182,11 @@ impl Manager {
     }
 
     fn validate(&self, req: &CreateVm) -> Result<images::Template> {
+        if req.pool && !req.user.is_empty() {
+            return Err(Error::BadRequest(format!("a pool VM belongs to nobody yet: user must be empty, not {:?}", req.user)));
+        }
         for (what, v) in [("VM name", &req.name), ("user", &req.user)] {
-            if !valid_name(v) {
+            if !valid_name(v) && !(req.pool && v.is_empty()) {
                 return Err(Error::BadRequest(format!(
                     "{what} {v:?} is not valid: 1-63 of a-z 0-9 - _, starting with a letter or digit"
                 )));
@@ -246,7 +249,12 @@ impl Manager {
         std::fs::create_dir_all(&files.dir).map_err(crate::error::internal(format!("creating {}", files.dir.display())))?;
         undo.dirs.push(files.dir.clone());
         let mine: Vec<&VmRow> = rows.iter().filter(|r| r.user == req.user && r.persistent).collect();
-        let (os_disk, os_temporary, data, data_disk) = if req.persistent {
+        let (os_disk, os_temporary, data, data_disk) = if req.pool {
+            // The user's own OS overlay cannot be opened before anyone knows the user.
+            let os = files.dir.join("os.qcow2");
+            images::create_overlay(&self.cfg.qemu_img, &template.disk, &os)?;
+            (os, true, PathBuf::new(), DataDisk::None)
+        } else if req.persistent {
             let udir = self.user_dir(&req.user);
             if !udir.exists() {
                 undo.dirs.push(udir.clone());
@@ -301,7 +309,7 @@ impl Manager {
             name: req.name.clone(),
             template: template.name.clone(),
             user: req.user.clone(),
-            persistent: req.persistent,
+            persistent: req.persistent && !req.pool,
             memory_mib: req.memory_mib,
             vcpus: req.vcpus,
             state: VmState::Running,
@@ -389,6 +397,81 @@ impl Manager {
             self.hand_over_data_disk(&row.user).await;
         }
         ev
+    }
+
+    /// Gives a pool VM to `user`: the user's data disk (now, or once the user's other VM
+    /// releases it) and the user's name on the guest's serial port.
+    pub async fn assign(&self, name: &str, user: &str) -> Result<VmInfo> {
+        if !valid_name(user) {
+            return Err(Error::BadRequest(format!("user {user:?} is not a valid name")));
+        }
+        let row = {
+            let _ops = self.ops.lock().await;
+            let row = self.row(name)?;
+            if row.data_disk != DataDisk::None || !row.user.is_empty() {
+                return Err(Error::Conflict(format!("VM {name:?} is not a pool VM (user {:?})", row.user)));
+            }
+            let q = self.live_qmp(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is ending")))?;
+            let udir = self.user_dir(user);
+            std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
+            let data = udir.join("data.img");
+            if !data.exists() {
+                images::create_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
+            }
+            let rows = self.store().vms()?;
+            let held = rows.iter().any(|r| r.user == user && r.persistent && r.data_disk == DataDisk::Attached);
+            let disk = if held { DataDisk::Waiting } else { DataDisk::Attached };
+            if !held {
+                for line in qemu::data_disk_hotplug(&data) {
+                    qmp::hmp(&q, name, &line).await?;
+                }
+            }
+            self.store().assign(name, user, disk)?;
+            let detail = format!("data disk {disk:?}");
+            let _ = self.emit(EventKind::Assigned, Some(name), Some(user), None, &detail);
+            self.row(name)?
+        };
+        self.tell_guest_user(name, user).await;
+        Ok(self.info(&row).await)
+    }
+
+    /// Sends `tc-assign USER` to the guest's serial shell, once the guest says it is ready
+    /// (a line sent while the kernel sets up the UART can be lost).
+    async fn tell_guest_user(&self, name: &str, user: &str) {
+        use tokio::io::AsyncWriteExt;
+        let files = self.files(name);
+        let log = files.dir.join("console.log");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if std::fs::read(&log).is_ok_and(|b| b.windows(8).any(|w| w == b"TC-READY")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut s = match tokio::net::UnixStream::connect(files.console()).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("VM {name}: telling the guest its user {user} on {}: {e}", files.console().display());
+                return;
+            }
+        };
+        if let Err(e) = s.write_all(format!("tc-assign {user}\n").as_bytes()).await {
+            log::warn!("VM {name}: telling the guest its user {user}: {e}");
+            return;
+        }
+        // QEMU feeds the UART a few bytes at a time and drops what is still unread when the
+        // connection closes: keep it open until the guest answers, or for ten seconds.
+        let done = format!("TC-ASSIGNED user={user}");
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if std::fs::read(&log).is_ok_and(|b| b.windows(done.len()).any(|w| w == done.as_bytes())) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(s);
+        });
     }
 
     async fn hand_over_data_disk(&self, user: &str) {

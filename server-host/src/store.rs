@@ -104,6 +104,15 @@ impl Store {
         Ok(())
     }
 
+    /// A pool VM now belongs to `user` (persistent: its data disk is the user's own).
+    pub fn assign(&self, name: &str, user: &str, d: DataDisk) -> Result<()> {
+        self.db.execute(
+            "UPDATE vms SET user=?2, persistent=1, data_disk=?3 WHERE name=?1",
+            params![name, user, data_str(d)],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_vm(&self, name: &str) -> Result<()> {
         self.db.execute("DELETE FROM vms WHERE name=?1", params![name])?;
         Ok(())
@@ -122,7 +131,11 @@ impl Store {
                 state: parse_state(&r.get::<_, String>(6)?),
                 pid: r.get(7)?,
                 vnc: r.get(8)?,
-                data_disk: if r.get::<_, String>(9)? == "waiting" { DataDisk::Waiting } else { DataDisk::Attached },
+                data_disk: match r.get::<_, String>(9)?.as_str() {
+                    "waiting" => DataDisk::Waiting,
+                    "none" => DataDisk::None,
+                    _ => DataDisk::Attached,
+                },
                 os_disk: r.get(10)?,
                 os_temporary: r.get(11)?,
                 created_at: r.get(12)?,
@@ -197,6 +210,7 @@ fn data_str(d: DataDisk) -> &'static str {
     match d {
         DataDisk::Attached => "attached",
         DataDisk::Waiting => "waiting",
+        DataDisk::None => "none",
     }
 }
 

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 
 use super::hosts::{HostRegistry, HostStatus};
 use super::orchestrator::{DecisionRecord, Desktop, Orchestrator, Overview};
+use super::pool::PoolVm;
 use super::proxy::{Proxy, SessionInfo};
 
 #[derive(Clone)]
@@ -31,6 +32,10 @@ async fn level(State(c): State<Ctx>) -> Json<Overview> {
     Json(c.orch.overview())
 }
 
+async fn pool(State(c): State<Ctx>) -> Json<Vec<PoolVm>> {
+    Json(c.orch.pool())
+}
+
 async fn decisions(State(c): State<Ctx>) -> Json<Vec<DecisionRecord>> {
     Json(c.orch.decisions())
 }
@@ -39,11 +44,12 @@ async fn sessions(State(c): State<Ctx>) -> Json<Vec<SessionInfo>> {
     Json(c.proxy.sessions())
 }
 
-/// `GET /api/hosts`, `/api/vms`, `/api/level`, `/api/decisions`, `/api/sessions`.
+/// `GET /api/hosts`, `/api/vms`, `/api/pool`, `/api/level`, `/api/decisions`, `/api/sessions`.
 pub fn router(orch: Arc<Orchestrator>, hosts: Arc<HostRegistry>, proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route("/api/hosts", get(self::hosts))
         .route("/api/vms", get(vms))
+        .route("/api/pool", get(pool))
         .route("/api/level", get(level))
         .route("/api/decisions", get(decisions))
         .route("/api/sessions", get(sessions))

@@ -104,6 +104,13 @@ impl HostClient {
         self.call("POST", &format!("/vms/{vm}/stop"), Some(&req), Duration::from_secs(deadline_secs + 60)).await
     }
 
+    /// Gives a pool VM to a user (its data disk and its name on the guest's screen).
+    pub async fn assign(&self, vm: &str, user: &str) -> Result<VmInfo, HostError> {
+        let req = host::AssignVm { user: user.to_string() };
+        // The host waits up to a minute for a guest still booting.
+        self.call("POST", &format!("/vms/{vm}/assign"), Some(&req), Duration::from_secs(120)).await
+    }
+
     pub async fn balloon(&self, vm: &str, memory_mib: u64) -> Result<VmInfo, HostError> {
         let req = host::Balloon { memory_mib };
         self.call("POST", &format!("/vms/{vm}/balloon"), Some(&req), Duration::from_secs(60)).await

@@ -9,6 +9,7 @@ pub mod hosts;
 pub mod listener;
 pub mod memory;
 pub mod orchestrator;
+pub mod pool;
 mod placement;
 pub mod proxy;
 pub mod settings;

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::hosts::{HostChange, HostRegistry};
 use super::memory::{Action, Decision, Event, HostState, Levels, Planner, State};
+use super::pool::{Pool, PoolVm};
 use super::proxy::{Backend, Proxy, VncAddr};
 use super::settings::BrokerConfig;
 
@@ -111,6 +112,7 @@ pub struct Orchestrator {
     view: Mutex<View>,
     notices: mpsc::UnboundedSender<Notice>,
     recovery: recovery::Recovery,
+    pool: Arc<Pool>,
 }
 
 struct View {
@@ -138,7 +140,7 @@ pub fn host_user_name(user: &str) -> String {
     s
 }
 
-fn backend_of(vnc: &VncAddress, password: &str) -> anyhow::Result<Backend> {
+pub(crate) fn backend_of(vnc: &VncAddress, password: &str) -> anyhow::Result<Backend> {
     let addr = match vnc {
         VncAddress::Unix(p) => VncAddr::Unix(p.into()),
         VncAddress::Tcp(a) => a.parse().map_err(|e: String| anyhow::anyhow!(e))?,
@@ -163,6 +165,8 @@ impl Orchestrator {
             users: Vec::new(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let pool = Pool::new(&cfg, Planner::new(levels.clone()), hosts.clone(), proxy.clone(), state.clone());
+        pool.settle(state.clone());
         let me = Orchestrator {
             planner: Planner::new(levels),
             cfg,
@@ -173,6 +177,7 @@ impl Orchestrator {
             view: Mutex::new(View { state, desktops: HashMap::new(), decisions: VecDeque::new() }),
             notices: tx,
             recovery: Default::default(),
+            pool,
         };
         Ok((Arc::new(me), rx))
     }
@@ -198,6 +203,11 @@ impl Orchestrator {
         let mut d: Vec<_> = self.view().desktops.values().cloned().collect();
         d.sort_by_key(|d| d.since);
         d
+    }
+
+    /// The pre-booted VMs.
+    pub fn pool(&self) -> Vec<PoolVm> {
+        self.pool.vms()
     }
 
     pub fn decisions(&self) -> Vec<DecisionRecord> {
@@ -265,6 +275,9 @@ impl Orchestrator {
                 self.host_lost(host);
             }
         }
+        // Pool VMs give way first; the pool waits until this decision is over.
+        let now = self.view().state.clone();
+        let pool_turn = self.pool.make_room(&now, &decision.actions).await;
         let mut record = DecisionRecord { at_ms: now_ms(), decision: decision.clone(), steps: Vec::new() };
         for action in &decision.actions {
             let t0 = Instant::now();
@@ -292,6 +305,9 @@ impl Orchestrator {
             }
         }
         self.keep_record(record.clone());
+        let now = self.view().state.clone();
+        self.pool.settle(now);
+        drop(pool_turn);
         Ok(record)
     }
 
@@ -327,6 +343,7 @@ impl Orchestrator {
                 user: host_user_name(user),
                 persistent: true,
                 vnc_password: None,
+                pool: false,
             })
             .await?;
         let backend = backend_of(&created.vm.vnc, &created.vnc_password)?;
@@ -355,11 +372,37 @@ impl Orchestrator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn desktop(&self, user: &str, host: &str, vm: &str, level: usize, bytes: u64, token: String, backend: Backend) -> Desktop {
+        Desktop {
+            user: user.to_string(),
+            host: host.to_string(),
+            vm: vm.to_string(),
+            level,
+            memory_mib: bytes >> 20,
+            vnc: backend.describe(),
+            token,
+            backend,
+            since: now_ms() / 1000,
+        }
+    }
+
     async fn execute(&self, action: &Action) -> anyhow::Result<serde_json::Value> {
         match action {
             Action::Start { user, host, level, bytes, .. } => {
-                let (vm, backend, create_ms) = self.create_vm(user, host, *bytes).await?;
                 let existing = self.view().desktops.get(user).map(|d| d.token.clone());
+                let pooled = match existing {
+                    None => self.pool.claim(host, *level, user).await,
+                    Some(_) => None,
+                };
+                let (vm, backend, create_ms) = match pooled {
+                    Some((vm, backend)) => {
+                        let d = self.desktop(user, host, &vm, *level, *bytes, self.proxy.open_session(user, backend.clone()), backend);
+                        self.view().desktops.insert(user.clone(), d);
+                        return Ok(json!({ "vm": vm, "pool": true }));
+                    }
+                    None => self.create_vm(user, host, *bytes).await?,
+                };
                 let (token, frame) = match existing {
                     // The user's host died: move the live session to the new VM.
                     Some(token) => {
@@ -371,17 +414,7 @@ impl Orchestrator {
                         (self.proxy.open_session(user, backend.clone()), r)
                     }
                 };
-                let d = Desktop {
-                    user: user.clone(),
-                    host: host.clone(),
-                    vm: vm.clone(),
-                    level: *level,
-                    memory_mib: bytes >> 20,
-                    vnc: backend.describe(),
-                    token,
-                    backend,
-                    since: now_ms() / 1000,
-                };
+                let d = self.desktop(user, host, &vm, *level, *bytes, token, backend);
                 self.view().desktops.insert(user.clone(), d);
                 Ok(json!({ "vm": vm, "create_ms": create_ms, "first_frame_ms": frame.first_frame_ms, "switch": frame }))
             }

@@ -14,6 +14,7 @@
 //! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
 //! balloon = false                  # shrink in place where host and guest can, no handoff
 //! sessions_file = "sessions.sqlite" # running desktops, kept across restarts (in state_dir)
+//! pool = 0                         # desktop VMs booted ahead for the next arrivals
 //!
 //! [[desktops.hosts]]
 //! name = "h1"
@@ -59,6 +60,8 @@ pub struct BrokerConfig {
     pub balloon: bool,
     /// The session store; a relative path is taken inside the boot server's `state_dir`.
     pub sessions_file: PathBuf,
+    /// Pre-booted VMs kept for the next arrivals (see `broker::pool`).
+    pub pool: usize,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -76,6 +79,7 @@ impl Default for BrokerConfig {
             leave_after_secs: 120,
             balloon: false,
             sessions_file: PathBuf::from("sessions.sqlite"),
+            pool: 0,
             hosts: Vec::new(),
         }
     }
@@ -90,6 +94,9 @@ impl BrokerConfig {
         }
         if self.sessions_file.as_os_str().is_empty() {
             return Err("desktops.sessions_file: empty; use e.g. \"sessions.sqlite\"".into());
+        }
+        if self.pool > 64 {
+            return Err(format!("desktops.pool: {} pre-booted VMs is more than 64; use a few", self.pool));
         }
         if self.health_interval_secs == 0 {
             return Err("desktops.health_interval_secs: must be at least 1".into());

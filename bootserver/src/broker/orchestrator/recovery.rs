@@ -33,11 +33,13 @@ pub(super) struct Recovery {
 
 /// Whether `vm` has the name [`Orchestrator::create_vm`] gives: the host-side user name, a
 /// dash and digits. VMs named otherwise (made by hand or by another tool) are left alone.
+/// The pool's VMs (`pool-HOST-DIGITS`, see `broker::pool`) count too, given to a user or not: a
+/// restarted broker starts with an empty pool and refills it, so the old ones only hold memory.
 fn made_by_broker(vm: &VmInfo) -> bool {
-    vm.name
-        .strip_prefix(vm.user.as_str())
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+    let users = vm.name.strip_prefix(vm.user.as_str()).and_then(|rest| rest.strip_prefix('-')).is_some_and(digits);
+    let pool = vm.name.strip_prefix("pool-").and_then(|rest| rest.rsplit_once('-')).is_some_and(|(h, d)| !h.is_empty() && digits(d));
+    users || pool
 }
 
 fn step(action: String, result: Result<serde_json::Value, String>, t0: Instant) -> Step {
@@ -369,5 +371,8 @@ mod tests {
         assert!(!made_by_broker(&vm(&format!("{user}-pool"), &user)));
         assert!(!made_by_broker(&vm("office-1", &user)));
         assert!(!made_by_broker(&vm("pool-1", "")));
+        assert!(made_by_broker(&vm("pool-h1-12345678", "")));
+        assert!(made_by_broker(&vm("pool-h1-12345678", &user)));
+        assert!(!made_by_broker(&vm("pool--12", "")));
     }
 }
