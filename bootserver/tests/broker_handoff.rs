@@ -14,7 +14,7 @@ use bootserver::broker::memory::Action;
 use bootserver::broker::orchestrator::{Orchestrator, Outcome};
 use bootserver::broker::proxy::{Proxy, ProxyOptions};
 use bootserver::broker::settings::{BrokerConfig, HostConfig};
-use broker_common::{connect_viewer, start_server_host, wait_same, TOKEN};
+use broker_common::{connect_viewer, start_server_host, vm_screen, wait_same, ServerHost, TOKEN};
 
 /// The broker on `host` (one 512 MiB host, levels 256/128 MiB) with its proxy on loopback.
 async fn broker(

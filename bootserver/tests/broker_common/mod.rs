@@ -196,7 +196,7 @@ pub const TOKEN: &str = "broker-handoff-test-token";
 /// `server-host serve` on loopback; dropping it kills it and every QEMU it started.
 pub struct ServerHost {
     _proc: KillOnDrop,
-    state: PathBuf,
+    pub state: PathBuf,
     pub port: u16,
 }
 
