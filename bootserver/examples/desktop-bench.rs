@@ -482,8 +482,10 @@ async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
     let mut v = Viewer::connect(&new.vm.vnc, &new.vnc_password).await?;
     v.frame().await?;
     let gap = last.elapsed();
-    c.stop("old", 20).await?;
+    // The viewer goes on asking while the old VM stops, as it does behind the proxy (the
+    // broker stops the old VM after the switch): the new guest's first changes count too.
     let (gaps, task) = watch(v);
+    c.stop("old", 20).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     task.abort();
     anim.abort();
