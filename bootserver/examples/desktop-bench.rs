@@ -243,6 +243,7 @@ fn watch(mut v: Viewer) -> (Arc<Mutex<Gaps>>, tokio::task::JoinHandle<()>) {
         loop {
             match v.frame().await {
                 Ok(d) => {
+                    log::debug!("desktop-bench: answered in {} ms", d.as_millis());
                     let mut g = gg.lock().unwrap();
                     g.max = g.max.max(d);
                     g.frames += 1;
@@ -286,6 +287,7 @@ fn animate(vms: PathBuf) -> tokio::task::JoinHandle<()> {
                 }
                 if let Ok(mut s) = tokio::net::UnixStream::connect(dir.join("console.sock")).await {
                     if s.write_all(ANIMATE.as_bytes()).await.is_ok() {
+                        log::debug!("desktop-bench: animating {}", dir.display());
                         done.push((dir, s));
                     }
                 }
@@ -480,8 +482,10 @@ async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
     let mut v = Viewer::connect(&new.vm.vnc, &new.vnc_password).await?;
     v.frame().await?;
     let gap = last.elapsed();
-    c.stop("old", 20).await?;
+    // The viewer goes on asking while the old VM stops, as it does behind the proxy (the
+    // broker stops the old VM after the switch): the new guest's first changes count too.
     let (gaps, task) = watch(v);
+    c.stop("old", 20).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     task.abort();
     anim.abort();
@@ -502,7 +506,7 @@ async fn connect_retrying(vnc: &VncAddress, password: &str) -> anyhow::Result<Vi
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp_millis().init();
     let mut cli = Cli::parse();
     // server-host resolves template paths from its own state folder.
     cli.templates = cli.templates.canonicalize().with_context(|| format!("templates folder {}", cli.templates.display()))?;

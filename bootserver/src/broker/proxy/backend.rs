@@ -212,12 +212,20 @@ pub(crate) struct Ready {
 }
 
 /// Connects, asks for the viewer's pixel format and encodings and a full update, and reads
-/// until that update is complete.
+/// until that update is complete. With a non-zero `settle` it then asks for changes and keeps
+/// reading until one more update with pixels came or `settle` ran out.
+///
+/// Why settle: QEMU answers the forced first frame at once, but its refresh timer slows down
+/// on a screen that has not changed for a while (a guest just done booting), and a swap right
+/// after the first frame left the viewer's next request waiting for that slow timer, longer
+/// than a viewer that reconnects itself. One answered incremental request shows the new VM
+/// answers changes at its usual pace; until then the old VM keeps serving the viewer.
 pub(crate) async fn prepare(
     b: &Backend,
     format: PixelFormat,
     encodings: Vec<i32>,
     timeout: Duration,
+    settle: Duration,
 ) -> Result<Ready, BackendError> {
     let addr = b.addr.to_string();
     let work = async {
@@ -233,6 +241,8 @@ pub(crate) async fn prepare(
         let mut framer = ServerFramer::default();
         let mut at = 0;
         let mut saw_pixels = false;
+        // Set once the first frame is complete: (when it was, until when to settle).
+        let mut first: Option<(Duration, Instant)> = None;
         loop {
             while let Some((item, len)) = framer
                 .next(&buffered[at..], &format)
@@ -243,12 +253,30 @@ pub(crate) async fn prepare(
                     saw_pixels |= encoding >= 0;
                 }
                 if saw_pixels && framer.at_boundary() {
+                    saw_pixels = false;
+                    if let Some((first_frame_in, _)) = first {
+                        return Ok(Ready { stream, init, buffered, format, encodings, connected_in, first_frame_in });
+                    }
                     let first_frame_in = t0.elapsed();
-                    return Ok(Ready { stream, init, buffered, format, encodings, connected_in, first_frame_in });
+                    if settle.is_zero() {
+                        return Ok(Ready { stream, init, buffered, format, encodings, connected_in, first_frame_in });
+                    }
+                    stream.write_all(&rfb::update_request(true, init.width, init.height)).await.map_err(io_err)?;
+                    first = Some((first_frame_in, Instant::now() + settle));
                 }
             }
             let mut chunk = vec![0u8; 64 << 10];
-            let n = stream.read(&mut chunk).await.map_err(io_err)?;
+            let n = match first {
+                Some((first_frame_in, until)) => match tokio::time::timeout_at(until.into(), stream.read(&mut chunk)).await {
+                    Ok(n) => n.map_err(io_err)?,
+                    // A still screen: the first frame is as good as it gets.
+                    Err(_) => {
+                        log::debug!("proxy: VM {addr}: no change within {settle:?} after its first frame");
+                        return Ok(Ready { stream, init, buffered, format, encodings, connected_in, first_frame_in });
+                    }
+                },
+                None => stream.read(&mut chunk).await.map_err(io_err)?,
+            };
             if n == 0 {
                 return Err(BackendError::Protocol { addr: addr.clone(), message: "closed before its first frame".into() });
             }
@@ -274,5 +302,105 @@ mod tests {
         let json = serde_json::to_string(&b).unwrap();
         assert_eq!(json, r#"{"addr":"unix:/x","password":"pw"}"#);
         assert_eq!(serde_json::from_str::<Backend>(&json).unwrap(), b);
+    }
+
+    /// One update of a single Raw rectangle of `w`x`h` pixels at 4 bytes a pixel.
+    fn raw_update(w: u16, h: u16) -> Vec<u8> {
+        let mut v = vec![0, 0, 0, 1, 0, 0, 0, 0];
+        v.extend_from_slice(&w.to_be_bytes());
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&0i32.to_be_bytes());
+        v.resize(v.len() + w as usize * h as usize * 4, 0x5a);
+        v
+    }
+
+    /// An RFB server on a Unix socket that speaks the protocol from a script: no password,
+    /// a 4x2 screen, a whole-screen update for the first request and, when `changes`, a 1x1
+    /// update for the next one (an incremental request, which it checks). It reports whether
+    /// an incremental request came.
+    async fn scripted_vm(
+        dir: &std::path::Path,
+        changes: bool,
+    ) -> (Backend, tokio::task::JoinHandle<std::io::Result<bool>>) {
+        let path = dir.join("vnc.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await?;
+            s.write_all(b"RFB 003.008\n").await?;
+            let mut b = [0u8; 12];
+            s.read_exact(&mut b).await?;
+            s.write_all(&[1, 1]).await?;
+            s.read_exact(&mut b[..1]).await?;
+            s.write_all(&0u32.to_be_bytes()).await?;
+            s.read_exact(&mut b[..1]).await?; // shared
+            let init = ServerInit { width: 4, height: 2, format: PixelFormat::rgb888(), name: b"t".to_vec() };
+            s.write_all(&init.to_bytes()).await?;
+            let mut incremental_asked = false;
+            let mut answered = 0;
+            loop {
+                let mut t = [0u8; 1];
+                if s.read(&mut t).await? == 0 {
+                    return Ok(incremental_asked);
+                }
+                match t[0] {
+                    0 => s.read_exact(&mut [0u8; 19]).await.map(drop)?,
+                    2 => {
+                        let mut h = [0u8; 3];
+                        s.read_exact(&mut h).await?;
+                        let n = u16::from_be_bytes([h[1], h[2]]) as usize;
+                        s.read_exact(&mut vec![0u8; 4 * n]).await?;
+                    }
+                    3 => {
+                        let mut r = [0u8; 9];
+                        s.read_exact(&mut r).await?;
+                        incremental_asked |= r[0] == 1;
+                        match (answered, r[0], changes) {
+                            (0, 0, _) => s.write_all(&raw_update(4, 2)).await?,
+                            (1, 1, true) => s.write_all(&raw_update(1, 1)).await?,
+                            _ => {}
+                        }
+                        answered += 1;
+                    }
+                    m => panic!("unexpected client message {m}"),
+                }
+            }
+        });
+        (Backend { addr: VncAddr::Unix(path), password: None }, task)
+    }
+
+    /// Prepares the scripted VM with `settle`: what was buffered, how long it took, and
+    /// whether the VM was asked for changes.
+    async fn prepare_scripted(changes: bool, settle: Duration) -> (Vec<u8>, Duration, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, vm) = scripted_vm(dir.path(), changes).await;
+        let t0 = Instant::now();
+        let ready = prepare(&b, PixelFormat::rgb888(), vec![0], Duration::from_secs(30), settle).await.unwrap();
+        let took = t0.elapsed();
+        let Ready { buffered, stream, .. } = ready;
+        // Closing the connection ends the scripted VM.
+        drop(stream);
+        (buffered, took, vm.await.unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_switch_waits_for_the_new_vm_to_answer_a_change() {
+        let (buffered, took, asked) = prepare_scripted(true, Duration::from_secs(20)).await;
+        assert!(took < Duration::from_secs(10), "waited for the settle time despite a change");
+        // The forced frame and the answered change, both to be sent to the viewer at the swap.
+        let mut want = raw_update(4, 2);
+        want.extend(raw_update(1, 1));
+        assert_eq!(buffered, want);
+        assert!(asked, "no incremental request reached the VM");
+    }
+
+    #[tokio::test]
+    async fn a_still_screen_swaps_after_the_settle_time_and_a_probe_does_not_wait() {
+        let (buffered, took, asked) = prepare_scripted(false, Duration::from_millis(300)).await;
+        assert!(took >= Duration::from_millis(300));
+        assert_eq!(buffered, raw_update(4, 2));
+        assert!(asked);
+        let (buffered, _, asked) = prepare_scripted(false, Duration::ZERO).await;
+        assert_eq!(buffered, raw_update(4, 2));
+        assert!(!asked, "a probe asked for more than its first frame");
     }
 }

@@ -64,6 +64,9 @@ pub enum ProxyError {
 pub struct ProxyOptions {
     /// Longest wait for a new VM's first frame during a switch.
     pub switch_timeout: Duration,
+    /// After a new VM's first frame, how long a switch waits for one more update (a sign that
+    /// the VM answers changes at its usual pace) before it swaps anyway.
+    pub switch_settle: Duration,
     /// How long a viewer whose VM went away is kept connected waiting for a new one.
     pub orphan_timeout: Duration,
     /// Delay before answering a failed authentication, to slow down guessing.
@@ -74,6 +77,7 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
             switch_timeout: Duration::from_secs(120),
+            switch_settle: Duration::from_secs(1),
             orphan_timeout: Duration::from_secs(600),
             auth_fail_delay: Duration::from_secs(1),
         }
@@ -203,7 +207,7 @@ impl Proxy {
 
     /// Connects to a VM as the proxy would and waits for its first full frame.
     pub async fn probe(&self, backend: &Backend) -> Result<SwitchReport, ProxyError> {
-        let ready = backend::prepare(backend, rfb::PixelFormat::rgb888(), vec![rfb::enc::RAW], self.opts.switch_timeout)
+        let ready = backend::prepare(backend, rfb::PixelFormat::rgb888(), vec![rfb::enc::RAW], self.opts.switch_timeout, Duration::ZERO)
             .await?;
         Ok(SwitchReport {
             viewer_connected: false,

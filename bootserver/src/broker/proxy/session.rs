@@ -200,8 +200,8 @@ impl Relay {
                         }
                         log::info!("proxy: session {}: preparing switch to VM {}", self.label, backend.describe());
                         let (b, pf, encs) = (backend.clone(), self.format, rfb::filter_encodings(&self.encodings));
-                        let timeout = self.proxy.opts.switch_timeout;
-                        let task = tokio::spawn(async move { backend::prepare(&b, pf, encs, timeout).await });
+                        let (timeout, settle) = (self.proxy.opts.switch_timeout, self.proxy.opts.switch_settle);
+                        let task = tokio::spawn(async move { backend::prepare(&b, pf, encs, timeout, settle).await });
                         pending = Some(Pending { task, reply, backend, started: Instant::now() });
                     }
                     Some(Control::Close) | None => {
@@ -310,6 +310,13 @@ impl Relay {
 
     async fn swap(&mut self, mut ready: Ready, p: &Pending) -> anyhow::Result<SwitchReport> {
         let t_swap = Instant::now();
+        log::debug!(
+            "proxy: session {}: swapping: old VM's open update {:?}, {} bytes buffered from the new VM, its first frame {} ms ago",
+            self.label,
+            self.framer.open_update(),
+            ready.buffered.len(),
+            p.started.elapsed().saturating_sub(ready.first_frame_in).as_millis()
+        );
         // The old VM's partial update ends here, at a rectangle boundary.
         if let Some(open) = self.framer.open_update() {
             self.viewer.write_all(&rfb::close_update(open)).await?;
