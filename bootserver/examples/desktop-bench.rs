@@ -13,19 +13,19 @@
 //! Memory is scaled down for TCG: one host of 512 MiB, levels 256/128 MiB.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bootserver::broker::hosts::{HostClient, HostRegistry};
-use bootserver::broker::orchestrator::{Orchestrator, Outcome};
+use bootserver::broker::orchestrator::{backend_of, Orchestrator, Outcome};
+use bootserver::broker::proxy::backend::{self, Backend, Stream, VncAddr};
+use bootserver::broker::proxy::rfb::{self, PixelFormat, ServerFramer, ServerItem};
 use bootserver::broker::proxy::{Proxy, ProxyOptions};
 use bootserver::broker::settings::{BrokerConfig, HostConfig};
 use clap::{Parser, Subcommand};
-use des::cipher::{BlockEncrypt, KeyInit};
 use proto::host::{CreateVm, VncAddress};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "desktop-bench-host-token";
 /// The desktop template's screen size (scripts/build-desktop-template).
@@ -53,173 +53,83 @@ enum What {
     Handoff,
 }
 
-/// `server-host serve` in a temporary folder; dropping it kills it and its QEMUs.
+/// `server-host serve` in a temporary folder; dropping it kills it and its QEMUs (the
+/// `ServerHost` drops before the folder).
 struct Host {
-    proc: std::process::Child,
-    dir: tempfile::TempDir,
-    port: u16,
+    sh: testkit::ServerHost,
+    _dir: tempfile::TempDir,
 }
 
 impl Host {
     fn start(bin: &Path, templates: &Path) -> anyhow::Result<Host> {
         let dir = tempfile::tempdir()?;
-        let port = testkit::free_port();
-        let cfg = dir.path().join("server-host.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\naccel = \"{}\"\n\
-                 data_disk_mib = 16\nreserved_memory_mib = 0\n",
-                dir.path().join("state").display(),
-                templates.display(),
-                testkit::accel()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("server-host.log"))?;
-        let proc = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
+        let sh = testkit::ServerHost::start(bin, dir.path(), TOKEN, templates)
             .with_context(|| format!("running {}", bin.display()))?;
-        Ok(Host { proc, dir, port })
+        Ok(Host { sh, _dir: dir })
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let vms = self.dir.path().join("state/vms");
-        for e in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
-            let Ok(pid) = std::fs::read_to_string(e.path().join("qemu.pid")).map(|t| t.trim().to_string()) else { continue };
-            let Ok(pid) = pid.parse::<i32>() else { continue };
-            // Only a QEMU whose command line names this VM's folder is ours.
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
-                // SAFETY: kill(2) on a process this program's server-host started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
+        self.sh.url()
     }
 }
 
 // --- a minimal RFB viewer ----------------------------------------------------------------------
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
+/// The proxy's own RFB client (handshake, VNC authentication) and framing; Raw and DesktopSize
+/// only, so that an answer's length is known without decoding.
 struct Viewer {
-    s: Box<dyn Io>,
+    s: Stream,
     w: u16,
     h: u16,
-    bpp: usize,
+    format: PixelFormat,
+    framer: ServerFramer,
+    buf: Vec<u8>,
     /// Ask for changes only (after the first whole frame).
     incremental: bool,
 }
 
-/// VNC authentication: DES of the challenge, keyed by the password with each byte's bits
-/// mirrored (the RFB quirk).
-fn vnc_response(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
-    let mut key = [0u8; 8];
-    for (k, b) in key.iter_mut().zip(password.bytes()) {
-        *k = b.reverse_bits();
-    }
-    let c = des::Des::new_from_slice(&key).expect("8-byte key");
-    let mut out = *challenge;
-    for half in out.chunks_mut(8) {
-        c.encrypt_block(half.into());
-    }
-    out
-}
-
 impl Viewer {
     async fn connect(vnc: &VncAddress, password: &str) -> anyhow::Result<Viewer> {
-        let s: Box<dyn Io> = match vnc {
-            VncAddress::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.with_context(|| format!("connecting to {p}"))?),
-            VncAddress::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.with_context(|| format!("connecting to {a}"))?),
-        };
-        Viewer::handshake(s, password).await
+        Viewer::open(backend_of(vnc, password)?).await
     }
 
-    async fn handshake(mut s: Box<dyn Io>, password: &str) -> anyhow::Result<Viewer> {
-        let mut version = [0u8; 12];
-        s.read_exact(&mut version).await?;
-        s.write_all(b"RFB 003.008\n").await?;
-        let n = s.read_u8().await? as usize;
-        let mut types = vec![0u8; n];
-        s.read_exact(&mut types).await?;
-        if types.contains(&2) {
-            s.write_u8(2).await?;
-            let mut ch = [0u8; 16];
-            s.read_exact(&mut ch).await?;
-            s.write_all(&vnc_response(password, &ch)).await?;
-        } else if types.contains(&1) {
-            s.write_u8(1).await?;
-        } else {
-            bail!("no security type this viewer knows: {types:?}");
-        }
-        if s.read_u32().await? != 0 {
-            bail!("VNC authentication refused");
-        }
-        s.write_u8(1).await?; // shared
-        let (w, h) = (s.read_u16().await?, s.read_u16().await?);
-        let mut pf = [0u8; 16];
-        s.read_exact(&mut pf).await?;
-        let mut name = vec![0u8; s.read_u32().await? as usize];
-        s.read_exact(&mut name).await?;
-        // Raw and DesktopSize only: an answer's length is known without decoding.
-        s.write_all(&[2, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x21]).await?;
-        Ok(Viewer { s, w, h, bpp: (pf[0] as usize / 8).max(1), incremental: false })
+    async fn open(b: Backend) -> anyhow::Result<Viewer> {
+        let (mut s, init) = backend::connect(&b).await?;
+        s.write_all(&rfb::set_encodings(&[rfb::enc::RAW, rfb::enc::DESKTOP_SIZE])).await?;
+        Ok(Viewer {
+            s,
+            w: init.width,
+            h: init.height,
+            format: init.format,
+            framer: ServerFramer::default(),
+            buf: Vec::new(),
+            incremental: false,
+        })
     }
 
     /// Asks for the whole screen and waits for the answer.
     async fn frame(&mut self) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
-        let [w0, w1] = self.w.to_be_bytes();
-        let [h0, h1] = self.h.to_be_bytes();
-        self.s.write_all(&[3, self.incremental as u8, 0, 0, 0, 0, w0, w1, h0, h1]).await?;
+        self.s.write_all(&rfb::update_request(self.incremental, self.w, self.h)).await?;
+        let mut in_update = false;
         loop {
-            match self.s.read_u8().await? {
-                0 => {
-                    let _pad = self.s.read_u8().await?;
-                    let n = self.s.read_u16().await?;
-                    for _ in 0..n {
-                        let mut r = [0u8; 12];
-                        self.s.read_exact(&mut r).await?;
-                        let (rw, rh) = (u16::from_be_bytes([r[4], r[5]]), u16::from_be_bytes([r[6], r[7]]));
-                        match i32::from_be_bytes([r[8], r[9], r[10], r[11]]) {
-                            0 => {
-                                let len = rw as u64 * rh as u64 * self.bpp as u64;
-                                tokio::io::copy(&mut (&mut self.s).take(len), &mut tokio::io::sink()).await?;
-                            }
-                            -223 => (self.w, self.h) = (rw, rh),
-                            e => bail!("rectangle with encoding {e}, which was not asked for"),
-                        }
-                    }
+            let mut at = 0;
+            while let Some((item, len)) = self.framer.next(&self.buf[at..], &self.format)? {
+                at += len;
+                match item {
+                    ServerItem::UpdateHeader { .. } => in_update = true,
+                    ServerItem::Rect { width, height, encoding: rfb::enc::DESKTOP_SIZE, .. } => (self.w, self.h) = (width, height),
+                    ServerItem::Rect { encoding: rfb::enc::RAW, .. } | ServerItem::Other { .. } => {}
+                    ServerItem::Rect { encoding, .. } => bail!("rectangle with encoding {encoding}, which was not asked for"),
+                }
+                if in_update && self.framer.at_boundary() {
+                    self.buf.drain(..at);
                     return Ok(t0.elapsed());
                 }
-                1 => {
-                    let mut hdr = [0u8; 5];
-                    self.s.read_exact(&mut hdr).await?;
-                    let n = u16::from_be_bytes([hdr[3], hdr[4]]) as u64;
-                    tokio::io::copy(&mut (&mut self.s).take(n * 6), &mut tokio::io::sink()).await?;
-                }
-                2 => {}
-                3 => {
-                    let mut hdr = [0u8; 7];
-                    self.s.read_exact(&mut hdr).await?;
-                    let n = u32::from_be_bytes([hdr[3], hdr[4], hdr[5], hdr[6]]) as u64;
-                    tokio::io::copy(&mut (&mut self.s).take(n), &mut tokio::io::sink()).await?;
-                }
-                t => bail!("unknown server message {t}"),
+            }
+            self.buf.drain(..at);
+            if self.s.read_buf(&mut self.buf).await? == 0 {
+                bail!("the VNC server closed the connection");
             }
         }
     }
@@ -348,8 +258,7 @@ async fn arrive(b: &Broker, user: &str) -> anyhow::Result<String> {
 }
 
 async fn proxy_viewer(b: &Broker, token: &str) -> anyhow::Result<Viewer> {
-    let s = tokio::net::TcpStream::connect(b.proxy_addr).await?;
-    Viewer::handshake(Box::new(s), token).await
+    Viewer::open(Backend { addr: VncAddr::Tcp(b.proxy_addr.to_string()), password: Some(token.to_string()) }).await
 }
 
 /// Frames until the screen has the desktop's size; the time it took.
@@ -409,7 +318,7 @@ async fn first_frame(cli: &Cli, pool: usize) -> anyhow::Result<(Duration, Durati
 async fn handoff_proxy(cli: &Cli, balloon: bool) -> anyhow::Result<(Duration, Duration)> {
     let host = Host::start(&cli.server_host, &cli.templates)?;
     let b = broker(&host, 0, balloon).await?;
-    let anim = animate(host.dir.path().join("state/vms"));
+    let anim = animate(host.sh.state.join("vms"));
     let token = arrive(&b, "52:54:00:00:00:01").await?;
     let mut v = proxy_viewer(&b, &token).await?;
     until_desktop(&mut v, Duration::from_secs(600)).await?;
@@ -460,7 +369,7 @@ async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
         vnc_password: None,
         pool: false,
     };
-    let anim = animate(host.dir.path().join("state/vms"));
+    let anim = animate(host.sh.state.join("vms"));
     let old = c.create(&create("old", 256)).await?;
     let mut v = connect_retrying(&old.vm.vnc, &old.vnc_password).await?;
     until_desktop(&mut v, Duration::from_secs(600)).await?;

@@ -29,7 +29,7 @@ async fn broker(
         pool,
         hosts: vec![HostConfig {
             name: "h1".into(),
-            url: format!("http://127.0.0.1:{}", host.port),
+            url: host.url(),
             token: TOKEN.into(),
             token_file: None,
             memory_mib: 512,

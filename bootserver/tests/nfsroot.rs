@@ -126,11 +126,7 @@ impl Rig {
 
         std::fs::write(
             dir.path().join("server-host.toml"),
-            format!(
-                "token = \"{token}\"\nlisten = \"127.0.0.1:8470\"\nstate_dir = \"{d}/server-host\"\n\
-                 templates_dir = \"{}\"\naccel = \"tcg\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
-                templates.display()
-            ),
+            testkit::server_host_config(&token, "127.0.0.1:8470", &dir.path().join("server-host"), &templates),
         )
         .unwrap();
         let host = KillOnDrop::spawn(

@@ -241,3 +241,82 @@ pub fn free_port() -> u16 {
     drop(s);
     p
 }
+
+/// The lines of a `server-host` config for tests and benchmarks: bearer `token`, API on
+/// `listen`, state in `state`, templates from `templates`, this machine's accelerator, small
+/// data disks and no memory held back (the guests are scaled down).
+pub fn server_host_config(token: &str, listen: &str, state: &Path, templates: &Path) -> String {
+    format!(
+        "token = \"{token}\"\nlisten = \"{listen}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
+         accel = \"{}\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
+        state.display(),
+        templates.display(),
+        accel(),
+    )
+}
+
+/// PIDs of the QEMU processes of a `server-host` state folder that are still alive: the VM
+/// folders' pidfiles, kept only where the process's command line names that folder (a stale
+/// pidfile may name someone else's process by now).
+pub fn server_host_qemu_pids(state: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state.join("vms")) else { return out };
+    for e in rd.flatten() {
+        let Ok(t) = std::fs::read_to_string(e.path().join("qemu.pid")) else { continue };
+        let Ok(pid) = t.trim().parse::<u32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `server-host serve` (the binary `bin`) on loopback with its config and state in `dir` and
+/// its log in `dir/server-host.log`. QEMU daemonizes, so killing server-host leaves its guests
+/// running: dropping this kills server-host and every QEMU of its state folder.
+#[derive(Debug)]
+pub struct ServerHost {
+    proc: KillOnDrop,
+    pub state: PathBuf,
+    pub port: u16,
+}
+
+impl ServerHost {
+    pub fn start(bin: &Path, dir: &Path, token: &str, templates: &Path) -> anyhow::Result<ServerHost> {
+        let port = free_port();
+        let state = dir.join("state");
+        let cfg = dir.join("server-host.toml");
+        std::fs::write(&cfg, server_host_config(token, &format!("127.0.0.1:{port}"), &state, templates))
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let log = std::fs::File::create(dir.join("server-host.log"))?;
+        let proc = KillOnDrop::spawn(
+            Command::new(bin)
+                .args(["serve", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .stdin(Stdio::null()),
+        )?;
+        Ok(ServerHost { proc, state, port })
+    }
+
+    /// The API's base URL, e.g. `http://127.0.0.1:8470`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.id()
+    }
+}
+
+impl Drop for ServerHost {
+    fn drop(&mut self) {
+        for pid in server_host_qemu_pids(&self.state) {
+            // SAFETY: kill(2) on a QEMU of this server-host's state folder (checked above).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}

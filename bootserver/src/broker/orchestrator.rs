@@ -140,7 +140,8 @@ pub fn host_user_name(user: &str) -> String {
     s
 }
 
-pub(crate) fn backend_of(vnc: &VncAddress, password: &str) -> anyhow::Result<Backend> {
+/// The proxy's backend for a VM as its host reported it.
+pub fn backend_of(vnc: &VncAddress, password: &str) -> anyhow::Result<Backend> {
     let addr = match vnc {
         VncAddress::Unix(p) => VncAddr::Unix(p.into()),
         VncAddress::Tcp(a) => a.parse().map_err(|e: String| anyhow::anyhow!(e))?,

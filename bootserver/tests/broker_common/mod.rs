@@ -3,12 +3,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use testkit::KillOnDrop;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Screen {
@@ -193,27 +192,7 @@ impl Drop for Viewer {
 
 pub const TOKEN: &str = "broker-handoff-test-token";
 
-/// `server-host serve` on loopback; dropping it kills it and every QEMU it started.
-pub struct ServerHost {
-    _proc: KillOnDrop,
-    pub state: PathBuf,
-    pub port: u16,
-}
-
-impl Drop for ServerHost {
-    fn drop(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.state.join("vms")) else { return };
-        for e in rd.flatten() {
-            let Ok(t) = std::fs::read_to_string(e.path().join("qemu.pid")) else { continue };
-            let Ok(pid) = t.trim().parse::<i32>() else { continue };
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
-                // SAFETY: kill(2) on a QEMU this test's server-host started (checked above).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
+pub use testkit::ServerHost;
 
 fn server_host_bin() -> anyhow::Result<PathBuf> {
     // Integration tests live in target/<profile>/deps; the workspace's binaries one level up.
@@ -225,35 +204,14 @@ fn server_host_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `server-host serve` on loopback with the desktop template (built first if needed), its
+/// config, state and log in `dir`; dropping it kills it and every QEMU it started.
 pub fn start_server_host(dir: &Path) -> anyhow::Result<ServerHost> {
     let st = Command::new(testkit::repo_root().join("scripts/build-desktop-template")).status()?;
     if !st.success() {
         bail!("scripts/build-desktop-template failed");
     }
-    let port = testkit::free_port();
-    let state = dir.join("state");
-    let cfg = dir.join("server-host.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
-             accel = \"{}\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
-            state.display(),
-            testkit::cache_dir().join("templates").display(),
-            testkit::accel(),
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("server-host.log"))?;
-    let proc = KillOnDrop::spawn(
-        Command::new(server_host_bin()?)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null()),
-    )?;
-    Ok(ServerHost { _proc: proc, state, port })
+    ServerHost::start(&server_host_bin()?, dir, TOKEN, &testkit::cache_dir().join("templates"))
 }
 
 /// `GET /v1{path}` from the server-host on `port`, with its token.

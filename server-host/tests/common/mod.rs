@@ -11,20 +11,13 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-token-0123";
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+pub use testkit::{free_port, repo_root as repo};
 
 /// Builds (once, idempotently) the desktop template and returns the templates folder.
 pub fn templates() -> PathBuf {
     let st = Command::new(repo().join("scripts/build-desktop-template")).status().expect("running build-desktop-template");
     assert!(st.success(), "build-desktop-template failed");
-    let cache = std::env::var_os("TC_CACHE").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache"));
-    cache.join("templates")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    testkit::cache_dir().join("templates")
 }
 
 /// A `server-host serve` process and its folders; dropping it kills it and every QEMU it
@@ -149,19 +142,7 @@ impl Drop for Host {
 }
 
 /// PIDs of the QEMU processes of this state folder that are still alive.
-pub fn qemu_pids(state: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(state.join("vms")) else { return out };
-    for e in rd.flatten() {
-        let Ok(t) = std::fs::read_to_string(e.path().join("qemu.pid")) else { continue };
-        let Ok(pid) = t.trim().parse::<u32>() else { continue };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(&*e.path().to_string_lossy()) {
-            out.push(pid);
-        }
-    }
-    out
-}
+pub use testkit::server_host_qemu_pids as qemu_pids;
 
 /// The shell on a guest's serial port (the template runs one without echo).
 pub struct Console {

@@ -73,9 +73,9 @@ impl Backend {
     }
 }
 
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-pub(crate) type Stream = Box<dyn Io>;
+pub type Stream = Box<dyn Io>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -118,8 +118,9 @@ impl Conn<'_> {
     }
 }
 
-/// Connects to a VM's VNC server and runs the RFB handshake as a shared client.
-pub(crate) async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> {
+/// Connects to a VM's VNC server (or the proxy itself) and runs the RFB handshake as a shared
+/// client.
+pub async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> {
     let io_err = |source| BackendError::Io { addr: b.addr.to_string(), source };
     let s: Stream = match &b.addr {
         VncAddr::Tcp(a) => {

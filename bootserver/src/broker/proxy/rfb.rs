@@ -18,7 +18,7 @@
 use std::fmt;
 
 /// Encoding numbers the proxy knows (RFC 6143 section 7.7 and the community registry).
-pub(crate) mod enc {
+pub mod enc {
     pub const RAW: i32 = 0;
     pub const COPY_RECT: i32 = 1;
     pub const RRE: i32 = 2;
