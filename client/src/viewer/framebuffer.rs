@@ -42,6 +42,10 @@ impl Rect {
     pub(crate) fn is_empty(&self) -> bool {
         self.w == 0 || self.h == 0
     }
+
+    pub(crate) fn intersects(&self, o: &Rect) -> bool {
+        self.x < o.right() && o.x < self.right() && self.y < o.bottom() && o.y < self.bottom()
+    }
 }
 
 /// Above this many separate dirty rectangles they are merged into their bounding box: one

@@ -7,6 +7,7 @@
 
 mod framebuffer;
 mod input;
+mod jpeg;
 mod layout;
 mod overlay;
 mod presenter;

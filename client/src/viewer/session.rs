@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use vnc::{PixelFormat, VncClient, VncConnector, VncEncoding, VncEvent, X11Event};
 
-use super::framebuffer::{Cursor, Framebuffer, Rect, BPP};
+use super::framebuffer::{Cursor, Framebuffer, Rect};
+use super::jpeg::JpegPool;
 use super::input::InputEvent;
 
 /// Where the VNC server is.
@@ -132,20 +133,29 @@ pub(crate) struct Shared {
     painted: AtomicBool,
     /// The desktop changed size since the last complete update.
     resized: AtomicBool,
-    /// JPEG rectangles are decoded here before the screen is locked; kept for the next one.
-    jpeg: Mutex<JpegDecoder>,
+    /// Decodes Tight's JPEG rectangles, on other threads where there are cores for them.
+    jpeg: JpegPool,
 }
 
 impl Shared {
     pub(crate) fn new() -> Arc<Shared> {
-        Arc::new(Shared {
-            screen: Mutex::new(Screen::default()),
-            quit: AtomicBool::new(false),
-            frames: watch::channel(0).0,
-            dirty: AtomicU64::new(0),
-            painted: AtomicBool::new(false),
-            resized: AtomicBool::new(false),
-            jpeg: Mutex::new(JpegDecoder::default()),
+        Arc::new_cyclic(|me: &Weak<Shared>| {
+            // The decoding threads write into the screen; a weak reference, so that they do
+            // not keep it alive (they end when the pool goes with it).
+            let me = me.clone();
+            let put = move |r: Rect, pixels: &[u8]| match me.upgrade() {
+                Some(s) => s.lock().fb.put_bgrx(r, pixels),
+                None => Ok(()),
+            };
+            Shared {
+                screen: Mutex::new(Screen::default()),
+                quit: AtomicBool::new(false),
+                frames: watch::channel(0).0,
+                dirty: AtomicU64::new(0),
+                painted: AtomicBool::new(false),
+                resized: AtomicBool::new(false),
+                jpeg: JpegPool::new(Arc::new(put)),
+            }
         })
     }
 
@@ -195,10 +205,13 @@ fn rect(r: vnc::Rect) -> Rect {
 
 /// vnc-rs writes decoded rectangles straight into the screen (see [`vnc::PixelSink`]): no
 /// per-rectangle buffers queued between its decoder and this task. The lock is held only for
-/// the copy, never while reading or decoding, so the presenter is not held up.
+/// the copy, never while reading or decoding, so the presenter is not held up. JPEG
+/// rectangles may still be decoding on other threads: whatever touches their place waits.
 impl vnc::PixelSink for Shared {
     fn resize(&self, width: u16, height: u16) {
         let (w, h) = (u32::from(width), u32::from(height));
+        // Rectangles of the old size go in first (an error there comes with the next one).
+        let _ = self.jpeg.flush();
         let mut s = self.lock();
         // Servers repeat the size in every layout announcement: only a change clears the screen.
         if s.fb.width() == w && s.fb.height() == h {
@@ -215,19 +228,26 @@ impl vnc::PixelSink for Shared {
 
     fn put(&self, r: vnc::Rect, pixels: &[u8]) -> Result<(), String> {
         self.painted.store(true, Ordering::Release);
+        self.jpeg.wait_for(rect(r))?;
         self.lock().fb.put_bgrx(rect(r), pixels).map_err(|e| format!("{e:#}"))
     }
 
     fn copy(&self, dst: vnc::Rect, src: vnc::Rect) -> Result<(), String> {
         self.painted.store(true, Ordering::Release);
+        self.jpeg.wait_for(rect(dst))?;
+        self.jpeg.wait_for(rect(src))?;
         self.lock().fb.copy_rect(rect(dst), src.x.into(), src.y.into()).map_err(|e| format!("{e:#}"))
     }
 
     fn jpeg(&self, r: vnc::Rect, jpeg: &[u8]) -> Result<(), String> {
         self.painted.store(true, Ordering::Release);
-        let mut dec = self.jpeg.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pixels = dec.decode(rect(r), jpeg).map_err(|e| format!("{e:#}"))?;
-        self.lock().fb.put_bgrx(rect(r), pixels).map_err(|e| format!("{e:#}"))
+        // Two JPEG rectangles on the same place must land in order too.
+        self.jpeg.wait_for(rect(r))?;
+        self.jpeg.submit(rect(r), jpeg)
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.jpeg.flush()
     }
 }
 
@@ -302,6 +322,9 @@ async fn connect_and_run(
     };
     let result = drive(&client, shared, input).await;
     let _ = client.close().await;
+    // JPEG rectangles of this connection still in flight, or their failure, are not the next
+    // connection's business.
+    shared.jpeg.reset();
     result
 }
 
@@ -418,41 +441,6 @@ fn apply(ev: VncEvent, shared: &Shared, update: &mut Update) -> anyhow::Result<b
     Ok(false)
 }
 
-/// Tight's JPEG rectangles, decoded with libjpeg-turbo (what TigerVNC uses): its SIMD Huffman
-/// decoding and colour conversion made Tight+JPEG about a fifth cheaper than zune-jpeg, whose
-/// Huffman decoding was half the CPU time. It writes B, G, R, A, the framebuffer's own order,
-/// so the rectangle goes in with a plain copy.
-#[derive(Default)]
-struct JpegDecoder {
-    /// Made on the first JPEG rectangle and kept: setting one up allocates libjpeg's state.
-    tj: Option<turbojpeg::Decompressor>,
-    pixels: Vec<u8>,
-}
-
-impl JpegDecoder {
-    /// The rectangle's pixels as B, G, R, A rows; a JPEG of another size than the rectangle or
-    /// one that is corrupt or cut short is an error (libjpeg-turbo's warnings count as errors).
-    fn decode(&mut self, r: Rect, jpeg: &[u8]) -> anyhow::Result<&[u8]> {
-        let tj = match &mut self.tj {
-            Some(tj) => tj,
-            None => self.tj.insert(turbojpeg::Decompressor::new().context("starting the JPEG decoder")?),
-        };
-        let head = tj.read_header(jpeg).context("decoding a Tight JPEG rectangle")?;
-        let (w, h) = (head.width, head.height);
-        if (w, h) != (r.w as usize, r.h as usize) {
-            bail!("JPEG of {w}x{h} for a {}x{} rectangle", r.w, r.h);
-        }
-        // Only grown, never cleared: the decoder writes every byte of the rectangle.
-        if self.pixels.len() < w * h * BPP {
-            self.pixels.resize(w * h * BPP, 0);
-        }
-        let out = &mut self.pixels[..w * h * BPP];
-        let image = turbojpeg::Image { pixels: &mut *out, width: w, pitch: w * BPP, height: h, format: turbojpeg::PixelFormat::BGRA };
-        tj.decompress(jpeg, image).context("decoding a Tight JPEG rectangle")?;
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,27 +453,5 @@ mod tests {
         assert!(matches!(Target::parse("unix:/x").unwrap(), Target::Unix(_)));
         assert!(Target::parse("h:notaport").is_err());
         assert!(Target::parse("").is_err());
-    }
-
-    #[test]
-    fn jpeg_rectangles_decode_or_fail_cleanly() {
-        let img = image::RgbImage::from_pixel(3, 2, image::Rgb([200, 100, 50]));
-        let mut jpeg = vec![];
-        image::DynamicImage::ImageRgb8(img)
-            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
-            .unwrap();
-        let mut dec = JpegDecoder::default();
-        let out = dec.decode(Rect::new(0, 0, 3, 2), &jpeg).unwrap();
-        assert_eq!(out.len(), 3 * 2 * BPP);
-        // B, G, R, A: blue first, an opaque alpha.
-        assert!((i32::from(out[0]) - 50).abs() < 8 && (i32::from(out[2]) - 200).abs() < 8, "{out:?}");
-        assert_eq!(out[3], 255);
-        assert!(dec.decode(Rect::new(0, 0, 4, 2), &jpeg).is_err());
-        assert!(dec.decode(Rect::new(0, 0, 3, 2), &jpeg[..20]).is_err());
-        // Cut short after the header: libjpeg-turbo would fill in grey and warn.
-        assert!(dec.decode(Rect::new(0, 0, 3, 2), &jpeg[..jpeg.len() - 10]).is_err());
-        assert!(dec.decode(Rect::new(0, 0, 3, 2), &[]).is_err());
-        // The decoder is still good after errors.
-        assert!(dec.decode(Rect::new(0, 0, 3, 2), &jpeg).is_ok());
     }
 }

@@ -17,6 +17,12 @@ pub trait PixelSink: Send + Sync {
     fn put(&self, rect: Rect, pixels: &[u8]) -> Result<(), String>;
     /// CopyRect: `dst` takes the pixels at `src` (same size; they may overlap).
     fn copy(&self, dst: Rect, src: Rect) -> Result<(), String>;
-    /// A Tight JPEG rectangle, still compressed.
+    /// A Tight JPEG rectangle, still compressed. The sink may decode it later, elsewhere, as
+    /// long as it is in place when [`flush`](Self::flush) returns.
     fn jpeg(&self, rect: Rect, jpeg: &[u8]) -> Result<(), String>;
+    /// The end of a FramebufferUpdate: called before `VncEvent::UpdateEnd` is sent, so a
+    /// sink that defers work (JPEG rectangles decoded on other threads) finishes it here.
+    fn flush(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

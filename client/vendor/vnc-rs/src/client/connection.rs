@@ -408,6 +408,10 @@ async fn deliver(
             return r.map_err(VncError::General);
         }
         VncEvent::Copy(dst, src) => return sink.copy(dst, src).map_err(VncError::General),
+        VncEvent::UpdateEnd => {
+            sink.flush().map_err(VncError::General)?;
+            VncEvent::UpdateEnd
+        }
         VncEvent::SetResolution(s) => {
             sink.resize(s.width, s.height);
             VncEvent::SetResolution(s)
