@@ -10,7 +10,7 @@
 //! binds nothing, and after a restart a REQUEST for an offered address is checked against the
 //! persisted bindings like any other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -144,6 +144,8 @@ pub(crate) struct LeaseTable {
     by_mac: HashMap<String, Ipv4Addr>,
     reserved: HashMap<Ipv4Addr, String>,
     leases: BTreeMap<Ipv4Addr, Lease>,
+    /// Addresses whose ping check is under way: nobody gets them until it ends.
+    probing: HashSet<Ipv4Addr>,
     store: Box<dyn LeaseStore>,
 }
 
@@ -162,6 +164,7 @@ impl LeaseTable {
             by_mac: reservations.iter().cloned().collect(),
             reserved: reservations.iter().map(|(m, ip)| (*ip, m.clone())).collect(),
             leases,
+            probing: HashSet::new(),
             store,
         })
     }
@@ -182,6 +185,9 @@ impl LeaseTable {
     /// Whether `ip` may be given to the client `key` with hardware address `mac` at `now`:
     /// its reservation, or a pool address that nobody else holds or has reserved.
     pub(crate) fn available_to(&self, ip: Ipv4Addr, key: &str, mac: &str, now: u64) -> bool {
+        if self.probing.contains(&ip) {
+            return false;
+        }
         match self.reserved.get(&ip) {
             Some(owner) if owner != mac => return false,
             Some(_) => {}
@@ -227,6 +233,25 @@ impl LeaseTable {
                 .min_by_key(|l| l.expires)
                 .map(|l| l.ip)
         })
+    }
+
+    /// Whether `ip` should be pinged before it is offered to `key`: unless the client holds it
+    /// now (bound or offered, not expired), someone else may have taken it since, or never
+    /// have asked us before using it.
+    pub(crate) fn needs_probe(&self, ip: Ipv4Addr, key: &str, now: u64) -> bool {
+        let held = self.leases.get(&ip).is_some_and(|l| {
+            l.client == key && matches!(l.state, LeaseState::Bound | LeaseState::Offered) && l.active(now)
+        });
+        !held
+    }
+
+    /// Marks `ip` as under a ping check (`true`) or done with it (`false`).
+    pub(crate) fn set_probing(&mut self, ip: Ipv4Addr, on: bool) {
+        if on {
+            self.probing.insert(ip);
+        } else {
+            self.probing.remove(&ip);
+        }
     }
 
     fn put(&mut self, ip: Ipv4Addr, key: &str, mac: &str, state: LeaseState, expires: u64, host: Option<String>) {
@@ -418,6 +443,25 @@ mod tests {
         assert!(t.available_to(ip(100), B, MAC_B, 600));
         assert_eq!(t.expire(600).unwrap(), 1);
         assert!(t.get(ip(100)).is_none());
+    }
+
+    #[test]
+    fn probing_holds_an_address_and_held_ones_need_no_probe() {
+        let mut t = table(MemoryStore::default());
+        t.set_probing(ip(100), true);
+        assert!(!t.available_to(ip(100), A, MAC_A, 0));
+        assert_eq!(t.pick(B, MAC_B, Some(ip(100)), 0), Some(ip(101)));
+        t.set_probing(ip(100), false);
+        assert_eq!(t.pick(B, MAC_B, Some(ip(100)), 0), Some(ip(100)));
+        assert!(t.needs_probe(ip(100), A, 0));
+        t.offer(ip(100), A, MAC_A, 60);
+        assert!(!t.needs_probe(ip(100), A, 10) && t.needs_probe(ip(100), B, 10));
+        // The hold lapsed: another look is due.
+        assert!(t.needs_probe(ip(100), A, 60));
+        t.bind(ip(100), A, MAC_A, None, 100).unwrap();
+        assert!(!t.needs_probe(ip(100), A, 99));
+        assert!(t.release(ip(100), A, 99).unwrap());
+        assert!(t.needs_probe(ip(100), A, 99));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! DHCP service (RFC 2131/2132 with the PXE options of RFC 4578), proxyDHCP, and the IPv6
 //! router advertisement that spares iPXE its autoconfiguration wait.
 //!
-//! `packet` parses and emits, `lease` keeps the table, `pxe` picks boot files, `server` decides;
-//! this module only moves datagrams between sockets and [`server::Server`].
+//! `packet` parses and emits, `lease` keeps the table, `pxe` picks boot files, `server` decides,
+//! `ping` sends the ping check's echo requests; this module only moves datagrams and ping
+//! outcomes between sockets and [`server::Server`].
 
 pub(crate) mod lease;
 pub(crate) mod packet;
+pub(crate) mod ping;
 pub(crate) mod pxe;
 pub mod ra;
 pub(crate) mod server;
@@ -20,8 +22,9 @@ use tokio::net::UdpSocket;
 use crate::config::Settings;
 use crate::http::ipxe::BootPlan;
 use lease::{FileStore, LeaseStore, LeaseTable};
+use ping::Pinger;
 use pxe::BootChoice;
-use server::{CoreConfig, Server, Via};
+use server::{Action, CoreConfig, Dropped, Server, Via};
 
 /// The `[dhcp]` table of the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,8 +32,13 @@ use server::{CoreConfig, Server, Via};
 pub struct DhcpConfig {
     /// Lease time in seconds. Clients renew at half and rebind at 7/8 of it.
     pub lease_time: u32,
-    /// Seconds a DECLINEd address stays out of the pool.
+    /// Seconds a DECLINEd address (or one that answered the ping check) stays out of the pool.
     pub quarantine_time: u32,
+    /// Ping an address before offering it to a client that does not hold it, and skip it if
+    /// it answers.
+    pub ping_check: bool,
+    /// Milliseconds to wait for the ping check's echo reply.
+    pub ping_timeout_ms: u32,
     /// Default gateway handed to clients (option 3). None: no router option.
     pub router: Option<Ipv4Addr>,
     /// DNS servers handed to clients (option 6).
@@ -58,6 +66,8 @@ impl Default for DhcpConfig {
         DhcpConfig {
             lease_time: 3600,
             quarantine_time: 600,
+            ping_check: true,
+            ping_timeout_ms: 500,
             router: None,
             dns: Vec::new(),
             domain: None,
@@ -89,7 +99,25 @@ pub(crate) fn parse_mac(text: &str) -> Option<String> {
     ok.then(|| parts.join(":").to_ascii_lowercase())
 }
 
+/// Longest ping check wait accepted: clients retransmit their DISCOVER after a few seconds.
+const MAX_PING_TIMEOUT_MS: u32 = 5000;
+
 impl DhcpConfig {
+    /// The ping check's wait, None when the check is off.
+    pub(crate) fn checked_ping_timeout(&self) -> anyhow::Result<Option<Duration>> {
+        if !self.ping_check {
+            return Ok(None);
+        }
+        let ms = self.ping_timeout_ms;
+        if ms == 0 || ms > MAX_PING_TIMEOUT_MS {
+            anyhow::bail!(
+                "key `dhcp.ping_timeout_ms`: {ms} ms is out of range; use 1 to {MAX_PING_TIMEOUT_MS} \
+                 (default 500), or `ping_check = false` to offer addresses without pinging them"
+            );
+        }
+        Ok(Some(Duration::from_millis(ms.into())))
+    }
+
     /// Checks the table against the server's subnet; returns the reservations as
     /// (normalized MAC, address).
     pub(crate) fn checked_reservations(&self, s: &Settings) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
@@ -129,6 +157,15 @@ pub struct Service {
     dhcp: UdpSocket,
     /// Port 4011, in proxyDHCP mode only.
     pxe: Option<UdpSocket>,
+    /// The ping check's socket, when the check is on.
+    pinger: Option<Pinger>,
+}
+
+/// What woke the loop.
+enum Event {
+    Datagram(usize, SocketAddr, Via),
+    PingOutcome(Ipv4Addr, bool),
+    Tick,
 }
 
 impl Service {
@@ -142,6 +179,16 @@ impl Service {
     pub(crate) fn bind_with(s: &Settings, plan: &BootPlan, store: Box<dyn LeaseStore>) -> anyhow::Result<Service> {
         let d = &s.dhcp;
         let reservations = d.checked_reservations(s)?;
+        let ping_timeout = d.checked_ping_timeout()?.filter(|_| !s.proxy_dhcp);
+        let pinger = match ping_timeout.map(|t| Pinger::open(&s.interface, t)).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                // Serving without the check beats not serving: it is a safeguard, and DECLINE
+                // still catches conflicts the clients see.
+                log::warn!("dhcp: ping check off: {e:#}; set `dhcp.ping_check = false` to silence this");
+                None
+            }
+        };
         let table = LeaseTable::open(s.range, vec![s.address], &reservations, store)
             .with_context(|| format!("loading leases from {}", s.state_dir.display()))?;
         let cfg = CoreConfig {
@@ -164,6 +211,7 @@ impl Service {
                 other: d.other_boot_file.clone(),
                 script_url: plan.script_url(),
             },
+            ping_check: pinger.is_some(),
         };
         let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
         let dhcp = crate::net::udp_socket(&s.interface, any(server::SERVER_PORT), true)?;
@@ -175,8 +223,12 @@ impl Service {
         if s.proxy_dhcp {
             log::info!("dhcp: proxyDHCP for PXE clients on {} (ports 67 and 4011)", s.interface);
         } else {
+            let ping = match ping_timeout.filter(|_| pinger.is_some()) {
+                Some(t) => format!("ping check {} ms", t.as_millis()),
+                None => "no ping check".into(),
+            };
             log::info!(
-                "dhcp: serving {}-{} on {}, lease {} s, {} reservation(s)",
+                "dhcp: serving {}-{} on {}, lease {} s, {} reservation(s), {ping}",
                 s.range.0,
                 s.range.1,
                 s.interface,
@@ -184,7 +236,7 @@ impl Service {
                 reservations.len()
             );
         }
-        Ok(Service { server: Server::new(cfg, table), dhcp, pxe })
+        Ok(Service { server: Server::new(cfg, table), dhcp, pxe, pinger })
     }
 
     /// Answers until a socket fails.
@@ -199,16 +251,29 @@ impl Service {
                     None => std::future::pending().await,
                 }
             };
-            let (len, peer, via) = tokio::select! {
+            let ping = async {
+                match &mut self.pinger {
+                    Some(p) => p.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
                 r = self.dhcp.recv_from(&mut buf) => {
                     let (n, p) = r.context("dhcp: receiving on port 67")?;
-                    (n, p, Via::Dhcp)
+                    Event::Datagram(n, p, Via::Dhcp)
                 }
                 r = pxe => {
                     let (n, p) = r.context("dhcp: receiving on port 4011")?;
-                    (n, p, Via::Pxe)
+                    Event::Datagram(n, p, Via::Pxe)
                 }
-                _ = tick.tick() => {
+                r = ping => {
+                    let (ip, answered) = r.context("dhcp: ping check")?;
+                    Event::PingOutcome(ip, answered)
+                }
+                _ = tick.tick() => Event::Tick,
+            };
+            let (result, origin) = match event {
+                Event::Tick => {
                     match self.server.leases.expire(now()) {
                         Ok(0) => {}
                         Ok(n) => log::debug!("dhcp: {n} lease(s) expired"),
@@ -216,11 +281,25 @@ impl Service {
                     }
                     continue;
                 }
+                Event::PingOutcome(ip, answered) => {
+                    (self.server.probe_done(ip, answered, now()), Origin::Ping(ip))
+                }
+                Event::Datagram(len, peer, via) => {
+                    let SocketAddr::V4(peer) = peer else { continue };
+                    let data = if via == Via::Pxe { &pxe_buf[..len] } else { &buf[..len] };
+                    (self.server.handle(data, via, peer, now()), Origin::Datagram(len, peer))
+                }
             };
-            let SocketAddr::V4(peer) = peer else { continue };
-            let data = if via == Via::Pxe { &pxe_buf[..len] } else { &buf[..len] };
-            match self.server.handle(data, via, peer, now()) {
-                Ok(Some(out)) => {
+            self.act(result, origin).await;
+        }
+    }
+
+    /// Carries out what the core decided; a ping that cannot be sent counts as unanswered.
+    async fn act(&mut self, result: Result<Action, Dropped>, origin: Origin) {
+        let mut next = Some(result);
+        while let Some(result) = next.take() {
+            match result {
+                Ok(Action::Reply(out)) => {
                     let sock = match out.via {
                         Via::Pxe => self.pxe.as_ref().unwrap_or(&self.dhcp),
                         Via::Dhcp => &self.dhcp,
@@ -238,9 +317,37 @@ impl Service {
                         log::warn!("dhcp: sending {:?} to {}: {e}", r.msg_type, out.to);
                     }
                 }
-                Ok(None) => {}
-                Err(why) => log::log!(why.level(), "dhcp: dropped {len} bytes from {peer}: {why}"),
+                Ok(Action::Probe { ip, client }) => {
+                    let sent = match &mut self.pinger {
+                        Some(p) => p.start(ip),
+                        None => Err(std::io::Error::other("no ICMP socket")),
+                    };
+                    match sent {
+                        Ok(()) => log::debug!("dhcp: pinging {ip} before offering it to {client}"),
+                        Err(e) => {
+                            log::warn!("dhcp: ping check of {ip} for {client}: {e}; offering it unchecked");
+                            next = Some(self.server.probe_done(ip, false, now()));
+                        }
+                    }
+                }
+                Ok(Action::Nothing) => {}
+                Err(why) => log::log!(why.level(), "dhcp: {origin}: {why}"),
             }
+        }
+    }
+}
+
+/// What a decision answers, for the log.
+enum Origin {
+    Datagram(usize, SocketAddrV4),
+    Ping(Ipv4Addr),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Datagram(len, peer) => write!(f, "dropped {len} bytes from {peer}"),
+            Origin::Ping(ip) => write!(f, "after the ping check of {ip}"),
         }
     }
 }
@@ -267,6 +374,7 @@ pub fn fuzz_one(data: &[u8]) {
                 other: Some("other.efi".into()),
                 script_url: "http://10.0.0.1:8080/boot.ipxe".into(),
             },
+            ping_check: true,
         };
         let reservations = [("02:00:00:00:00:42".to_string(), ip(42))];
         let store = Box::new(lease::MemoryStore::default());
@@ -276,7 +384,9 @@ pub fn fuzz_one(data: &[u8]) {
         let mut server = Server::new(cfg, table);
         let peer = SocketAddrV4::new(ip(7), 68);
         for (via, now) in [(Via::Dhcp, 0), (Via::Pxe, 10), (Via::Dhcp, 5000)] {
-            let _ = server.handle(data, via, peer, now);
+            if let Ok(server::Action::Probe { ip, .. }) = server.handle(data, via, peer, now) {
+                let _ = server.probe_done(ip, now % 2 == 0, now);
+            }
         }
     }
 }
@@ -307,6 +417,23 @@ mod tests {
         assert_eq!(r, vec![("aa:bb:cc:dd:ee:01".to_string(), Ipv4Addr::new(10, 9, 0, 42))]);
         let e = FileConfig::parse("[dhcp]\nleas_time = 1").unwrap_err();
         assert!(e.contains("leas_time"), "{e}");
+    }
+
+    #[test]
+    fn ping_check_keys() {
+        let s = settings("interface = \"br0\"\n");
+        assert_eq!(s.dhcp.checked_ping_timeout().unwrap(), Some(Duration::from_millis(500)));
+        let s = settings("interface = \"br0\"\n[dhcp]\nping_timeout_ms = 1000\n");
+        assert_eq!(s.dhcp.checked_ping_timeout().unwrap(), Some(Duration::from_secs(1)));
+        let s = settings("interface = \"br0\"\n[dhcp]\nping_check = false\nping_timeout_ms = 0\n");
+        assert_eq!(s.dhcp.checked_ping_timeout().unwrap(), None);
+        for bad in [0, 60000] {
+            let s = settings(&format!("interface = \"br0\"\n[dhcp]\nping_timeout_ms = {bad}\n"));
+            let e = s.dhcp.checked_ping_timeout().unwrap_err().to_string();
+            assert!(e.contains("dhcp.ping_timeout_ms") && e.contains("ping_check = false"), "{e}");
+        }
+        let e = FileConfig::parse("[dhcp]\nping_timeout_ms = \"soon\"").unwrap_err();
+        assert!(e.contains("ping_timeout_ms"), "{e}");
     }
 
     #[test]

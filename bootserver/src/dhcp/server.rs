@@ -1,6 +1,13 @@
 //! The decision function: a client's datagram, the lease table and the time in, a reply (with
-//! where to send it) or a reason for silence out. No I/O besides the lease store.
+//! where to send it), a ping check to run, or a reason for silence out. No I/O besides the
+//! lease store.
+//!
+//! Ping check: before a DISCOVER is offered an address the client does not hold, the core asks
+//! the caller to ping it ([`Action::Probe`]) and keeps the request; the caller reports the
+//! outcome with [`Server::probe_done`], which offers the address or, if something answered,
+//! quarantines it like a DECLINE and goes on to the next candidate.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::wire::DhcpMessageType as Msg;
@@ -14,6 +21,9 @@ pub(crate) const OFFER_HOLD: u64 = 60;
 pub(crate) const CLIENT_PORT: u16 = 68;
 pub(crate) const SERVER_PORT: u16 = 67;
 pub(crate) const PXE_PORT: u16 = 4011;
+/// A ping check not reported after this many seconds no longer holds back the client's
+/// DISCOVERs (the caller's timeout is far shorter; this only guards against a lost report).
+const PROBE_STALE: u64 = 30;
 
 /// Which socket a datagram came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +48,26 @@ pub(crate) struct CoreConfig {
     pub host_names: std::collections::HashMap<String, String>,
     pub proxy: bool,
     pub boot: BootChoice,
+    /// Ping an address before offering it to a client that does not hold it.
+    pub ping_check: bool,
+}
+
+/// What the caller should do after a datagram or a ping outcome.
+#[derive(Debug)]
+pub(crate) enum Action {
+    Reply(Outgoing),
+    /// Ping `ip` and report with [`Server::probe_done`]; `client` (a MAC) is for the logs.
+    Probe { ip: Ipv4Addr, client: String },
+    /// Handled, nothing to send (RELEASE, DECLINE).
+    Nothing,
+}
+
+/// A DISCOVER waiting for the ping check of the address it is to be offered.
+struct Pending {
+    ip: Ipv4Addr,
+    req: Request,
+    kind: ClientKind,
+    since: u64,
 }
 
 /// A reply and its destination.
@@ -83,11 +113,13 @@ fn ignored(text: impl Into<String>) -> Dropped {
 pub(crate) struct Server {
     pub cfg: CoreConfig,
     pub leases: LeaseTable,
+    /// Ping checks under way, by client key.
+    probes: HashMap<String, Pending>,
 }
 
 impl Server {
     pub(crate) fn new(cfg: CoreConfig, leases: LeaseTable) -> Server {
-        Server { cfg, leases }
+        Server { cfg, leases, probes: HashMap::new() }
     }
 
     fn in_subnet(&self, ip: Ipv4Addr) -> bool {
@@ -95,19 +127,12 @@ impl Server {
         u32::from(ip) & m == u32::from(self.cfg.address) & m
     }
 
-    /// Decides what to do with one datagram from `peer`. `Ok(None)`: handled, nothing to send
-    /// (RELEASE, DECLINE).
-    pub(crate) fn handle(
-        &mut self,
-        data: &[u8],
-        via: Via,
-        peer: SocketAddrV4,
-        now: u64,
-    ) -> Result<Option<Outgoing>, Dropped> {
+    /// Decides what to do with one datagram from `peer`.
+    pub(crate) fn handle(&mut self, data: &[u8], via: Via, peer: SocketAddrV4, now: u64) -> Result<Action, Dropped> {
         let req = Request::parse(data)?;
         let kind = ClientKind::of(&req);
         if self.cfg.proxy {
-            return self.proxy(&req, kind, via, peer).map(Some);
+            return self.proxy(&req, kind, via, peer).map(Action::Reply);
         }
         if via == Via::Pxe {
             return Err(ignored("port 4011 is only served in proxyDHCP mode"));
@@ -116,11 +141,11 @@ impl Server {
             return Err(ignored(format!("relayed from {}, a subnet this server has no pool for", req.giaddr)));
         }
         match req.msg_type {
-            Msg::Discover => self.discover(&req, kind, now).map(Some),
-            Msg::Request => self.request(&req, kind, now).map(Some),
-            Msg::Decline => self.decline(&req, now).map(|()| None),
-            Msg::Release => self.release(&req, now).map(|()| None),
-            Msg::Inform => self.inform(&req, kind).map(Some),
+            Msg::Discover => self.discover(&req, kind, now),
+            Msg::Request => self.request(&req, kind, now).map(Action::Reply),
+            Msg::Decline => self.decline(&req, now).map(|()| Action::Nothing),
+            Msg::Release => self.release(&req, now).map(|()| Action::Nothing),
+            Msg::Inform => self.inform(&req, kind).map(Action::Reply),
             other => Err(ignored(format!("{other:?} is not a client message"))),
         }
     }
@@ -195,9 +220,56 @@ impl Server {
         Ok(Outgoing { reply, bytes, to, via })
     }
 
-    fn discover(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Outgoing, Dropped> {
+    fn discover(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Action, Dropped> {
         let (key, mac) = (req.client_key(), req.mac_string());
+        if let Some(p) = self.probes.get_mut(&key) {
+            if now < p.since + PROBE_STALE {
+                // A retransmission: the offer, when it comes, answers the latest one.
+                p.req = req.clone();
+                p.kind = kind;
+                return Err(ignored(format!("{mac} repeats its DISCOVER while {} is being pinged", p.ip)));
+            }
+            let ip = p.ip;
+            self.probes.remove(&key);
+            self.leases.set_probing(ip, false);
+        }
         let ip = self.leases.pick(&key, &mac, req.requested_ip, now).ok_or(Dropped::Exhausted)?;
+        self.offer_or_probe(req, kind, ip, now)
+    }
+
+    fn offer_or_probe(&mut self, req: &Request, kind: ClientKind, ip: Ipv4Addr, now: u64) -> Result<Action, Dropped> {
+        let key = req.client_key();
+        if !self.cfg.ping_check || !self.leases.needs_probe(ip, &key, now) {
+            return self.offer(req, kind, ip, now).map(Action::Reply);
+        }
+        self.leases.set_probing(ip, true);
+        self.probes.insert(key, Pending { ip, req: req.clone(), kind, since: now });
+        Ok(Action::Probe { ip, client: req.mac_string() })
+    }
+
+    /// The outcome of the ping check of `ip`: `answered` if an echo reply came back in time.
+    pub(crate) fn probe_done(&mut self, ip: Ipv4Addr, answered: bool, now: u64) -> Result<Action, Dropped> {
+        let key = self.probes.iter().find(|(_, p)| p.ip == ip).map(|(k, _)| k.clone());
+        let Some((key, p)) = key.and_then(|k| self.probes.remove_entry(&k)) else {
+            return Err(ignored(format!("no ping check of {ip} is under way")));
+        };
+        self.leases.set_probing(ip, false);
+        if !answered {
+            return self.offer(&p.req, p.kind, ip, now).map(Action::Reply);
+        }
+        let mac = p.req.mac_string();
+        self.leases.decline(ip, now + u64::from(self.cfg.quarantine))?;
+        log::warn!(
+            "dhcp: conflict: {ip} answers ping, another host uses it; not offered to {mac}, \
+             quarantined for {} s",
+            self.cfg.quarantine
+        );
+        let next = self.leases.pick(&key, &mac, p.req.requested_ip, now).ok_or(Dropped::Exhausted)?;
+        self.offer_or_probe(&p.req, p.kind, next, now)
+    }
+
+    fn offer(&mut self, req: &Request, kind: ClientKind, ip: Ipv4Addr, now: u64) -> Result<Outgoing, Dropped> {
+        let (key, mac) = (req.client_key(), req.mac_string());
         self.leases.offer(ip, &key, &mac, now + OFFER_HOLD);
         let mut r = self.base_reply(req, Msg::Offer, kind);
         r.yiaddr = ip;
@@ -385,6 +457,8 @@ mod tests {
                 other: None,
                 script_url: "http://10.0.0.1:8080/boot.ipxe".into(),
             },
+            // The tests below that are not about the ping check answer at once.
+            ping_check: false,
         }
     }
 
@@ -412,14 +486,21 @@ mod tests {
     }
 
     fn go(s: &mut Server, b: &[u8], now: u64) -> Outgoing {
-        s.handle(b, Via::Dhcp, peer(), now).expect("a reply").expect("not silent")
+        reply(s.handle(b, Via::Dhcp, peer(), now))
+    }
+
+    fn reply(a: Result<Action, Dropped>) -> Outgoing {
+        match a {
+            Ok(Action::Reply(o)) => o,
+            other => panic!("expected a reply, got {other:?}"),
+        }
     }
 
     fn silent(s: &mut Server, b: &[u8], now: u64) -> String {
         match s.handle(b, Via::Dhcp, peer(), now) {
             Err(e) => e.to_string(),
-            Ok(Some(o)) => panic!("expected silence, got {:?}", o.reply),
-            Ok(None) => String::new(),
+            Ok(Action::Nothing) => String::new(),
+            Ok(other) => panic!("expected silence, got {other:?}"),
         }
     }
 
@@ -543,7 +624,7 @@ mod tests {
     fn release_then_request_again() {
         let mut s = server();
         let a = lease(&mut s, MAC, 0);
-        assert!(s.handle(&with_ciaddr(msg(7, MAC, &[(opt::SERVER_ID, &sid())]), a), Via::Dhcp, peer(), 5).unwrap().is_none());
+        assert_eq!(silent(&mut s, &with_ciaddr(msg(7, MAC, &[(opt::SERVER_ID, &sid())]), a), 5), "");
         assert_eq!(s.leases.get(a).unwrap().state, LeaseState::Free);
         // A release from someone else is ignored.
         lease(&mut s, MAC, 6);
@@ -557,7 +638,7 @@ mod tests {
     fn decline_gives_another_address() {
         let mut s = server();
         let a = lease(&mut s, MAC, 0);
-        assert!(s.handle(&msg(4, MAC, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &a.octets())]), Via::Dhcp, peer(), 1).unwrap().is_none());
+        assert_eq!(silent(&mut s, &msg(4, MAC, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &a.octets())]), 1), "");
         assert_eq!(s.leases.get(a).unwrap().state, LeaseState::Declined);
         let b = lease(&mut s, MAC, 2);
         assert_ne!(a, b);
@@ -620,6 +701,96 @@ mod tests {
         assert_eq!(o.reply.yiaddr, ip(101), "MAC2 prefers its own previous offer");
     }
 
+    fn probing_server() -> Server {
+        let mut s = server();
+        s.cfg.ping_check = true;
+        s
+    }
+
+    fn probe(a: Result<Action, Dropped>) -> Ipv4Addr {
+        match a {
+            Ok(Action::Probe { ip, client }) => {
+                assert_eq!(client.len(), 17, "a MAC: {client}");
+                ip
+            }
+            other => panic!("expected a ping check, got {other:?}"),
+        }
+    }
+
+    fn discover(s: &mut Server, mac: [u8; 6], now: u64) -> Result<Action, Dropped> {
+        s.handle(&msg(1, mac, &[]), Via::Dhcp, peer(), now)
+    }
+
+    /// DISCOVER, ping check of `expect` with no answer, OFFER, REQUEST, ACK.
+    fn lease_probed(s: &mut Server, mac: [u8; 6], expect: Ipv4Addr, now: u64) {
+        assert_eq!(probe(discover(s, mac, now)), expect);
+        assert_eq!(reply(s.probe_done(expect, false, now)).reply.yiaddr, expect);
+        let ack = go(s, &msg(3, mac, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &expect.octets())]), now);
+        assert_eq!((ack.reply.msg_type, ack.reply.yiaddr), (Msg::Ack, expect));
+    }
+
+    #[test]
+    fn ping_check_silent_address_is_offered_once_probed() {
+        let mut s = probing_server();
+        assert_eq!(probe(discover(&mut s, MAC, 0)), ip(100));
+        // A retransmission (new xid) starts no second ping check...
+        let mut again = msg(1, MAC, &[]);
+        again[4..8].copy_from_slice(&0xabcd_0001u32.to_be_bytes());
+        assert!(silent(&mut s, &again, 1).contains("being pinged"));
+        // ...and meanwhile another client is served, with another address.
+        assert_eq!(probe(discover(&mut s, MAC2, 1)), ip(101));
+        // No answer: the OFFER goes out, for the latest DISCOVER.
+        let o = reply(s.probe_done(ip(100), false, 1));
+        assert_eq!((o.reply.msg_type, o.reply.yiaddr, o.reply.chaddr), (Msg::Offer, ip(100), MAC));
+        let p = DhcpPacket::new_checked(&o.bytes[..]).unwrap();
+        assert_eq!(p.transaction_id(), 0xabcd_0001);
+        assert_eq!(s.leases.get(ip(100)).unwrap().state, LeaseState::Offered);
+        // A DISCOVER repeated after the OFFER gets it again at once: the client holds it.
+        assert_eq!(go(&mut s, &msg(1, MAC, &[]), 2).reply.yiaddr, ip(100));
+        // An outcome nobody waits for is ignored.
+        assert!(matches!(s.probe_done(ip(100), true, 2), Err(Dropped::Ignored(_))));
+        assert_eq!(s.leases.get(ip(100)).unwrap().state, LeaseState::Offered);
+    }
+
+    #[test]
+    fn ping_check_answered_address_is_quarantined_and_the_next_probed() {
+        let mut s = probing_server();
+        assert_eq!(probe(discover(&mut s, MAC, 0)), ip(100));
+        // While under the check nobody may take it.
+        let nak = go(&mut s, &msg(3, MAC2, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &[10, 0, 0, 100])]), 0);
+        assert_eq!(nak.reply.msg_type, Msg::Nak);
+        // It answers: quarantined like a DECLINE, and the next candidate is checked.
+        assert_eq!(probe(s.probe_done(ip(100), true, 1)), ip(101));
+        let l = s.leases.get(ip(100)).unwrap();
+        assert_eq!((l.state, l.expires), (LeaseState::Declined, 1 + 600));
+        assert_eq!(reply(s.probe_done(ip(101), false, 2)).reply.yiaddr, ip(101));
+        // Every candidate answering: nothing to offer.
+        let mut s = probing_server();
+        assert_eq!(probe(discover(&mut s, MAC2, 0)), ip(100));
+        assert_eq!(probe(s.probe_done(ip(100), true, 0)), ip(101));
+        assert!(matches!(s.probe_done(ip(101), true, 0), Err(Dropped::Exhausted)));
+        // After the quarantine the address is checked again, not trusted.
+        assert_eq!(probe(discover(&mut s, MAC, 600)), ip(100));
+    }
+
+    #[test]
+    fn ping_check_skips_what_the_client_holds() {
+        let mut s = probing_server();
+        lease_probed(&mut s, MAC, ip(100), 0);
+        // Renewal and a new DISCOVER while bound: answered at once.
+        assert_eq!(go(&mut s, &with_ciaddr(msg(3, MAC, &[]), ip(100)), 1800).reply.msg_type, Msg::Ack);
+        assert_eq!(go(&mut s, &msg(1, MAC, &[]), 1801).reply.yiaddr, ip(100));
+        // A reservation is checked the first time, not once its client holds it.
+        lease_probed(&mut s, RESERVED_MAC, ip(42), 0);
+        assert_eq!(go(&mut s, &msg(1, RESERVED_MAC, &[]), 5).reply.yiaddr, ip(42));
+        // Once the lease has run out, the client's own old address is checked again.
+        s.leases.expire(1800 + 3600).unwrap();
+        assert_eq!(probe(discover(&mut s, MAC, 1800 + 3600)), ip(100));
+        // A check whose outcome never came does not hold the client back for ever.
+        assert!(silent(&mut s, &msg(1, MAC, &[]), 1800 + 3600 + 10).contains("being pinged"));
+        assert_eq!(probe(discover(&mut s, MAC, 1800 + 3600 + PROBE_STALE)), ip(100));
+    }
+
     fn pxe_discover(arch: u8, extra: &[(u8, &[u8])]) -> Vec<u8> {
         let uuid: Vec<u8> = (0..17).collect();
         let arch_opt = [0, arch];
@@ -677,7 +848,7 @@ mod tests {
         assert!(s.leases.get(ip(100)).is_none());
         // REQUEST on 4011: ACK straight back to the sender.
         let client = SocketAddrV4::new(ip(150), 68);
-        let o = s.handle(&with_ciaddr(req, ip(150)), Via::Pxe, client, 0).unwrap().unwrap();
+        let o = reply(s.handle(&with_ciaddr(req, ip(150)), Via::Pxe, client, 0));
         assert_eq!((o.reply.msg_type, o.to, o.via), (Msg::Ack, client, Via::Pxe));
         assert_eq!(o.reply.file.as_deref(), Some("undionly.kpxe"));
         // No boot file for the architecture: nothing to say.
