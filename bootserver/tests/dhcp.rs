@@ -204,8 +204,9 @@ fn real_clients_reservation_release_decline_restart_and_garbage() {
     let lab = Lab::new(0, 5).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // No ping check: the squatter below is for the clients' own ARP check and DECLINE.
     let config = "[dhcp]\nrouter = \"10.77.0.1\"\ndns = [\"10.77.0.53\"]\ndomain = \"lab.test\"\n\
-                  router_advertisement = false\n\
+                  router_advertisement = false\nping_check = false\n\
                   [[dhcp.reservation]]\nmac = \"02:00:00:00:00:42\"\naddress = \"10.77.0.42\"\nhostname = \"pc42\"\n";
     let full_config = format!("range = \"10.77.0.100-10.77.0.120\"\n{config}");
     let mut server = start(&lab, d, &full_config, &[]);
@@ -303,6 +304,33 @@ fn udhcpc_renews_by_unicast() {
     let log = server.log();
     assert!(log.contains(&format!("Ack {} to ", bound["ip"])), "{log}");
     assert!(log.contains(&format!("via {}:68", bound["ip"])), "{log}");
+}
+
+#[test]
+fn ping_check_skips_an_address_in_use() {
+    let lab = Lab::new(0, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Host 2 squats on the first pool address; its kernel answers pings.
+    sh(lab.host_cmd(2, "ip").args(["addr", "add", "10.77.0.100/24", "dev", "eth0"]));
+    // A long wait, so that a slow machine's late echo reply still counts.
+    let config = "range = \"10.77.0.100-10.77.0.110\"\n[dhcp]\nrouter_advertisement = false\nping_timeout_ms = 3000\n";
+    let server = start(&lab, d, config, &[]);
+    assert!(server.log().contains("ping check 3000 ms"), "{}", server.log());
+    // udhcpc without its ARP check (no -a): only the server's ping check keeps it off .100.
+    let h1 = udhcpc(&lab, 1, &udhcpc_script(d), &[]);
+    assert!(in_range(&h1["ip"], 101, 110), "{h1:?}");
+    let mac = lab.host_cmd(1, "cat").arg("/sys/class/net/eth0/address").output().unwrap();
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+    let leases = std::fs::read_to_string(d.join("state/leases.json")).unwrap();
+    let log = server.stop();
+    assert!(log.contains(&format!("conflict: 10.77.0.100 answers ping, another host uses it; not offered to {mac}")), "{log}");
+    assert!(!log.contains("declined"), "{log}");
+    // The conflict is in the lease table too, as a quarantine.
+    let table: serde_json::Value = serde_json::from_str(&leases).unwrap();
+    let entry = |ip: &str| table["leases"].as_array().unwrap().iter().find(|l| l["ip"] == ip).cloned();
+    assert_eq!(entry("10.77.0.100").map(|l| l["state"].clone()), Some("declined".into()), "{leases}");
+    assert_eq!(entry(&h1["ip"]).map(|l| l["mac"].clone()), Some(mac.into()), "{leases}");
 }
 
 /// A BOOTREQUEST as a PXE ROM sends it.
