@@ -288,11 +288,11 @@ impl Keeper {
                     broker: extras.broker.or(old.broker),
                 };
                 log::info!(
-                    "DHCPACK in {:?} from {}: {} kept for {:?} s",
+                    "DHCPACK in {:?} from {}: {} kept for {} s",
                     self.phase,
                     lease.server,
                     lease.address,
-                    lease.lease_secs
+                    lease.lease_secs.map_or_else(|| "?".into(), |s| s.to_string())
                 );
                 self.timers = Timers::for_lease(lease.lease_secs, lease.renew_secs, lease.rebind_secs);
                 self.lease = lease.clone();
