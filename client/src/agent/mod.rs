@@ -59,6 +59,10 @@ enum Tool {
         /// Where --apply writes the DNS servers.
         #[arg(long, default_value = "/etc/resolv.conf")]
         resolv_conf: PathBuf,
+        /// After --apply, stay and keep the lease as the agent does: renew at T1, rebind at
+        /// T2, lease anew after a DHCPNAK or expiry (logged; runs until killed).
+        #[arg(long, requires = "apply")]
+        keep: bool,
     },
 }
 
@@ -91,9 +95,9 @@ fn extra_secs(params: &BootParams, key: &str, default: u64) -> Duration {
 }
 
 pub(crate) fn main(args: AgentArgs) -> anyhow::Result<()> {
-    if let Some(Tool::Dhcp { interface, apply, timeout, resolv_conf }) = args.tool {
+    if let Some(Tool::Dhcp { interface, apply, timeout, resolv_conf, keep }) = args.tool {
         init_logger(None);
-        return dhcp_tool(&interface, apply, Duration::from_secs(timeout), &resolv_conf);
+        return dhcp_tool(&interface, apply, keep, Duration::from_secs(timeout), &resolv_conf);
     }
     let pid1 = std::process::id() == 1;
     let mut early_problems = Vec::new();
@@ -388,29 +392,12 @@ fn build_hello(sys: &Path, mac: [u8; 6], ipv4: std::net::Ipv4Addr, phases: Phase
     })
 }
 
-/// Renews the lease at half its time by running the exchange again; a changed address is
-/// applied (and the broker connection, bound to nothing, follows by itself).
+/// Keeps the lease for the life of the agent (RFC 2131 renewing and rebinding, and a new lease
+/// when it is lost); the broker connection, bound to no address, follows by itself.
 fn spawn_renewal(iface: &str, mac: [u8; 6], lease: &net::dhcp::Lease, tx: Sender<Event>) {
-    let Some(secs) = lease.lease_secs.filter(|s| *s != u32::MAX) else { return };
     let iface = iface.to_string();
-    spawn_guarded("dhcp-renew", tx, move |_| {
-        let mut wait = Duration::from_secs(u64::from(secs / 2).max(30));
-        loop {
-            std::thread::sleep(wait);
-            match net::dhcp::acquire(&iface, mac, Duration::from_secs(60))
-                .and_then(|l| net::netlink::apply(&iface, &l, Path::new("/etc/resolv.conf")).map(|_| l))
-            {
-                Ok(l) => {
-                    log::info!("{iface}: lease renewed, {}/{}", l.address, l.prefix_len);
-                    wait = Duration::from_secs(u64::from(l.lease_secs.unwrap_or(secs) / 2).max(30));
-                }
-                Err(e) => {
-                    log::warn!("{iface}: renewing the lease: {e:#}");
-                    wait = Duration::from_secs(30);
-                }
-            }
-        }
-    });
+    let lease = lease.clone();
+    spawn_guarded("dhcp-renew", tx, move |_| net::keep::keep(&iface, mac, lease, Path::new("/etc/resolv.conf")));
 }
 
 fn shutdown(action: Shutdown, pid1: bool, console: &Arc<Mutex<Console>>) -> anyhow::Result<()> {
@@ -439,7 +426,7 @@ fn shutdown(action: Shutdown, pid1: bool, console: &Arc<Mutex<Console>>) -> anyh
     }
 }
 
-fn dhcp_tool(iface: &str, apply: bool, timeout: Duration, resolv: &Path) -> anyhow::Result<()> {
+fn dhcp_tool(iface: &str, apply: bool, keep: bool, timeout: Duration, resolv: &Path) -> anyhow::Result<()> {
     let sys = Path::new("/sys");
     let mac = net::mac_of(sys, iface)?;
     net::netlink::bring_up(iface)?;
@@ -451,12 +438,20 @@ fn dhcp_tool(iface: &str, apply: bool, timeout: Duration, resolv: &Path) -> anyh
     println!("router: {}", lease.router.map(|r| r.to_string()).unwrap_or_else(|| "(none)".into()));
     println!("dns: {}", lease.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" "));
     println!("server: {}", lease.server);
-    println!("lease_secs: {}", lease.lease_secs.map(|s| s.to_string()).unwrap_or_else(|| "(none)".into()));
+    let secs = |s: Option<u32>| s.map(|s| s.to_string()).unwrap_or_else(|| "(none)".into());
+    println!("lease_secs: {}", secs(lease.lease_secs));
+    println!("renew_secs: {}", secs(lease.renew_secs));
+    println!("rebind_secs: {}", secs(lease.rebind_secs));
     println!("broker: {}", lease.broker.map(|b| b.to_string()).unwrap_or_else(|| "(none)".into()));
     println!("took_ms: {}", started.elapsed().as_millis());
     if apply {
         net::netlink::apply(iface, &lease, resolv)?;
         println!("applied");
+    }
+    if keep {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        net::keep::keep(iface, mac, lease, resolv);
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! The kernel holds no address while this runs, so smoltcp's own small interface (with the
 //! NIC's real MAC) does the exchange; the result is then handed to the kernel by
-//! [`super::netlink`]. Renewal repeats the exchange the same way.
+//! [`super::netlink`]. Keeping the lease afterwards (renewing, rebinding) is
+//! [`super::renew`]'s job, over a kernel UDP socket once the address is up.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -20,9 +21,13 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress};
 /// dnsmasq: `--dhcp-option=224,"10.0.0.1:7000"`.
 pub(crate) const BROKER_OPTION: u8 = 224;
 const OPT_LEASE_TIME: u8 = 51;
+const OPT_RENEWAL_TIME: u8 = 58;
+const OPT_REBINDING_TIME: u8 = 59;
 
-/// Subnet mask, router, DNS, domain name, and the broker option.
-static PARAMETER_REQUEST_LIST: [u8; 5] = [1, 3, 6, 15, BROKER_OPTION];
+/// Subnet mask, router, DNS, domain name, T1, T2, and the broker option. Servers such as
+/// dnsmasq send configured options only when asked for them here.
+pub(crate) static PARAMETER_REQUEST_LIST: [u8; 7] =
+    [1, 3, 6, 15, OPT_RENEWAL_TIME, OPT_REBINDING_TIME, BROKER_OPTION];
 
 /// What the DHCP server handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,10 @@ pub(crate) struct Lease {
     pub dns: Vec<Ipv4Addr>,
     pub server: Ipv4Addr,
     pub lease_secs: Option<u32>,
+    /// T1 (option 58), when the server sent it.
+    pub renew_secs: Option<u32>,
+    /// T2 (option 59), when the server sent it.
+    pub rebind_secs: Option<u32>,
     pub broker: Option<SocketAddr>,
 }
 
@@ -40,6 +49,8 @@ pub(crate) struct Lease {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Extras {
     pub lease_secs: Option<u32>,
+    pub renew_secs: Option<u32>,
+    pub rebind_secs: Option<u32>,
     pub broker: Option<SocketAddr>,
 }
 
@@ -49,10 +60,17 @@ pub(crate) fn parse_extras<'a>(options: impl Iterator<Item = (u8, &'a [u8])>) ->
     let mut out = Extras::default();
     for (kind, data) in options {
         match kind {
-            OPT_LEASE_TIME => match <[u8; 4]>::try_from(data) {
-                Ok(b) => out.lease_secs = Some(u32::from_be_bytes(b)),
-                Err(_) => log::warn!("DHCP lease time option of {} bytes ignored", data.len()),
-            },
+            OPT_LEASE_TIME | OPT_RENEWAL_TIME | OPT_REBINDING_TIME => {
+                let slot = match kind {
+                    OPT_LEASE_TIME => &mut out.lease_secs,
+                    OPT_RENEWAL_TIME => &mut out.renew_secs,
+                    _ => &mut out.rebind_secs,
+                };
+                match <[u8; 4]>::try_from(data) {
+                    Ok(b) => *slot = Some(u32::from_be_bytes(b)),
+                    Err(_) => log::warn!("DHCP time option {kind} of {} bytes ignored", data.len()),
+                }
+            }
             BROKER_OPTION => match parse_broker(data) {
                 Some(a) => out.broker = Some(a),
                 None => log::warn!("DHCP option {BROKER_OPTION} {data:?} is not IP:PORT, ignored"),
@@ -147,6 +165,8 @@ pub(crate) fn acquire(ifname: &str, mac: [u8; 6], timeout: Duration) -> anyhow::
                 dns: cfg.dns_servers.iter().copied().collect(),
                 server: cfg.server.address,
                 lease_secs: extras.lease_secs,
+                renew_secs: extras.renew_secs,
+                rebind_secs: extras.rebind_secs,
                 broker: extras.broker,
             });
         }
@@ -169,8 +189,11 @@ mod tests {
         let text: &[u8] = b"10.0.0.1:7000";
         let bin: &[u8] = &[10, 0, 0, 2, 0x1b, 0x58];
         let lease: &[u8] = &[0, 0, 0x0e, 0x10];
-        let e = parse_extras([(51u8, lease), (224u8, text)].into_iter());
+        let t1: &[u8] = &[0, 0, 0, 10];
+        let t2: &[u8] = &[0, 0, 0, 20];
+        let e = parse_extras([(51u8, lease), (58u8, t1), (59u8, t2), (224u8, text)].into_iter());
         assert_eq!(e.lease_secs, Some(3600));
+        assert_eq!((e.renew_secs, e.rebind_secs), (Some(10), Some(20)));
         assert_eq!(e.broker, Some("10.0.0.1:7000".parse().unwrap()));
         let e = parse_extras([(224u8, bin)].into_iter());
         assert_eq!(e.broker, Some("10.0.0.2:7000".parse().unwrap()));
@@ -180,7 +203,7 @@ mod tests {
     fn malformed_options_are_ignored() {
         let bad: &[u8] = b"not-an-address";
         let short: &[u8] = &[1, 2];
-        let e = parse_extras([(224u8, bad), (51u8, short), (12u8, bad)].into_iter());
+        let e = parse_extras([(224u8, bad), (51u8, short), (58u8, short), (59u8, bad), (12u8, bad)].into_iter());
         assert_eq!(e, Extras::default());
     }
 

@@ -1,7 +1,9 @@
 //! The PC's network: pick the NIC, bring it up, lease an address, apply it.
 
 pub(crate) mod dhcp;
+pub(crate) mod keep;
 pub(crate) mod netlink;
+pub(crate) mod renew;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -87,6 +87,17 @@ impl Rtnl {
         self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_REPLACE)
     }
 
+    /// `ip addr del ADDR/LEN dev INDEX`; routes through the interface go with its last address.
+    pub(crate) fn del_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> std::io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        self.request(RouteNetlinkMessage::DelAddress(msg), 0)
+    }
+
     /// `ip route replace default via GATEWAY dev INDEX proto dhcp`.
     pub(crate) fn set_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> std::io::Result<()> {
         let mut msg = RouteMessage::default();
@@ -129,6 +140,14 @@ pub(crate) fn apply(ifname: &str, lease: &Lease, resolv: &Path) -> anyhow::Resul
         std::fs::write(resolv, resolv_conf(&lease.dns)).with_context(|| format!("writing {}", resolv.display()))?;
     }
     Ok(())
+}
+
+/// Takes the lease's address off `ifname` (a lost lease must not be used any more).
+pub(crate) fn remove(ifname: &str, lease: &Lease) -> anyhow::Result<()> {
+    let index = if_index(ifname)?;
+    Rtnl::open()?
+        .del_address(index, lease.address, lease.prefix_len)
+        .with_context(|| format!("removing {}/{} from {ifname}", lease.address, lease.prefix_len))
 }
 
 pub(crate) fn resolv_conf(dns: &[Ipv4Addr]) -> String {
