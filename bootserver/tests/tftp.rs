@@ -384,27 +384,54 @@ fn strangers_on_a_transfer_port_get_unknown_transfer_id() {
     let cmd = tftp_hpa(&s, "binary", "long.bin", &local).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
     let mut client = Running(cmd.unwrap());
     let tid = transfer_port(&s, "long.bin");
-    let mut buf = [0u8; 1024];
-    // The wrong port on the peer's host, and another host.
-    for host in ["127.0.0.1", "127.0.0.2"] {
-        let stranger = UdpSocket::bind((host, 0)).unwrap();
-        stranger.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        // An ERROR first, then an ACK and a DATA: only the last two are answered, in order,
-        // and each answer comes from the transfer's port, which is open only while it runs.
+    // Every stray is sent within a few milliseconds of the transfer's start, long before its
+    // end; their answers wait in the sockets' buffers to be checked afterwards. The answers
+    // come from the transfer's port, which is open only while the transfer runs.
+    let started = Instant::now();
+    // The wrong port on the peer's host, and another host: an ERROR first, then an ACK and a
+    // DATA, of which only the last two are answered.
+    let strangers: Vec<UdpSocket> =
+        ["127.0.0.1", "127.0.0.2"].iter().map(|h| UdpSocket::bind((*h, 0)).unwrap()).collect();
+    for stranger in &strangers {
         for probe in [UNKNOWN_TID, b"\0\x04\0\x01", b"\0\x03\0\x01stray"] {
             stranger.send_to(probe, tid).unwrap();
         }
-        for what in ["ACK", "DATA"] {
-            let (n, from) =
-                stranger.recv_from(&mut buf).unwrap_or_else(|e| panic!("{host}: no answer to {what}: {e}\n{}", s.log()));
-            assert_eq!(from, tid, "{host}: the answer to {what} comes from the transfer port");
-            assert_eq!(&buf[..n], UNKNOWN_TID, "{host}: answer to {what}");
-        }
-        stranger.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        let extra = stranger.recv_from(&mut buf);
-        assert!(extra.is_err(), "{host}: a third answer, so the ERROR was answered: {extra:?}");
+    }
+    // A flood from one more stranger: the rate limit holds the answers to all of them down
+    // to a burst of 8 and then 4 a second.
+    let flooder = UdpSocket::bind("127.0.0.3:0").unwrap();
+    for _ in 0..500 {
+        flooder.send_to(b"\0\x04\0\x02", tid).unwrap();
+    }
+    let mut buf = [0u8; 1024];
+    for stranger in &strangers {
         let me = stranger.local_addr().unwrap();
-        assert!(s.log().contains(&format!("{me} sent ACK to the transfer port")), "{}", s.log());
+        stranger.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for what in ["ACK", "DATA"] {
+            let answer = stranger.recv_from(&mut buf);
+            let (n, from) = answer.unwrap_or_else(|e| panic!("{me}: no answer to {what}: {e}\n{}", s.log()));
+            assert_eq!(from, tid, "{me}: the answer to {what} comes from the transfer port");
+            assert_eq!(&buf[..n], UNKNOWN_TID, "{me}: answer to {what}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for stranger in &strangers {
+        stranger.set_nonblocking(true).unwrap();
+        let extra = stranger.recv_from(&mut buf);
+        assert!(extra.is_err(), "a third answer to {:?}, so the ERROR was answered: {extra:?}", stranger.local_addr());
+    }
+    flooder.set_nonblocking(true).unwrap();
+    let mut flood_answers = 0;
+    while flooder.recv_from(&mut buf).is_ok() {
+        flood_answers += 1;
+    }
+    let allowed = 8 + 4 * started.elapsed().as_secs_f64().ceil() as usize;
+    let answers = 4 + flood_answers;
+    assert!(flood_answers >= 1 && answers <= allowed, "{answers} answers to 506 strays, at most {allowed} expected");
+    let log = s.log();
+    for stranger in &strangers {
+        let me = stranger.local_addr().unwrap();
+        assert!(log.contains(&format!("{me} sent ACK to the transfer port")), "{log}");
     }
     let mut stderr = String::new();
     if let Some(mut pipe) = client.0.stderr.take() {
