@@ -345,3 +345,100 @@ fn many_transfers_at_once() {
         assert_eq!(file_sha(&local), want, "{}", local.display());
     }
 }
+
+/// A client process killed by its PID when dropped, so that a failed assertion leaves none.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The transfer port the server logged for a read of `name`, once the read has started.
+fn transfer_port(s: &Server, name: &str) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let marker = format!("reads {name} (");
+    while Instant::now() < deadline {
+        let log = s.log();
+        if let Some(line) = log.lines().find(|l| l.contains(&marker)) {
+            let port = line.rsplit("from port ").next().and_then(|p| p.trim_end_matches(')').parse().ok());
+            let port: u16 = port.unwrap_or_else(|| panic!("no transfer port in {line:?}"));
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the read of {name} did not start within 60 s:\n{}", s.log());
+}
+
+#[test]
+fn strangers_on_a_transfer_port_get_unknown_transfer_id() {
+    const UNKNOWN_TID: &[u8] = b"\0\x05\0\x05Unknown transfer ID\0";
+    // Lock-step 512-byte blocks: tens of thousands of round trips, far longer than the probes.
+    let data = pseudo_random(16 * 1024 * 1024, 6);
+    let s = Server::start(&[("long.bin", &data)]);
+    let local = s.out("long.bin");
+    let cmd = tftp_hpa(&s, "binary", "long.bin", &local).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let mut client = Running(cmd.unwrap());
+    let tid = transfer_port(&s, "long.bin");
+    // Every stray is sent within a few milliseconds of the transfer's start, long before its
+    // end; their answers wait in the sockets' buffers to be checked afterwards. The answers
+    // come from the transfer's port, which is open only while the transfer runs.
+    let started = Instant::now();
+    // The wrong port on the peer's host, and another host: an ERROR first, then an ACK and a
+    // DATA, of which only the last two are answered.
+    let strangers: Vec<UdpSocket> =
+        ["127.0.0.1", "127.0.0.2"].iter().map(|h| UdpSocket::bind((*h, 0)).unwrap()).collect();
+    for stranger in &strangers {
+        for probe in [UNKNOWN_TID, b"\0\x04\0\x01", b"\0\x03\0\x01stray"] {
+            stranger.send_to(probe, tid).unwrap();
+        }
+    }
+    // A flood from one more stranger: the rate limit holds the answers to all of them down
+    // to a burst of 8 and then 4 a second.
+    let flooder = UdpSocket::bind("127.0.0.3:0").unwrap();
+    for _ in 0..500 {
+        flooder.send_to(b"\0\x04\0\x02", tid).unwrap();
+    }
+    let mut buf = [0u8; 1024];
+    for stranger in &strangers {
+        let me = stranger.local_addr().unwrap();
+        stranger.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for what in ["ACK", "DATA"] {
+            let answer = stranger.recv_from(&mut buf);
+            let (n, from) = answer.unwrap_or_else(|e| panic!("{me}: no answer to {what}: {e}\n{}", s.log()));
+            assert_eq!(from, tid, "{me}: the answer to {what} comes from the transfer port");
+            assert_eq!(&buf[..n], UNKNOWN_TID, "{me}: answer to {what}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for stranger in &strangers {
+        stranger.set_nonblocking(true).unwrap();
+        let extra = stranger.recv_from(&mut buf);
+        assert!(extra.is_err(), "a third answer to {:?}, so the ERROR was answered: {extra:?}", stranger.local_addr());
+    }
+    flooder.set_nonblocking(true).unwrap();
+    let mut flood_answers = 0;
+    while flooder.recv_from(&mut buf).is_ok() {
+        flood_answers += 1;
+    }
+    let allowed = 8 + 4 * started.elapsed().as_secs_f64().ceil() as usize;
+    let answers = 4 + flood_answers;
+    assert!(flood_answers >= 1 && answers <= allowed, "{answers} answers to 506 strays, at most {allowed} expected");
+    let log = s.log();
+    for stranger in &strangers {
+        let me = stranger.local_addr().unwrap();
+        assert!(log.contains(&format!("{me} sent ACK to the transfer port")), "{log}");
+    }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = client.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    let status = client.0.wait().unwrap();
+    assert!(status.success(), "tftp-hpa failed ({status}): {stderr}\n{}", s.log());
+    assert_eq!(file_sha(&local), sha256(&data), "the download went on undisturbed");
+    assert!(s.log().contains("got long.bin"), "{}", s.log());
+}

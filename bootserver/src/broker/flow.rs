@@ -39,6 +39,7 @@ pub async fn start(
 ) -> anyhow::Result<Desktops> {
     let proxy = Proxy::new(ProxyOptions {
         switch_timeout: std::time::Duration::from_secs(cfg.switch_timeout_secs),
+        switch_settle: std::time::Duration::from_millis(cfg.switch_settle_ms),
         orphan_timeout: std::time::Duration::from_secs(cfg.orphan_timeout_secs),
         ..Default::default()
     });

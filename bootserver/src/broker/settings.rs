@@ -9,6 +9,7 @@
 //! health_interval_secs = 5         # every host is asked GET /v1/host this often
 //! health_failures = 3              # failed checks in a row before a host counts as down
 //! switch_timeout_secs = 120        # longest wait for a new VM's first frame at a handoff
+//! switch_settle_ms = 1000          # after that frame, wait this long for one more update
 //! orphan_timeout_secs = 600        # a viewer whose VM died waits this long for a new one
 //! stop_deadline_secs = 30          # guest's time to power off before it is killed
 //! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
@@ -54,6 +55,9 @@ pub struct BrokerConfig {
     pub health_interval_secs: u64,
     pub health_failures: u32,
     pub switch_timeout_secs: u64,
+    /// After a new VM's first frame at a handoff, how long to wait for one more update before
+    /// swapping anyway (see `proxy::backend::prepare`); 0 swaps at the first frame.
+    pub switch_settle_ms: u64,
     pub orphan_timeout_secs: u64,
     pub stop_deadline_secs: u64,
     pub leave_after_secs: u64,
@@ -74,6 +78,7 @@ impl Default for BrokerConfig {
             health_interval_secs: 5,
             health_failures: 3,
             switch_timeout_secs: 120,
+            switch_settle_ms: 1000,
             orphan_timeout_secs: 600,
             stop_deadline_secs: 30,
             leave_after_secs: 120,
@@ -97,6 +102,15 @@ impl BrokerConfig {
         }
         if self.pool > 64 {
             return Err(format!("desktops.pool: {} pre-booted VMs is more than 64; use a few", self.pool));
+        }
+        // The settle time runs inside the switch's time limit: one as long would fail every
+        // handoff to a VM whose screen is still.
+        if self.switch_settle_ms >= self.switch_timeout_secs.saturating_mul(1000) {
+            return Err(format!(
+                "desktops.switch_settle_ms: {} ms is not shorter than switch_timeout_secs ({} s); \
+                 use a few hundred to a few thousand ms, e.g. 1000",
+                self.switch_settle_ms, self.switch_timeout_secs
+            ));
         }
         if self.health_interval_secs == 0 {
             return Err("desktops.health_interval_secs: must be at least 1".into());
@@ -165,5 +179,21 @@ mod tests {
         let bad = BrokerConfig { levels_mib: vec![256, 512], ..c };
         assert!(bad.validate().unwrap_err().contains("levels_mib"));
         assert!(toml::from_str::<BrokerConfig>("levls_mib = [1]").is_err());
+    }
+
+    #[test]
+    fn switch_settle_ms_defaults_parses_and_stays_under_the_switch_timeout() {
+        let c: BrokerConfig = toml::from_str("").unwrap();
+        assert_eq!(c.switch_settle_ms, 1000);
+        let c: BrokerConfig = toml::from_str("switch_settle_ms = 250").unwrap();
+        assert_eq!(c.clone().validate().unwrap().switch_settle_ms, 250);
+        let zero: BrokerConfig = toml::from_str("switch_settle_ms = 0").unwrap();
+        assert_eq!(zero.validate().unwrap().switch_settle_ms, 0);
+        let long: BrokerConfig = toml::from_str("switch_timeout_secs = 5\nswitch_settle_ms = 5000").unwrap();
+        let e = long.validate().unwrap_err();
+        assert!(e.contains("desktops.switch_settle_ms") && e.contains("switch_timeout_secs (5 s)"), "{e}");
+        assert!(e.contains("e.g. 1000"), "{e}");
+        assert!(toml::from_str::<BrokerConfig>("switch_settle_ms = -1").is_err());
+        assert!(toml::from_str::<BrokerConfig>("switch_settle_ms = \"1s\"").is_err());
     }
 }

@@ -1,13 +1,15 @@
 //! TFTP service (RFC 1350 with the option extensions of RFC 2347, 2348, 2349 and 7440).
 //!
 //! `packet` parses and writes datagrams, `options` negotiates, `transfer` is the sender's state
-//! machine and `netascii` its text encoding; all four are free of I/O. `server` drives them
-//! with tokio: one listening socket, and one task with its own socket per transfer.
+//! machine, `netascii` its text encoding and `stray` judges datagrams from strangers that reach a
+//! transfer's port; all five are free of I/O. `server` drives them with tokio: one listening
+//! socket, and one task with its own socket per transfer.
 
 pub mod netascii;
 pub mod options;
 pub mod packet;
 pub(crate) mod server;
+pub mod stray;
 pub mod transfer;
 
 use serde::Deserialize;

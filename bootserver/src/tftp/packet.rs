@@ -167,6 +167,20 @@ pub enum Packet<'a> {
     Oack(Options<'a>),
 }
 
+impl Packet<'_> {
+    /// The packet type as RFC 1350 names it, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::Rrq(_) => "RRQ",
+            Packet::Wrq(_) => "WRQ",
+            Packet::Data { .. } => "DATA",
+            Packet::Ack(_) => "ACK",
+            Packet::Error { .. } => "ERROR",
+            Packet::Oack(_) => "OACK",
+        }
+    }
+}
+
 impl PartialEq for Options<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.rest == other.rest

@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use super::netascii::Netascii;
 use super::options::{negotiate, Limits};
 use super::packet::{self, ErrorCode, Mode, Packet, Request};
+use super::stray::{Strays, Verdict, UNKNOWN_TID};
 use super::transfer::{Params, Step, Transfer};
 use super::TftpConfig;
 use crate::bootfiles::{BootFiles, OpenError};
@@ -23,6 +24,8 @@ const READ_AHEAD: usize = 256 * 1024;
 /// Largest datagram a client sends to a transfer socket is an ACK or an ERROR; larger junk is
 /// truncated by the kernel and then rejected by the parser.
 const REPLY_BUF: usize = 2048;
+/// Enough of a stray datagram to tell an ERROR or a request from junk; the rest is cut off.
+const STRAY_BUF: usize = 600;
 /// Malformed datagrams logged at warn per second; the rest go to debug, so that a flood of
 /// junk cannot flood the log.
 const WARN_BUDGET: u32 = 20;
@@ -162,20 +165,9 @@ async fn serve_requests(socket: UdpSocket, service: Arc<Service>) -> anyhow::Res
                     }
                 });
             }
-            Ok(other) => log::debug!("tftp: dropped a {:?} from {peer} on the request port", kind(&other)),
+            Ok(other) => log::debug!("tftp: dropped a {} from {peer} on the request port", other.name()),
             Err(e) => log::log!(budget.level(), "tftp: dropped a malformed datagram from {peer}: {e}"),
         }
-    }
-}
-
-fn kind(p: &Packet<'_>) -> &'static str {
-    match p {
-        Packet::Rrq(_) => "RRQ",
-        Packet::Wrq(_) => "WRQ",
-        Packet::Data { .. } => "DATA",
-        Packet::Ack(_) => "ACK",
-        Packet::Error { .. } => "ERROR",
-        Packet::Oack(_) => "OACK",
     }
 }
 
@@ -187,6 +179,45 @@ impl Service {
         // transfer-ID check of RFC 1350 done for free.
         sock.connect(peer).await.with_context(|| format!("connecting to {peer}"))?;
         Ok(sock)
+    }
+
+    /// The unconnected twin of transfer socket `sock`, on the same address and port. The
+    /// kernel hands each datagram to the socket that matches it best, so the peer's still go
+    /// to `sock` and this one gets those of everyone else, which RFC 1350 wants answered.
+    /// Both carry SO_REUSEADDR (see `net::udp_socket`), which is what lets it bind there.
+    fn stray_socket(&self, sock: &UdpSocket) -> anyhow::Result<UdpSocket> {
+        let local = sock.local_addr().context("the transfer socket's address")?;
+        crate::net::udp_socket(&self.interface, local, false)
+            .context("a socket for strays on the transfer's port")
+    }
+}
+
+/// Datagrams that reach a transfer's port from anyone but its peer.
+struct StrayPort {
+    sock: UdpSocket,
+    strays: Strays,
+    peer: SocketAddr,
+}
+
+impl StrayPort {
+    /// Answers a stray per [`Strays::judge`], without waiting and without allocating.
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        let peer = self.peer;
+        match self.strays.judge(datagram, from, Instant::now()) {
+            Verdict::Answer { kind } => {
+                log::info!(
+                    "tftp: {from} sent {kind} to the transfer port of {peer}; answered \"unknown transfer ID\""
+                );
+                // Never wait on a stray: with the send buffer full the answer is lost like
+                // any datagram, and the transfer's own sends go first.
+                if let Err(e) = self.sock.try_send_to(UNKNOWN_TID, from) {
+                    log::debug!("tftp: answering {from}: {e}");
+                }
+            }
+            Verdict::Drop(why) => {
+                log::debug!("tftp: {from} sent a stray datagram to the transfer port of {peer}, not answered: {why:?}")
+            }
+        }
     }
 }
 
@@ -223,6 +254,7 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
     };
     let name = String::from_utf8_lossy(req.filename).into_owned();
     let sock = service.transfer_socket(peer).await?;
+    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     if req.mode == Mode::Mail {
         log::warn!("tftp: {peer} asked for mail mode ({name:?}); refused");
         return send_error(&sock, ErrorCode::IllegalOperation, "mail mode is not supported").await;
@@ -254,8 +286,11 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
         max_timeout: Duration::from_millis(cfg.max_timeout_ms),
         retries: cfg.retries,
     };
+    // Before the log line, which names the port: from then on a stranger may find it.
+    let mut strays =
+        StrayPort { sock: service.stray_socket(&sock)?, strays: Strays::new(peer, Instant::now()), peer };
     log::info!(
-        "tftp: {peer} reads {name} ({} bytes, {}, options: {}; blksize {} windowsize {})",
+        "tftp: {peer} reads {name} ({} bytes, {}, options: {}; blksize {} windowsize {}; from port {port})",
         file.len,
         req.mode.as_str(),
         describe_options(&req),
@@ -264,7 +299,7 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
     );
     let started = Instant::now();
     let mut t = Transfer::new(reader, params, neg.oack());
-    let result = drive(&sock, &mut t).await;
+    let result = drive(&sock, &mut strays, &mut t).await;
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
@@ -281,8 +316,9 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
 }
 
 /// Runs the state machine against the socket until the transfer ends.
-async fn drive<R: Read>(sock: &UdpSocket, t: &mut Transfer<R>) -> anyhow::Result<()> {
+async fn drive<R: Read>(sock: &UdpSocket, strays: &mut StrayPort, t: &mut Transfer<R>) -> anyhow::Result<()> {
     let mut buf = [0u8; REPLY_BUF];
+    let mut stray_buf = [0u8; STRAY_BUF];
     let sleep = tokio::time::sleep(t.timeout());
     tokio::pin!(sleep);
     let mut step = t.start();
@@ -309,6 +345,16 @@ async fn drive<R: Read>(sock: &UdpSocket, t: &mut Transfer<R>) -> anyhow::Result
                     anyhow::bail!("the client's port is closed (it gave up)")
                 }
                 Err(e) => return Err(e).context("receiving"),
+            },
+            r = strays.sock.recv_from(&mut stray_buf) => {
+                match r {
+                    Ok((n, from)) => strays.on_datagram(&stray_buf[..n], from),
+                    // Nothing a stranger does may end the transfer, and this socket has no
+                    // peer whose ICMP errors would mean anything.
+                    Err(e) => log::debug!("tftp: receiving strays for {}: {e}", strays.peer),
+                }
+                // The timer runs on: a stray is no sign of life from the peer.
+                Step::Wait
             },
             _ = &mut sleep => t.on_timeout(),
         };

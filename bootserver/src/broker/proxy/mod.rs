@@ -59,7 +59,8 @@ pub enum ProxyError {
     Abandoned(String),
 }
 
-/// Tunables of the proxy; see the `[broker]` config keys of the same names.
+/// Tunables of the proxy; see the `[desktops]` config keys of the same names with their unit
+/// (`switch_timeout_secs`, `switch_settle_ms`, `orphan_timeout_secs`).
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     /// Longest wait for a new VM's first frame during a switch.
