@@ -196,13 +196,12 @@ impl Service {
 struct StrayPort {
     sock: UdpSocket,
     strays: Strays,
-    peer: SocketAddr,
 }
 
 impl StrayPort {
     /// Answers a stray per [`Strays::judge`], without waiting and without allocating.
     fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        let peer = self.peer;
+        let peer = self.strays.peer();
         match self.strays.judge(datagram, from, Instant::now()) {
             Verdict::Answer { kind } => {
                 log::info!(
@@ -288,7 +287,7 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
     };
     // Before the log line, which names the port: from then on a stranger may find it.
     let mut strays =
-        StrayPort { sock: service.stray_socket(&sock)?, strays: Strays::new(peer, Instant::now()), peer };
+        StrayPort { sock: service.stray_socket(&sock)?, strays: Strays::new(peer, Instant::now()) };
     log::info!(
         "tftp: {peer} reads {name} ({} bytes, {}, options: {}; blksize {} windowsize {}; from port {port})",
         file.len,
@@ -351,7 +350,7 @@ async fn drive<R: Read>(sock: &UdpSocket, strays: &mut StrayPort, t: &mut Transf
                     Ok((n, from)) => strays.on_datagram(&stray_buf[..n], from),
                     // Nothing a stranger does may end the transfer, and this socket has no
                     // peer whose ICMP errors would mean anything.
-                    Err(e) => log::debug!("tftp: receiving strays for {}: {e}", strays.peer),
+                    Err(e) => log::debug!("tftp: receiving strays for {}: {e}", strays.strays.peer()),
                 }
                 // The timer runs on: a stray is no sign of life from the peer.
                 Step::Wait

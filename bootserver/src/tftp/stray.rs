@@ -59,6 +59,11 @@ impl Strays {
         Strays { peer, tokens: BURST, refilled: now }
     }
 
+    /// The transfer's own peer, whose datagrams are not strays.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// Judges `datagram` that arrived from `from` at `now`.
     pub fn judge(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Verdict {
         if from == self.peer {

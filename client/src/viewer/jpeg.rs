@@ -19,7 +19,8 @@ use super::framebuffer::{Rect, BPP};
 /// Where decoded pixels go: the framebuffer, under its lock.
 pub(crate) type Put = dyn Fn(Rect, &[u8]) -> anyhow::Result<()> + Send + Sync;
 
-/// More threads than this gained nothing measurable; each one keeps a decoder and a buffer.
+/// A cap for machines with many cores: an update brings a few dozen JPEG rectangles, and each
+/// thread keeps a decoder and a buffer of its own.
 const MAX_THREADS: usize = 4;
 
 /// Rectangles handed out but not yet in the framebuffer.

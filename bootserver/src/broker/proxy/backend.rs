@@ -173,11 +173,10 @@ pub async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> 
         }
         t => return Err(c.proto(format!("security type {t} is not supported"))),
     }
-    if chosen == 2 || minor == 8 {
-        if c.read_u32().await? != 0 {
-            let reason = if minor == 8 { c.read_reason().await? } else { "no reason".into() };
-            return Err(c.proto(format!("authentication failed: {reason}")));
-        }
+    // SecurityResult: after VNC authentication, and in 3.8 after None too.
+    if (chosen == 2 || minor == 8) && c.read_u32().await? != 0 {
+        let reason = if minor == 8 { c.read_reason().await? } else { "no reason".into() };
+        return Err(c.proto(format!("authentication failed: {reason}")));
     }
     // Shared: a VM being prepared for a handoff may still have its probe connected.
     c.write(&[1]).await?;

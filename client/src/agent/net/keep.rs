@@ -112,14 +112,15 @@ fn hold(ifname: &str, mac: [u8; 6], lease: Lease, resolv: &Path) -> Lost {
                 match keeper.receive(Instant::now(), &buf[..n]) {
                     None => {}
                     Some(Reply::Lost(lost)) => return lost,
-                    Some(Reply::Renewed(l)) => {
-                        if (l.prefix_len, l.router, &l.dns) != (before.prefix_len, before.router, &before.dns) {
-                            log::info!("{ifname}: the renewed lease changes the network settings; applying them");
-                            if let Err(e) = netlink::apply(ifname, &l, resolv) {
-                                log::warn!("{e:#}");
-                            }
+                    Some(Reply::Renewed(l))
+                        if (l.prefix_len, l.router, &l.dns) != (before.prefix_len, before.router, &before.dns) =>
+                    {
+                        log::info!("{ifname}: the renewed lease changes the network settings; applying them");
+                        if let Err(e) = netlink::apply(ifname, &l, resolv) {
+                            log::warn!("{e:#}");
                         }
                     }
+                    Some(Reply::Renewed(_)) => {}
                 }
             }
         }

@@ -75,27 +75,16 @@ impl Rtnl {
 
     /// `ip addr replace ADDR/LEN brd + dev INDEX`.
     pub(crate) fn set_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> std::io::Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
+        let mut msg = address_message(index, addr, prefix_len);
         let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len.min(32))) };
         let broadcast = Ipv4Addr::from(u32::from(addr) | !mask);
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
         msg.attributes.push(AddressAttribute::Broadcast(broadcast));
         self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_REPLACE)
     }
 
     /// `ip addr del ADDR/LEN dev INDEX`; routes through the interface go with its last address.
     pub(crate) fn del_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> std::io::Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
-        self.request(RouteNetlinkMessage::DelAddress(msg), 0)
+        self.request(RouteNetlinkMessage::DelAddress(address_message(index, addr, prefix_len)), 0)
     }
 
     /// `ip route replace default via GATEWAY dev INDEX proto dhcp`.
@@ -140,6 +129,17 @@ pub(crate) fn apply(ifname: &str, lease: &Lease, resolv: &Path) -> anyhow::Resul
         std::fs::write(resolv, resolv_conf(&lease.dns)).with_context(|| format!("writing {}", resolv.display()))?;
     }
     Ok(())
+}
+
+/// ADDR/LEN on interface INDEX, as both adding and deleting name it.
+fn address_message(index: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+    msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+    msg
 }
 
 /// Takes the lease's address off `ifname` (a lost lease must not be used any more).
