@@ -245,7 +245,7 @@ async fn broker(host: &Host, pool: usize, balloon: bool) -> anyhow::Result<Broke
     let proxy = Proxy::new(ProxyOptions { switch_timeout: Duration::from_secs(600), ..Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = listener.local_addr()?;
-    let server = tokio::spawn(proxy.clone().serve(listener));
+    let server = tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", bootserver::net::limits::Limits::default().proxy)));
     let (orch, _notices) = Orchestrator::new(cfg, hosts, proxy, proxy_addr)?;
     Ok(Broker { orch, proxy_addr, server })
 }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::listener::Broker;
 use crate::broker::registry::ClientRecord;
+use crate::net::limits::{serve_router, ConnLimiter};
 
 /// Where the admin API listens unless `BOOTSERVER_ADMIN` says otherwise. Loopback: it can
 /// reboot every PC, so it is not offered to the LAN.
@@ -72,7 +73,7 @@ fn parse_mac(text: &str) -> Result<String, Response> {
 }
 
 async fn list(State(broker): State<Arc<Broker>>) -> Response {
-    match broker.registry.list() {
+    match broker.registry.list().await {
         Ok(rows) => {
             let views: Vec<ClientView> = rows
                 .into_iter()
@@ -89,7 +90,7 @@ async fn one(State(broker): State<Arc<Broker>>, Path(mac): Path<String>) -> Resp
         Ok(m) => m,
         Err(r) => return r,
     };
-    match broker.registry.get(&mac) {
+    match broker.registry.get(&mac).await {
         Ok(Some(record)) => Json(ClientView { connected: broker.is_connected(&mac), record }).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no client {mac} has ever announced itself")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -101,7 +102,7 @@ async fn action(State(broker): State<Arc<Broker>>, Path(mac): Path<String>, Json
         Ok(m) => m,
         Err(r) => return r,
     };
-    match broker.registry.get(&mac) {
+    match broker.registry.get(&mac).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no client {mac} has ever announced itself")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -121,14 +122,20 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-/// Serves the clients' routes, merged with `extra` (the desktops' routes) where given.
-pub async fn run(listener: tokio::net::TcpListener, broker: Arc<Broker>, extra: Option<Router>) -> anyhow::Result<()> {
+/// Serves the clients' routes, merged with `extra` (the desktops' routes) where given, within
+/// `limiter`'s caps and timeouts.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    extra: Option<Router>,
+    limiter: Arc<ConnLimiter>,
+) -> anyhow::Result<()> {
     log::info!("admin API on http://{}", listener.local_addr()?);
     let mut app = router(broker);
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    axum::serve(listener, app).await.context("admin API")
+    serve_router(listener, limiter, app).await
 }
 
 /// One request to the admin API; returns the status and the body. Hyper's plain HTTP/1

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::dhcp::DhcpConfig;
+use crate::net::limits::{Limits, LimitsConfig};
 use crate::nfs::{ExportConfig, NfsConfig};
 use crate::tftp::TftpConfig;
 
@@ -51,6 +52,8 @@ pub struct FileConfig {
     pub desktops: crate::broker::settings::BrokerConfig,
     #[serde(default)]
     pub nfs: NfsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -72,7 +75,8 @@ pub struct ServeArgs {
     /// Default: .100 to .199 of the server's /24.
     #[arg(long, value_name = "FIRST-LAST")]
     pub range: Option<String>,
-    /// Folder whose files are served by TFTP and HTTP (read-only). Default: the current folder.
+    /// Folder whose files are served by TFTP and HTTP (read-only). Required: never the current
+    /// folder, a system folder or one that holds the state dir.
     #[arg(long)]
     pub boot_dir: Option<PathBuf>,
     /// Folder for persistent state (DHCP leases). Default: /var/lib/bootserver.
@@ -150,6 +154,7 @@ pub struct Settings {
     pub tftp: TftpConfig,
     pub desktops: crate::broker::settings::BrokerConfig,
     pub nfs: NfsConfig,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,11 +298,12 @@ impl Settings {
                 ));
             }
         }
-        let boot_dir = args
-            .boot_dir
-            .clone()
-            .or(file.boot_dir)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let boot_dir = args.boot_dir.clone().or(file.boot_dir).ok_or_else(|| {
+            invalid(
+                "boot_dir",
+                "set the folder to serve (--boot-dir /srv/boot or `boot_dir = \"/srv/boot\"`); the current folder is never served by default",
+            )
+        })?;
         let boot_dir = boot_dir.canonicalize().map_err(|e| {
             invalid("boot_dir", format!("{}: {e}; create it or point to another folder", boot_dir.display()))
         })?;
@@ -309,6 +315,7 @@ impl Settings {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from("/var/lib/bootserver"));
+        check_boot_dir(&boot_dir, &state_dir).map_err(|m| invalid("boot_dir", m))?;
         let http_port = args.http_port.or(file.http_port).unwrap_or(8080);
         if http_port == 0 {
             return Err(invalid("http_port", "0 is not a port; use e.g. 8080"));
@@ -353,8 +360,58 @@ impl Settings {
             tftp,
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,
             nfs,
+            limits: file.limits.resolve().map_err(|(key, m)| invalid(key, m))?,
         })
     }
+}
+
+/// Folders that hold the system or other users' files: serving one hands out its secrets.
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/opt",
+    "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib",
+    "/usr/local", "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/log", "/var/tmp",
+];
+/// Folders whose every subfolder is the system's too.
+const SYSTEM_TREES: &[&str] = &["/boot", "/dev", "/etc", "/proc", "/root", "/sys"];
+
+/// `path` made absolute with symlinks resolved, for a path whose end may not exist yet: the
+/// longest existing ancestor is canonicalised and the rest appended.
+fn canonical_lenient(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            return rest.iter().rev().fold(c, |p, part| p.join(part));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuses a boot dir (canonical) that is a system folder, the user's home, or holds the state
+/// dir: everything in the boot dir goes to anyone on the LAN who asks.
+pub fn check_boot_dir(boot: &Path, state: &Path) -> Result<(), String> {
+    let fix = "point boot_dir at a folder that holds only boot files, e.g. /srv/boot";
+    let in_tree = SYSTEM_TREES.iter().any(|t| boot.starts_with(t));
+    let home = std::env::var_os("HOME").map(PathBuf::from).and_then(|h| h.canonicalize().ok());
+    if in_tree || SYSTEM_DIRS.iter().any(|d| boot == Path::new(d)) || home.as_deref() == Some(boot) {
+        return Err(format!("{} is a system folder or a home; {fix}", boot.display()));
+    }
+    let state = canonical_lenient(state);
+    if state.starts_with(boot) {
+        return Err(format!(
+            "{} holds the state dir {} (session tokens, leases); {fix}, or move state_dir out of it",
+            boot.display(),
+            state.display()
+        ));
+    }
+    Ok(())
 }
 
 fn is_contiguous_mask(mask: Ipv4Addr) -> bool {
@@ -371,7 +428,32 @@ mod tests {
     }
 
     fn args() -> ServeArgs {
-        ServeArgs { boot_dir: Some(std::env::temp_dir()), ..Default::default() }
+        ServeArgs { boot_dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")), ..Default::default() }
+    }
+
+    #[test]
+    fn boot_dir_is_required_and_never_a_system_folder_or_the_states_parent() {
+        let a = ServeArgs { interface: Some("br0".into()), boot_dir: None, ..Default::default() };
+        let e = Settings::resolve_with(FileConfig::default(), &a, &ifaces()).unwrap_err().to_string();
+        assert!(e.starts_with("key `boot_dir`: set the folder"), "{e}");
+        let state = Path::new("/var/lib/bootserver");
+        for bad in ["/", "/etc", "/etc/ssl", "/usr", "/var", "/proc/1", "/tmp"] {
+            let e = check_boot_dir(Path::new(bad), state).unwrap_err();
+            assert!(e.contains("system folder"), "{bad}: {e}");
+        }
+        let t = tempfile::tempdir().unwrap();
+        let boot = t.path().canonicalize().unwrap();
+        // The state dir inside the boot dir, or the boot dir itself, even through `..` and
+        // before the state dir exists.
+        for state in [boot.join("state"), boot.clone(), boot.join("x/../y/state")] {
+            let e = check_boot_dir(&boot, &state).unwrap_err();
+            assert!(e.contains("holds the state dir"), "{}: {e}", state.display());
+        }
+        std::fs::create_dir(boot.join("www")).unwrap();
+        check_boot_dir(&boot.join("www"), &boot.join("state")).unwrap();
+        // A boot dir inside the state dir (`bootserver boot` serves STATE/www) shows nothing
+        // of the state.
+        check_boot_dir(&boot.join("www"), &boot).unwrap();
     }
 
     #[test]

@@ -39,8 +39,8 @@ enum Command {
     /// Example: bootserver serve --config /etc/bootserver.toml
     Serve {
         /// TOML config file (keys: interface, address, netmask, range, boot_dir, state_dir,
-        /// http_port, proxy_dhcp, kernel, initrd, cmdline, transport, broker, and the [dhcp]
-        /// and [tftp] tables; see the README).
+        /// http_port, proxy_dhcp, kernel, initrd, cmdline, transport, broker, and the [dhcp],
+        /// [tftp], [nfs], [desktops] and [limits] tables; see the README).
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[command(flatten)]

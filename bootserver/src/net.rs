@@ -1,4 +1,7 @@
-//! Sockets bound to the one interface the boot server serves.
+//! Sockets bound to the one interface the boot server serves, and the limits every TCP
+//! service applies to its connections.
+
+pub mod limits;
 
 use std::net::SocketAddr;
 

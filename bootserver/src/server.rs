@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::task::JoinSet;
 
 use crate::bootfiles::BootFiles;
 use crate::config::Settings;
 use crate::http::{ipxe::BootPlan, HttpState};
+use crate::net::limits::{raise_open_files, ConnLimiter};
+use crate::statefile;
+use crate::supervise::{Rebind, Supervisor};
+use std::future::ready;
 
 /// Name under which the generated iPXE script is also served by TFTP.
 pub const SCRIPT_NAME: &str = "boot.ipxe";
@@ -48,17 +51,22 @@ pub fn boot_plan(s: &Settings, files: &mut BootFiles) -> anyhow::Result<BootPlan
     })
 }
 
-/// Runs every enabled service until SIGINT or SIGTERM, or until one of them fails.
+/// Runs every enabled service until SIGINT or SIGTERM; a service that fails is restarted
+/// (see [`Supervisor`]) while the others go on.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.state_dir)
-        .with_context(|| format!("creating state dir {}", settings.state_dir.display()))?;
+    // Before anything is opened: the count of files open at start is part of the budget.
+    let budget = raise_open_files(settings.limits.open_files_reserve).context("raising the open-files limit")?;
+    let state = &settings.state_dir;
+    statefile::private_dir(state).context("key `state_dir`")?;
+    for path in statefile::tighten(state).context("key `state_dir`")? {
+        log::warn!("made {} readable by this user only", path.display());
+    }
     let mut files = BootFiles::new(&settings.boot_dir)
         .with_context(|| format!("opening boot dir {}", settings.boot_dir.display()))?;
     let plan = boot_plan(&settings, &mut files)?;
     // TFTP-only firmware that chain-loads iPXE can fetch the same script by name.
-    let script_path: PathBuf = settings.state_dir.join(SCRIPT_NAME);
-    std::fs::write(&script_path, plan.script(None))
-        .with_context(|| format!("writing {}", script_path.display()))?;
+    let script_path: PathBuf = state.join(SCRIPT_NAME);
+    statefile::write_private(&script_path, plan.script(None).as_bytes())?;
     files.add_named(SCRIPT_NAME, script_path);
     let files = Arc::new(files);
     log::info!(
@@ -71,41 +79,50 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.broker
     );
 
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    // Every socket is bound once here, so that a taken port stops the start; a restarted
+    // service binds again.
+    let mut sup = Supervisor::default();
     if settings.enable_http {
         let addr = SocketAddr::new(settings.address.into(), settings.http_port);
-        let listener = crate::net::tcp_listener(&settings.interface, addr)?;
+        let iface = settings.interface.clone();
+        let mut listener = Rebind::new(move || ready(crate::net::tcp_listener(&iface, addr))).await?;
         let state = Arc::new(HttpState { files: files.clone(), plan: plan.clone() });
-        tasks.spawn(crate::http::run(listener, state));
+        // A connection that sends a file holds its socket and the file.
+        let limiter = ConnLimiter::new("http", "limits.http", settings.limits.http.clone(), 2, budget.clone());
+        sup.add("http", move || {
+            let (l, state, limiter) = (listener.next(), state.clone(), limiter.clone());
+            async move { crate::http::run(l.await?, state, limiter).await }
+        });
     }
     if settings.enable_dhcp {
-        let dhcp = crate::dhcp::Service::bind(&settings, &plan)?;
-        tasks.spawn(dhcp.run());
+        let (s, p) = (settings.clone(), plan.clone());
+        let mut dhcp = Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p))).await?;
+        sup.add("dhcp", move || {
+            let d = dhcp.next();
+            async move { d.await?.run().await }
+        });
         if settings.dhcp.router_advertisement {
             let every = std::time::Duration::from_secs(settings.dhcp.ra_interval.max(1).into());
-            tasks.spawn(crate::dhcp::ra::run(settings.interface.clone(), every));
+            let iface = settings.interface.clone();
+            sup.add("router advertisements", move || crate::dhcp::ra::run(iface.clone(), every));
         }
     }
     if !settings.nfs.exports.is_empty() {
-        tasks.spawn(crate::nfs::run(
-            settings.interface.clone(),
-            settings.address,
-            settings.netmask,
-            settings.nfs.clone(),
-        ));
+        let s = settings.clone();
+        sup.add("nfs", move || crate::nfs::run(s.interface.clone(), s.address, s.netmask, s.nfs.clone()));
     }
     if settings.enable_tftp {
         let addr = SocketAddr::new(settings.address.into(), settings.tftp.port);
-        let socket = crate::net::udp_socket(&settings.interface, addr, false)?;
-        let service = crate::tftp::Service::new(
-            files.clone(),
-            &settings.interface,
-            settings.address,
-            settings.tftp.clone(),
-        );
-        tasks.spawn(crate::tftp::run(socket, Arc::new(service)));
+        let iface = settings.interface.clone();
+        let service =
+            Arc::new(crate::tftp::Service::new(files.clone(), &iface, settings.address, settings.tftp.clone()));
+        let mut socket = Rebind::new(move || ready(crate::net::udp_socket(&iface, addr, false))).await?;
+        sup.add("tftp", move || {
+            let (sock, service) = (socket.next(), service.clone());
+            async move { crate::tftp::run(sock.await?, service).await }
+        });
     }
-    if tasks.is_empty() && !settings.enable_broker {
+    if sup.is_empty() && !settings.enable_broker {
         anyhow::bail!("every service is disabled; enable at least one of dhcp, tftp, http, nfs, broker");
     }
     // The desktops (VNC proxy, hosts, orchestrator) where `[desktops]` names hosts; the proxy
@@ -114,22 +131,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         None
     } else {
         let proxy_addr = SocketAddr::new(settings.address.into(), settings.desktops.proxy_port);
-        Some(crate::broker::flow::start(&settings.desktops, &settings.state_dir, proxy_addr, &mut tasks).await?)
+        let limits = &settings.limits.proxy;
+        Some(crate::broker::flow::start(&settings.desktops, state, proxy_addr, limits, &budget, &mut sup).await?)
     };
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {
-        crate::broker::listener::start(&settings, desktops, &mut tasks).await?;
+        crate::broker::listener::start(&settings, desktops, &mut sup, &budget).await?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
         _ = term.recv() => log::info!("terminated, stopping"),
-        res = tasks.join_next() => {
-            if let Some(res) = res {
-                res.context("service task panicked")??;
-            }
-        }
+        _ = sup.run() => log::error!("no service left to run, stopping"),
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ async fn broker(
     let proxy = Proxy::new(ProxyOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = listener.local_addr()?;
-    let server = tokio::spawn(proxy.clone().serve(listener));
+    let server = tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", bootserver::net::limits::Limits::default().proxy)));
     let (orch, _notices) = Orchestrator::new(cfg, hosts.clone(), proxy.clone(), proxy_addr)?;
     Ok((orch, proxy_addr, server))
 }

@@ -145,7 +145,7 @@ async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
     let token_b = proxy.open_session("user-b", vm_b.backend());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(proxy.clone().serve(listener));
+    let server = tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", bootserver::net::limits::Limits::default().proxy)));
 
     // A wrong token is refused.
     assert!(connect_viewer(addr, "wrong-tk").await.is_err(), "a wrong token must be refused");
@@ -190,7 +190,7 @@ async fn zrle_passes_through_switches() -> anyhow::Result<()> {
     let token = proxy.open_session("user-z", vms.a.backend());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(proxy.clone().serve(listener));
+    let server = tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", bootserver::net::limits::Limits::default().proxy)));
     let recoded = || proxy.sessions()[0].recoded_rects;
 
     use vnc::VncEncoding::{DesktopSizePseudo, Zrle};

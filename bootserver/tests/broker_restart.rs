@@ -122,6 +122,13 @@ fn spawn_agent(broker: SocketAddr) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle
     (seen, task)
 }
 
+/// An empty boot dir beside the state dir (a boot dir holding the state dir is refused).
+fn boot_dir(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot)?;
+    Ok(boot)
+}
+
 /// `bootserver serve` with only the broker, on loopback.
 fn start_bootserver(dir: &Path, broker: SocketAddr, admin: SocketAddr) -> anyhow::Result<KillOnDrop> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("bootserver.log"))?;
@@ -135,7 +142,7 @@ fn start_bootserver(dir: &Path, broker: SocketAddr, admin: SocketAddr) -> anyhow
             .arg("--state-dir")
             .arg(dir.join("bs-state"))
             .arg("--boot-dir")
-            .arg(dir)
+            .arg(boot_dir(dir)?)
             .env("BOOTSERVER_ADMIN", admin.to_string())
             .env("RUST_LOG", "info")
             .stdout(log.try_clone()?)

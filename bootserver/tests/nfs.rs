@@ -41,7 +41,7 @@ fn libnfs_reads_the_export_and_cannot_write() {
             .arg("--nfs-export")
             .arg(format!("/client={}", root.display()))
             .arg("--boot-dir")
-            .arg(dir.path())
+            .arg(&root)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .env("RUST_LOG", "info")

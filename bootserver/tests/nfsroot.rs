@@ -122,6 +122,9 @@ impl Rig {
         let lab = Lab::with_subnet(1, 0, SUBNET).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
+        // The PC boots by QEMU's -kernel: the boot dir serves nothing, but it must not hold
+        // the state dir.
+        std::fs::create_dir(dir.path().join("boot")).unwrap();
         let token = format!("nfsroot-test-{}", std::process::id());
 
         std::fs::write(
@@ -146,7 +149,7 @@ impl Rig {
                 r#"interface = "br0"
 address = "{s}"
 range = "{SUBNET}.100-{SUBNET}.150"
-boot_dir = "{d}"
+boot_dir = "{d}/boot"
 state_dir = "{d}/bootserver"
 
 [nfs]

@@ -69,7 +69,13 @@ fn start_server(lab: &Lab, dir: &Path, image: &Path) -> KillOnDrop {
             .arg("--initrd")
             .arg(image)
             .arg("--boot-dir")
-            .arg(dir)
+            .arg({
+                // Kernel and image are given by absolute path: the boot dir only has to be a
+                // folder of its own, apart from the state dir.
+                let boot = dir.join("boot");
+                std::fs::create_dir_all(&boot).unwrap();
+                boot
+            })
             .args(["--interface", "br0", "--cmdline", "console=ttyS0 tc.error_delay=5"])
             .arg("--state-dir")
             .arg(dir.join("state"))

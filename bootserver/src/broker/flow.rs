@@ -10,7 +10,9 @@ use anyhow::Context;
 use proto::agent::{Assignment, BrokerMessage, PasswordSource};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+
+use crate::net::limits::{ConnLimiter, FdBudget, ServiceLimits};
+use crate::supervise::{Rebind, Supervisor};
 
 use super::hosts::HostRegistry;
 use super::orchestrator::{Notice, Orchestrator, Outcome};
@@ -29,45 +31,59 @@ pub struct Desktops {
     pub recovered: Vec<String>,
 }
 
-/// Binds the proxy on `proxy_addr`, puts back the sessions of the store in `state_dir`,
-/// starts health checks and the orchestrator's follower.
+/// Binds the proxy on `proxy_addr` (within `limits`), puts back the sessions of the store in
+/// `state_dir`, starts health checks and the orchestrator's follower.
 pub async fn start(
     cfg: &BrokerConfig,
     state_dir: &Path,
     proxy_addr: SocketAddr,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
+    limits: &ServiceLimits,
+    budget: &Arc<FdBudget>,
+    sup: &mut Supervisor,
 ) -> anyhow::Result<Desktops> {
     let proxy = Proxy::new(ProxyOptions {
         switch_timeout: std::time::Duration::from_secs(cfg.switch_timeout_secs),
         switch_settle: std::time::Duration::from_millis(cfg.switch_settle_ms),
         orphan_timeout: std::time::Duration::from_secs(cfg.orphan_timeout_secs),
+        handshake_timeout: limits.handshake_timeout,
         ..Default::default()
     });
-    let listener = TcpListener::bind(proxy_addr)
-        .await
-        .with_context(|| format!("VNC proxy on {proxy_addr} (key `desktops.proxy_port`)"))?;
+    let mut listener = Rebind::new(move || async move {
+        TcpListener::bind(proxy_addr)
+            .await
+            .with_context(|| format!("VNC proxy on {proxy_addr} (key `desktops.proxy_port`)"))
+    })
+    .await?;
+    // A viewer holds two open files: its own connection and its VM's.
+    let limiter = ConnLimiter::new("proxy", "limits.proxy", limits.clone(), 2, budget.clone());
     let p = proxy.clone();
-    tasks.spawn(async move { p.serve(listener).await.context("VNC proxy") });
+    sup.add("proxy", move || {
+        let (l, p, limiter) = (listener.next(), p.clone(), limiter.clone());
+        async move { p.serve(l.await?, limiter).await.context("VNC proxy") }
+    });
     let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
     let (orchestrator, notices) = Orchestrator::new(cfg.clone(), hosts.clone(), proxy.clone(), proxy_addr)?;
     let store_path = state_dir.join(&cfg.sessions_file);
     let store = SessionStore::open(&store_path).context("key `desktops.sessions_file`")?;
     let recovered = orchestrator.recover(store).await?;
-    // Not in `tasks`: this one ends once every host has answered, and the end of a task
-    // there ends the server.
+    // Not supervised: this one ends once every host has answered.
     tokio::spawn(orchestrator.clone().follow_pending(cfg.health_interval()));
     let (tx, rx) = mpsc::channel(16);
-    tasks.spawn({
-        let hosts = hosts.clone();
+    let h = hosts.clone();
+    sup.add("health checks", move || {
+        let (h, tx) = (h.clone(), tx.clone());
         async move {
-            hosts.watch(tx).await;
+            h.watch(tx).await;
             Ok(())
         }
     });
-    tasks.spawn({
-        let o = orchestrator.clone();
+    // Shared so that a restarted follower picks up where the last one stopped.
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let o = orchestrator.clone();
+    sup.add("host follower", move || {
+        let (o, rx) = (o.clone(), rx.clone());
         async move {
-            o.follow_hosts(rx).await;
+            o.follow_hosts(&mut *rx.lock().await).await;
             Ok(())
         }
     });

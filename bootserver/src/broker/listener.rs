@@ -19,11 +19,14 @@ use tokio::sync::mpsc;
 
 use super::flow::Desktops;
 use super::orchestrator::{Notice, Orchestrator};
-use super::registry::{now_secs, ClientState, Registry};
+use super::registry::{now_secs, ClientState, Recorder, Registry};
+use crate::logsafe::Esc;
+use crate::net::limits::{accept_loop, ConnLimiter, FdBudget, LogEvery, TokenBucket};
+use crate::supervise::{Rebind, Supervisor};
 
 /// The broker's view of the connected PCs, shared by the listener and the admin API.
 pub struct Broker {
-    pub registry: Registry,
+    pub registry: Recorder,
     live: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<BrokerMessage>)>>,
     next_id: AtomicU64,
     /// How often each PC is pinged; three missed pongs end its connection.
@@ -34,6 +37,9 @@ pub struct Broker {
     pub desktops: Option<Arc<Orchestrator>>,
     /// A PC whose agent connection stays gone this long has left: its desktop stops.
     pub leave_after: Duration,
+    /// Messages one connection may send per second, and in a burst; the rest are dropped.
+    pub messages_per_sec: u32,
+    pub message_burst: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,16 +49,19 @@ pub enum SendError {
 }
 
 impl Broker {
-    pub fn new(registry: Registry) -> Self {
-        Broker {
-            registry,
+    /// A broker over `registry`, which writes pongs and statuses once per `flush`.
+    pub fn new(registry: Registry, flush: Duration) -> std::io::Result<Self> {
+        Ok(Broker {
+            registry: Recorder::start(registry, flush)?,
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             ping_interval: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
             desktops: None,
             leave_after: Duration::from_secs(120),
-        }
+            messages_per_sec: 20,
+            message_burst: 100,
+        })
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, mpsc::UnboundedSender<BrokerMessage>)>> {
@@ -79,30 +88,27 @@ impl Broker {
             return Err(SendError::NotConnected(mac.to_string()));
         }
         if let Some(state) = state {
-            if let Err(e) = self.registry.set_state(mac, state, now_secs()) {
-                log::error!("{e}");
-            }
+            self.registry.set_state(mac, state, now_secs());
         }
         Ok(())
     }
 }
 
-/// Accepts connections until the listener fails.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>) -> anyhow::Result<()> {
-    let local = listener.local_addr()?;
-    log::info!("broker listening for agents on {local}");
-    loop {
-        let (stream, peer) = listener.accept().await.with_context(|| format!("accepting on {local}"))?;
+/// Accepts connections for ever, within `limiter`'s caps.
+pub async fn run(listener: TcpListener, broker: Arc<Broker>, limiter: Arc<ConnLimiter>) -> anyhow::Result<()> {
+    log::info!("broker listening for agents on {}", listener.local_addr()?);
+    accept_loop(listener, limiter, move |stream, peer| {
         let broker = broker.clone();
-        tokio::spawn(async move {
+        async move {
             let _ = stream.set_nodelay(true);
             let mut who = peer.to_string();
             match serve(stream, &broker, &mut who).await {
                 Ok(reason) => log::info!("agent {who}: {reason}"),
-                Err(e) => log::warn!("agent {who}: dropping the connection: {e:#}"),
+                Err(e) => log::warn!("agent {who}: dropping the connection: {}", Esc(&format!("{e:#}"))),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn send(wr: &mut OwnedWriteHalf, msg: &BrokerMessage) -> anyhow::Result<()> {
@@ -137,7 +143,7 @@ fn accept(r: Result<AgentMessage, DecodeError>, who: &str) -> anyhow::Result<Opt
     match r {
         Ok(m) => Ok(Some(m)),
         Err(e @ DecodeError::UnknownType { .. }) => {
-            log::warn!("agent {who}: skipping a message: {e}");
+            log::warn!("agent {who}: skipping a message: {}", Esc(&e.to_string()));
             Ok(None)
         }
         Err(e) => Err(e.into()),
@@ -177,13 +183,13 @@ async fn serve(stream: TcpStream, broker: &Arc<Broker>, who: &mut String) -> any
         }
     };
     let token = format!("{:032x}", rand::random::<u128>());
-    let record = broker.registry.announce(&hello, &token, now_secs())?;
+    let record = broker.registry.announce(&hello, &token, now_secs()).await?;
     log::info!(
         "client {mac} announced from {peer}: {} MiB RAM, {} x {}, agent {}, {} ms after power-on, boot #{}",
         hello.ram_bytes >> 20,
         hello.cpu_count,
-        hello.cpu_model,
-        hello.agent_version,
+        Esc(&hello.cpu_model),
+        Esc(&hello.agent_version),
         hello.boot_ms,
         record.boots
     );
@@ -210,9 +216,7 @@ async fn serve(stream: TcpStream, broker: &Arc<Broker>, who: &mut String) -> any
             live.remove(&mac);
         }
     }
-    if let Err(e) = broker.registry.disconnected(&mac, now_secs()) {
-        log::error!("{e}");
-    }
+    broker.registry.disconnected(&mac, now_secs());
     leave_unless_back(broker, mac);
     result
 }
@@ -269,18 +273,31 @@ async fn session(
     let mut seq = 0u64;
     let mut last_heard = Instant::now();
     let dead_after = broker.ping_interval * 3;
+    let mut bucket = TokenBucket::new(broker.messages_per_sec, broker.message_burst, Instant::now());
+    let mut dropped = LogEvery::new(Duration::from_secs(10));
     loop {
         while let Some(r) = queue.pop_front() {
-            last_heard = Instant::now();
-            match accept(r, who)? {
-                Some(AgentMessage::Pong { .. }) => broker.registry.seen(mac, now_secs())?,
+            let now = Instant::now();
+            last_heard = now;
+            let msg = accept(r, who)?;
+            if msg.is_some() && !bucket.allow(now) {
+                if let Some(more) = dropped.hit(now) {
+                    log::warn!(
+                        "agent {who}: more than {} messages a second, dropping the excess ({more} dropped before this one)",
+                        broker.messages_per_sec
+                    );
+                }
+                continue;
+            }
+            match msg {
+                Some(AgentMessage::Pong { .. }) => broker.registry.seen(mac, now_secs()),
                 Some(AgentMessage::Status(s)) => {
                     let text = match &s.error {
                         Some(e) => format!("{:?}: {e}", s.viewer).to_lowercase(),
                         None => format!("{:?}", s.viewer).to_lowercase(),
                     };
-                    log::info!("agent {who}: viewer {text}");
-                    broker.registry.set_viewer(mac, &text, now_secs())?;
+                    log::info!("agent {who}: viewer {}", Esc(&text));
+                    broker.registry.set_viewer(mac, &text, now_secs());
                 }
                 Some(AgentMessage::Hello(_)) => bail!("sent a second hello on one connection"),
                 None => {}
@@ -314,15 +331,22 @@ async fn session(
 
 /// Opens the registry in the state dir and starts the agent listener on the broker address
 /// and the admin API on [`crate::admin::admin_addr`]; with `desktops`, announced PCs get their
-/// desktops and the orchestrator's notices reach their screens.
+/// desktops and the orchestrator's notices reach their screens. Both listeners are bound here,
+/// so that a taken port stops the start, and bound again when `sup` restarts their service.
 pub async fn start(
     settings: &crate::config::Settings,
     desktops: Option<Desktops>,
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    sup: &mut Supervisor,
+    budget: &Arc<FdBudget>,
 ) -> anyhow::Result<Arc<Broker>> {
     let db = settings.state_dir.join("clients.sqlite");
-    let mut broker = Broker::new(Registry::open(&db)?);
+    let limits = &settings.limits;
+    let mut broker = Broker::new(Registry::open(&db)?, limits.registry_flush)
+        .with_context(|| format!("starting the client registry's thread for {}", db.display()))?;
     broker.leave_after = Duration::from_secs(settings.desktops.leave_after_secs);
+    broker.hello_timeout = limits.broker.handshake_timeout;
+    broker.messages_per_sec = limits.agent_messages_per_sec;
+    broker.message_burst = limits.agent_message_burst;
     let mut extra = None;
     let mut notices = None;
     let mut recovered = Vec::new();
@@ -334,26 +358,46 @@ pub async fn start(
     }
     let broker = Arc::new(broker);
     if let Some(rx) = notices {
-        tasks.spawn(forward_notices(rx, broker.clone()));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let b = broker.clone();
+        sup.add("notices", move || {
+            let (rx, b) = (rx.clone(), b.clone());
+            async move { forward_notices(&mut *rx.lock().await, b).await }
+        });
     }
     // A desktop that came back from the session store is kept only if its PC reconnects.
     for mac in recovered {
         leave_unless_back(&broker, mac);
     }
-    let agents = TcpListener::bind(settings.broker)
-        .await
-        .with_context(|| format!("listening for agents on {} (key `broker`)", settings.broker))?;
-    tasks.spawn(run(agents, broker.clone()));
+    let addr = settings.broker;
+    let mut agents = Rebind::new(move || async move {
+        TcpListener::bind(addr).await.with_context(|| format!("listening for agents on {addr} (key `broker`)"))
+    })
+    .await?;
+    let limiter = ConnLimiter::new("broker", "limits.broker", limits.broker.clone(), 1, budget.clone());
+    let b = broker.clone();
+    sup.add("broker", move || {
+        let (l, b, limiter) = (agents.next(), b.clone(), limiter.clone());
+        async move { run(l.await?, b, limiter).await }
+    });
     let admin_addr = crate::admin::admin_addr()?;
-    let admin = TcpListener::bind(admin_addr)
-        .await
-        .with_context(|| format!("listening for the admin API on {admin_addr} ({})", crate::admin::ADMIN_ENV))?;
-    tasks.spawn(crate::admin::run(admin, broker.clone(), extra));
+    let mut admin = Rebind::new(move || async move {
+        TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("listening for the admin API on {admin_addr} ({})", crate::admin::ADMIN_ENV))
+    })
+    .await?;
+    let limiter = ConnLimiter::new("admin", "limits.admin", limits.admin.clone(), 1, budget.clone());
+    let b = broker.clone();
+    sup.add("admin", move || {
+        let (l, b, limiter, extra) = (admin.next(), b.clone(), limiter.clone(), extra.clone());
+        async move { crate::admin::run(l.await?, b, extra, limiter).await }
+    });
     Ok(broker)
 }
 
 /// Shows the orchestrator's messages (a host failure, a move) on the PCs' screens.
-async fn forward_notices(mut rx: mpsc::UnboundedReceiver<Notice>, broker: Arc<Broker>) -> anyhow::Result<()> {
+async fn forward_notices(rx: &mut mpsc::UnboundedReceiver<Notice>, broker: Arc<Broker>) -> anyhow::Result<()> {
     while let Some(Notice::Message { user, text }) = rx.recv().await {
         if let Err(e) = broker.command(&user, Command::ShowMessage { text }) {
             log::info!("notice for {user} not shown: {e}");
@@ -369,13 +413,14 @@ mod tests {
     use proto::agent::{HEADER, MAX_FRAME};
 
     async fn start_broker(dir: &std::path::Path) -> (SocketAddr, Arc<Broker>) {
-        let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap());
+        let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap(), Duration::from_millis(50)).unwrap();
         b.ping_interval = Duration::from_millis(200);
         b.hello_timeout = Duration::from_millis(500);
         let broker = Arc::new(b);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(run(l, broker.clone()));
+        let limits = crate::net::limits::Limits::default().broker;
+        tokio::spawn(run(l, broker.clone(), ConnLimiter::unbounded("broker", limits)));
         (addr, broker)
     }
 
@@ -458,7 +503,7 @@ mod tests {
                 other => panic!("expected the reboot command, got {other:?}"),
             }
         }
-        let rec = broker.registry.get("52:54:00:00:00:01").unwrap().unwrap();
+        let rec = broker.registry.get("52:54:00:00:00:01").await.unwrap().unwrap();
         assert_eq!(rec.state, ClientState::Rebooting);
         assert_eq!(broker.command("52:54:00:00:00:09", Command::Reboot), Err(SendError::NotConnected("52:54:00:00:00:09".into())));
     }
@@ -469,7 +514,7 @@ mod tests {
         let (addr, broker) = start_broker(dir.path()).await;
         let (mute, _) = good_agent(addr, 7).await;
         assert!(closed_by_broker(mute).await);
-        let rec = broker.registry.get("52:54:00:00:00:07").unwrap().unwrap();
+        let rec = broker.registry.get("52:54:00:00:00:07").await.unwrap().unwrap();
         assert_eq!(rec.state, ClientState::Offline);
         assert!(!broker.is_connected("52:54:00:00:00:07"));
     }

@@ -255,7 +255,7 @@ impl Orchestrator {
     }
 
     /// Follows the host registry's health changes until it stops.
-    pub async fn follow_hosts(self: Arc<Self>, mut rx: mpsc::Receiver<HostChange>) {
+    pub async fn follow_hosts(self: Arc<Self>, rx: &mut mpsc::Receiver<HostChange>) {
         while let Some(change) = rx.recv().await {
             if let Err(e) = self.host_change(change).await {
                 log::error!("broker: host change: {e:#}");

@@ -1,8 +1,10 @@
 //! The registry of client PCs: every PC that ever announced itself, kept in SQLite so that a
 //! broker restart loses none of them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use proto::agent::{BootPhase, DisplayMode, Hello};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -80,10 +82,14 @@ pub enum RegistryError {
     Sql { path: PathBuf, source: rusqlite::Error },
     #[error("client registry {path}: stored hardware of {mac} is unreadable: {source}")]
     Json { path: PathBuf, mac: String, source: serde_json::Error },
+    #[error(transparent)]
+    Create(#[from] crate::statefile::StateFileError),
+    #[error("client registry {path}: its writer thread has stopped")]
+    Stopped { path: PathBuf },
 }
 
-/// The SQLite-backed registry. Calls are short and few (one per announce or status), so one
-/// connection behind a mutex serves every task.
+/// The SQLite-backed registry, with blocking calls; the broker uses it through a
+/// [`Recorder`], which keeps it off the runtime threads.
 pub struct Registry {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -113,6 +119,9 @@ impl Registry {
     /// marked offline: their connections died with that run, and they reconnect by themselves.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         let sql = |source| RegistryError::Sql { path: path.to_path_buf(), source };
+        // Created 0600 before SQLite opens it: SQLite would make it 0644, and its journal
+        // takes the database's mode.
+        crate::statefile::create_private(path)?;
         let conn = Connection::open(path).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.execute("UPDATE clients SET state = 'offline' WHERE state = 'online'", []).map_err(sql)?;
@@ -248,6 +257,204 @@ impl Registry {
     }
 }
 
+/// A registry call queued for the registry's thread.
+enum Op {
+    Seen { mac: String, now: u64 },
+    Viewer { mac: String, text: String, now: u64 },
+    State { mac: String, state: ClientState, now: u64 },
+    Disconnected { mac: String, now: u64 },
+    Announce { hello: Box<Hello>, token: String, now: u64, reply: Reply<ClientRecord> },
+    Get { mac: String, reply: Reply<Option<ClientRecord>> },
+    List { reply: Reply<Vec<ClientRecord>> },
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, RegistryError>>;
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    /// Where the pending pong (false) or status (true) of a client sits in `ops`: a newer one
+    /// replaces it there.
+    latest: HashMap<(String, bool), usize>,
+    /// Something waits for an answer or changes a state: do not wait for the flush interval.
+    urgent: bool,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The registry as the async code uses it: every call runs on a thread of its own, so that
+/// SQLite and its fsyncs never hold a runtime thread. Pongs and statuses are coalesced (the
+/// last per client wins) and written together once per flush interval, in one transaction;
+/// announces, state changes and reads go at once, after everything queued before them.
+pub struct Recorder {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    pub fn start(registry: Registry, flush: Duration) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new() });
+        let path = registry.path.clone();
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("registry".into())
+            .spawn(move || writer(registry, s, flush))?;
+        Ok(Recorder { path, shared, thread: Some(thread) })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, op: Op, urgent: bool) {
+        let mut q = self.queue();
+        let key = match &op {
+            Op::Seen { mac, .. } => Some((mac.clone(), false)),
+            Op::Viewer { mac, .. } => Some((mac.clone(), true)),
+            _ => None,
+        };
+        match key.as_ref().and_then(|k| q.latest.get(k).copied()) {
+            Some(i) => q.ops[i] = op,
+            None => {
+                q.ops.push(op);
+                if let Some(k) = key {
+                    let i = q.ops.len() - 1;
+                    q.latest.insert(k, i);
+                }
+            }
+        }
+        q.urgent |= urgent;
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, RegistryError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.push(make(tx), true);
+        rx.await.unwrap_or_else(|_| Err(RegistryError::Stopped { path: self.path.clone() }))
+    }
+
+    /// An agent answered a ping: written with the next batch.
+    pub fn seen(&self, mac: &str, now: u64) {
+        self.push(Op::Seen { mac: mac.into(), now }, false);
+    }
+
+    /// An agent reported its viewer's state: written with the next batch.
+    pub fn set_viewer(&self, mac: &str, viewer: &str, now: u64) {
+        self.push(Op::Viewer { mac: mac.into(), text: viewer.into(), now }, false);
+    }
+
+    pub fn set_state(&self, mac: &str, state: ClientState, now: u64) {
+        self.push(Op::State { mac: mac.into(), state, now }, true);
+    }
+
+    pub fn disconnected(&self, mac: &str, now: u64) {
+        self.push(Op::Disconnected { mac: mac.into(), now }, true);
+    }
+
+    pub async fn announce(&self, hello: &Hello, token: &str, now: u64) -> Result<ClientRecord, RegistryError> {
+        let (hello, token) = (Box::new(hello.clone()), token.to_string());
+        self.ask(|reply| Op::Announce { hello, token, now, reply }).await
+    }
+
+    pub async fn get(&self, mac: &str) -> Result<Option<ClientRecord>, RegistryError> {
+        let mac = mac.to_string();
+        self.ask(|reply| Op::Get { mac, reply }).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<ClientRecord>, RegistryError> {
+        self.ask(|reply| Op::List { reply }).await
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.queue().closed = true;
+        self.shared.wake.notify_one();
+        // The thread writes what is queued and ends; no runtime is involved.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The registry's thread: waits for work, then applies everything queued in one transaction.
+fn writer(registry: Registry, shared: Arc<Shared>, flush: Duration) {
+    let mut last = Instant::now();
+    loop {
+        let (ops, closed) = {
+            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if q.closed || q.urgent {
+                    break;
+                }
+                if q.ops.is_empty() {
+                    q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                let due = last + flush;
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                q = shared.wake.wait_timeout(q, due - now).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            q.urgent = false;
+            q.latest.clear();
+            (std::mem::take(&mut q.ops), q.closed)
+        };
+        if !ops.is_empty() {
+            registry.apply(ops);
+            last = Instant::now();
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+impl Registry {
+    /// Runs `ops` in order in one transaction (one fsync), then answers those that wait.
+    fn apply(&self, ops: Vec<Op>) {
+        let log_err = |r: Result<(), RegistryError>| {
+            if let Err(e) = r {
+                log::error!("{e}");
+            }
+        };
+        let mut answers: Vec<Box<dyn FnOnce()>> = Vec::new();
+        log_err(self.lock().execute_batch("BEGIN").map_err(|e| self.sql(e)));
+        for op in ops {
+            match op {
+                Op::Seen { mac, now } => log_err(self.seen(&mac, now)),
+                Op::Viewer { mac, text, now } => log_err(self.set_viewer(&mac, &text, now)),
+                Op::State { mac, state, now } => log_err(self.set_state(&mac, state, now)),
+                Op::Disconnected { mac, now } => log_err(self.disconnected(&mac, now)),
+                Op::Announce { hello, token, now, reply } => {
+                    let r = self.announce(&hello, &token, now);
+                    answers.push(Box::new(move || drop(reply.send(r))));
+                }
+                Op::Get { mac, reply } => {
+                    let r = self.get(&mac);
+                    answers.push(Box::new(move || drop(reply.send(r))));
+                }
+                Op::List { reply } => {
+                    let r = self.list();
+                    answers.push(Box::new(move || drop(reply.send(r))));
+                }
+            }
+        }
+        log_err(self.lock().execute_batch("COMMIT").map_err(|e| self.sql(e)));
+        for a in answers {
+            a();
+        }
+    }
+}
+
 /// An announce of PC `52:54:00:00:00:{last}` with 256 MiB, for tests.
 #[cfg(test)]
 pub(crate) fn sample_hello(last: u8) -> Hello {
@@ -315,5 +522,31 @@ mod tests {
         assert_eq!(reg.get("52:54:00:00:00:01").unwrap().unwrap().state, ClientState::Offline);
         assert_eq!(reg.get("52:54:00:00:00:02").unwrap().unwrap().state, ClientState::PoweredOff);
         assert!(reg.get("52:54:00:00:00:09").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_recorder_coalesces_pongs_and_keeps_the_order_of_state_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let rec = Recorder::start(Registry::open(&path).unwrap(), Duration::from_secs(3600)).unwrap();
+        rec.announce(&hello(1, None), "t", 10).await.unwrap();
+        for now in 11..5000 {
+            rec.seen("52:54:00:00:00:01", now);
+            rec.set_viewer("52:54:00:00:00:01", "connected", now);
+        }
+        // One pending pong and one pending status for the PC, whatever the flood.
+        assert_eq!(rec.queue().ops.len(), 2);
+        // Reboot, then the connection's end: still rebooting (the order holds).
+        rec.set_state("52:54:00:00:00:01", ClientState::Rebooting, 5000);
+        rec.disconnected("52:54:00:00:00:01", 5001);
+        let r = rec.get("52:54:00:00:00:01").await.unwrap().unwrap();
+        assert_eq!((r.state, r.last_seen, r.viewer.as_deref()), (ClientState::Rebooting, 5000, Some("connected")));
+        // Pending writes reach the file when the recorder goes.
+        rec.seen("52:54:00:00:00:01", 6000);
+        drop(rec);
+        let reg = Registry::open(&path).unwrap();
+        assert_eq!(reg.get("52:54:00:00:00:01").unwrap().unwrap().last_seen, 6000);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

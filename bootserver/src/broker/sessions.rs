@@ -33,6 +33,8 @@ pub enum StoreError {
     Sql { path: PathBuf, source: rusqlite::Error },
     #[error("session store {path}: row of {user}: {detail}")]
     Row { path: PathBuf, user: String, detail: String },
+    #[error(transparent)]
+    Create(#[from] crate::statefile::StateFileError),
 }
 
 const SCHEMA: &str = "
@@ -59,6 +61,8 @@ pub struct SessionStore {
 impl SessionStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let sql = |source| StoreError::Sql { path: path.to_path_buf(), source };
+        // Tokens and VNC passwords: 0600 before SQLite opens it (its journal takes the mode).
+        crate::statefile::create_private(path)?;
         let conn = Connection::open(path).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         Ok(SessionStore { path: path.to_path_buf(), conn: Mutex::new(conn) })

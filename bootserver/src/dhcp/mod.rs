@@ -398,7 +398,7 @@ mod tests {
 
     fn settings(toml: &str) -> Settings {
         let file = FileConfig::parse(toml).unwrap();
-        let args = ServeArgs { boot_dir: Some(std::env::temp_dir()), ..Default::default() };
+        let args = ServeArgs { boot_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src").into()), ..Default::default() };
         let ifaces = [("br0".to_string(), Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(255, 255, 255, 0))];
         Settings::resolve_with(file, &args, &ifaces).unwrap()
     }

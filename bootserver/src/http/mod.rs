@@ -18,6 +18,8 @@ use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::bootfiles::{BootFiles, OpenError};
+use crate::logsafe::Esc;
+use crate::net::limits::{serve_router, ConnLimiter};
 use ipxe::BootPlan;
 use range::RangeRequest;
 
@@ -33,13 +35,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until the listener fails.
-pub async fn run(listener: tokio::net::TcpListener, state: Arc<HttpState>) -> anyhow::Result<()> {
+/// Serves for ever, within `limiter`'s caps and timeouts.
+pub async fn run(listener: tokio::net::TcpListener, state: Arc<HttpState>, limiter: Arc<ConnLimiter>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     log::info!("http: serving {} on {addr}", state.files.root().display());
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .await
-        .with_context(|| format!("http server on {addr}"))
+    serve_router(listener, limiter, router(state)).await.with_context(|| format!("http server on {addr}"))
 }
 
 async fn script(
@@ -48,7 +48,7 @@ async fn script(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let mac = q.get("mac").map(String::as_str);
-    log::info!("http: {peer} fetched the boot script (mac {})", mac.unwrap_or("?"));
+    log::info!("http: {peer} fetched the boot script (mac {})", Esc(mac.unwrap_or("?")));
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
         state.plan.script(mac),
@@ -105,7 +105,7 @@ async fn file(
                 .into_response();
         }
     };
-    log::info!("http: {peer} GET {raw} ({count} of {len} bytes)");
+    log::info!("http: {peer} GET {} ({count} of {len} bytes)", Esc(raw));
     let mut builder = Response::builder()
         .status(status)
         .header(header::CONTENT_LENGTH, count)
@@ -121,7 +121,7 @@ async fn file(
     let mut f = tokio::fs::File::from_std(bf.file);
     if start > 0 {
         if let Err(e) = f.seek(SeekFrom::Start(start)).await {
-            log::warn!("http: seeking {raw}: {e}");
+            log::warn!("http: seeking {}: {e}", Esc(raw));
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     }

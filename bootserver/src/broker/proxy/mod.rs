@@ -33,6 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use backend::{Backend, BackendError, VncAddr};
 
+use crate::logsafe::Esc;
+use crate::net::limits::{accept_loop, ConnLimiter};
+
 /// Timings of a switch, for the handoff log and the admin API.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwitchReport {
@@ -72,6 +75,9 @@ pub struct ProxyOptions {
     pub orphan_timeout: Duration,
     /// Delay before answering a failed authentication, to slow down guessing.
     pub auth_fail_delay: Duration,
+    /// Longest time a viewer may take over the RFB handshake, up to its ClientInit
+    /// (`limits.proxy.handshake_timeout_secs`).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -81,6 +87,7 @@ impl Default for ProxyOptions {
             switch_settle: Duration::from_secs(1),
             orphan_timeout: Duration::from_secs(600),
             auth_fail_delay: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -257,18 +264,18 @@ impl Proxy {
         }
     }
 
-    /// Accepts viewers until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Accepts viewers for ever, within `limiter`'s caps.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, limiter: Arc<ConnLimiter>) -> anyhow::Result<()> {
         log::info!("proxy: listening on {}", listener.local_addr()?);
-        loop {
-            let (sock, peer) = listener.accept().await?;
-            let _ = sock.set_nodelay(true);
+        accept_loop(listener, limiter, move |sock, peer| {
             let me = self.clone();
-            tokio::spawn(async move {
+            async move {
+                let _ = sock.set_nodelay(true);
                 if let Err(e) = session::run(me, sock, peer).await {
-                    log::warn!("proxy: viewer {peer}: {e:#}");
+                    log::warn!("proxy: viewer {peer}: {}", Esc(&format!("{e:#}")));
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 }

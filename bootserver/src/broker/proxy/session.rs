@@ -67,7 +67,11 @@ async fn handshake(proxy: &Proxy, sock: &mut TcpStream) -> anyhow::Result<(Strin
 }
 
 pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
-    let (token, label, backend, _) = handshake(&proxy, &mut sock).await?;
+    // A viewer that connects and stalls would hold its place for ever.
+    let limit = proxy.opts.handshake_timeout;
+    let (token, label, backend, _) = tokio::time::timeout(limit, handshake(&proxy, &mut sock))
+        .await
+        .map_err(|_| anyhow::anyhow!("no complete RFB handshake within {limit:?}"))??;
     log::info!("proxy: viewer {peer} authenticated for session {label}, VM {}", backend.describe());
     let t0 = Instant::now();
     let (vm, init) = backend::connect(&backend).await.with_context(|| format!("session {label}"))?;
