@@ -11,5 +11,6 @@ pub mod dhcp;
 pub mod http;
 pub mod net;
 pub mod nfs;
+pub mod ratelimit;
 pub mod server;
 pub mod tftp;
