@@ -12,6 +12,7 @@ pub mod http;
 pub mod logsafe;
 pub mod net;
 pub mod nfs;
+pub mod ratelimit;
 pub mod server;
 pub mod statefile;
 pub mod supervise;

@@ -486,3 +486,100 @@ fn router_advertisement_answers_solicitation() {
     assert_eq!(&ra[4..8], &[0, 0, 0, 0], "M=0 O=0, router lifetime 0");
     assert!(ra.len() == 16 || ra.len() == 24, "no prefix option: {ra:?}");
 }
+
+/// A hostile host: forged REQUESTs naming the server for addresses it never offered (21 made-up
+/// clients), a DISCOVER flood from one MAC, and a DISCOVER whose repeated option 77 joins to
+/// 1275 bytes. Prints what came back: `nak N ack N flood_offers N`.
+const HOSTILE_DHCP: &str = r#"
+import socket, struct, time
+SERVER = ("10.77.0.1", 67)
+def msg(t, xid, mac, opts):
+    b = bytearray(240)
+    b[0:3] = bytes([1, 1, 6])
+    b[4:8] = struct.pack("!I", xid)
+    b[28:34] = mac
+    b[236:240] = bytes([99, 130, 83, 99])
+    b += bytes([53, 1, t])
+    for k, v in opts:
+        b += bytes([k, len(v)]) + v
+    return bytes(b + bytes([255]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.bind(("0.0.0.0", 68))
+for i in range(21):
+    mac = bytes([2, 0xff, 0, 0, 0, i])
+    s.sendto(msg(3, 0xf0000 + i, mac, [(54, bytes([10, 77, 0, 1])), (50, bytes([10, 77, 0, 100 + i]))]), SERVER)
+flood_mac = bytes([2, 0xee, 0, 0, 0, 1])
+for i in range(300):
+    s.sendto(msg(1, 0xe0000 + i, flood_mac, []), SERVER)
+s.sendto(msg(1, 0xd0000, bytes([2, 0xdd, 0, 0, 0, 1]), [(77, b"x" * 255)] * 5), SERVER)
+counts = {"nak": 0, "ack": 0, "flood_offers": 0, "long_option": 0}
+s.settimeout(0.5)
+end = time.time() + 4
+while time.time() < end:
+    try:
+        data = s.recv(1500)
+    except socket.timeout:
+        continue
+    if len(data) < 243 or data[0] != 2:
+        continue
+    xid = struct.unpack("!I", data[4:8])[0]
+    i = 240
+    kind = None
+    while i + 1 < len(data) and data[i] != 255:
+        if data[i] == 0:
+            i += 1
+            continue
+        if data[i] == 53:
+            kind = data[i + 2]
+        i += 2 + data[i + 1]
+    if xid >> 16 == 0xf:
+        key = {6: "nak", 5: "ack"}.get(kind, "other")
+        counts[key] = counts.get(key, 0) + 1
+    elif xid >> 16 == 0xe and kind == 2:
+        counts["flood_offers"] += 1
+    elif xid >> 16 == 0xd:
+        counts["long_option"] += 1
+print(" ".join("%s %d" % kv for kv in sorted(counts.items())))
+"#;
+
+#[test]
+fn forged_requests_and_floods_leave_real_clients_served() {
+    let lab = Lab::new(0, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = "range = \"10.77.0.100-10.77.0.120\"\n[dhcp]\nrouter_advertisement = false\nping_check = false\n";
+    let mut server = start(&lab, d, config, &[]);
+    sh(lab.host_cmd(2, "ip").args(["addr", "add", "10.77.0.9/24", "dev", "eth0"]));
+    let started = Instant::now();
+    let out = lab.host_cmd(2, "python3").args(["-c", HOSTILE_DHCP]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let counts: HashMap<String, u32> = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|kv| (kv[0].to_string(), kv[1].parse().unwrap()))
+        .collect();
+    server.assert_alive();
+    // Each forged REQUEST is refused; before, each bound the address it named.
+    assert_eq!((counts["nak"], counts["ack"], counts.get("other")), (21, 0, None), "{text}");
+    // The one-MAC flood gets its burst of 10 and 2 a second after it, not 300 offers.
+    let allowed = 10 + 2 * started.elapsed().as_secs_f64().ceil() as u32;
+    assert!((1..=allowed).contains(&counts["flood_offers"]), "{text}, at most {allowed} expected");
+    assert_eq!(counts["long_option"], 0, "{text}");
+    // A real client, after all that.
+    let h1 = udhcpc(&lab, 1, &udhcpc_script(d), &[]);
+    assert!(in_range(&h1["ip"], 100, 120), "{h1:?}");
+    let leases_path = d.join("state/leases.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&leases_path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let leases = std::fs::read_to_string(&leases_path).unwrap();
+    let log = server.stop();
+    assert!(!leases.contains("02:ff:") && leases.contains(&h1["ip"]), "{leases}");
+    assert!(log.contains("was not offered to this client"), "{log}");
+    assert!(log.contains("02:ee:00:00:00:01 is over its message rate"), "{log}");
+    assert!(log.contains("repeated to more than 1024 bytes"), "{log}");
+}

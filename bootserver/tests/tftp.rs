@@ -442,3 +442,168 @@ fn strangers_on_a_transfer_port_get_unknown_transfer_id() {
     assert_eq!(file_sha(&local), sha256(&data), "the download went on undisturbed");
     assert!(s.log().contains("got long.bin"), "{}", s.log());
 }
+
+/// Sends UDP datagrams with a made-up source address (a raw socket writes the IPv4 header):
+/// argv is source, source ports `first-last`, destination, destination port, then the payload
+/// in hex.
+const FORGE: &str = r#"
+import socket, struct, sys
+src, ports, dst, dport, payload = sys.argv[1:6]
+first, last = map(int, ports.split("-"))
+payload = bytes.fromhex(payload)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for sport in range(first, last + 1):
+    udp = struct.pack("!HHHH", sport, int(dport), 8 + len(payload), 0) + payload
+    # The kernel fills in the header checksum and the ID; a zero UDP checksum means none.
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    s.sendto(ip + udp, (dst, 0))
+"#;
+
+/// Owns the forged address: binds ports `first-last` on it (so that no ICMP error cuts a
+/// transfer short: the worst case for a reflector), prints `ready`, then counts for `secs`
+/// seconds what arrives, and prints `port count` lines.
+const VICTIM: &str = r#"
+import select, socket, sys, time
+addr, ports, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+first, last = map(int, ports.split("-"))
+socks = {}
+for p in range(first, last + 1):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, p))
+    socks[s.fileno()] = (s, p)
+print("ready", flush=True)
+counts = {}
+end = time.time() + secs
+poll = select.poll()
+for fd in socks:
+    poll.register(fd, select.POLLIN)
+while time.time() < end:
+    for fd, _ in poll.poll(max(1, int((end - time.time()) * 1000))):
+        s, p = socks[fd]
+        s.recv(70000)
+        counts[p] = counts.get(p, 0) + 1
+for p, n in sorted(counts.items()):
+    print(p, n)
+"#;
+
+/// Sends one datagram (hex in argv) and prints the answer in hex, then an ERROR to end the
+/// transfer it started.
+const EXCHANGE: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(bytes.fromhex(sys.argv[3]), (sys.argv[1], int(sys.argv[2])))
+data, peer = s.recvfrom(70000)
+print(data.hex())
+s.sendto(b"\0\x05\0\0done\0", peer)
+"#;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn forged_requests_are_not_reflected_and_real_clients_still_fetch() {
+    use testkit::{KillOnDrop, Lab};
+    let lab = Lab::new(0, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    let data = pseudo_random(300_000, 7);
+    std::fs::write(boot.join("f.bin"), &data).unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = KillOnDrop::spawn(
+        lab.cmd(env!("CARGO_BIN_EXE_bootserver"))
+            .args(["serve", "--interface", "br0", "--no-dhcp", "--no-broker", "--no-http"])
+            .arg("--boot-dir")
+            .arg(&boot)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .unwrap();
+    testkit::wait_for_text(&log_path, "tftp: serving", Duration::from_secs(30)).unwrap();
+    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ip = |k: u32, addr: &str| {
+        let st = lab.host_cmd(k, "ip").args(["addr", "add", addr, "dev", "eth0"]).status().unwrap();
+        assert!(st.success());
+    };
+    // Host 1 forges requests in the name of host 2, which owns the address and counts what
+    // the server sends it.
+    ip(1, "10.77.0.11/24");
+    ip(2, "10.77.0.22/24");
+    let (ports, forged) = ("4000-4099", 100);
+    let mut victim = lab
+        .host_cmd(2, "python3")
+        .args(["-c", VICTIM, "10.77.0.22", ports, "9"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(victim.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let started = Instant::now();
+    // One request from each of 100 ports, with the longest timeout a client may ask for.
+    let request = rrq(b"f.bin", &[("timeout", "255"), ("tsize", "0")]);
+    let st = lab
+        .host_cmd(1, "python3")
+        .args(["-c", FORGE, "10.77.0.22", ports, "10.77.0.1", "69", &hex(&request)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // Meanwhile host 1 asks for the same timeout from its own address: it is left out of
+    // the OACK. Then it fetches the file for real, with atftp and tftp-hpa.
+    let oack = lab.host_cmd(1, "python3").args(["-c", EXCHANGE, "10.77.0.1", "69", &hex(&request)]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&oack.stdout).trim(), hex(b"\0\x06tsize\x00300000\0"), "{oack:?}");
+    let fetch = Instant::now();
+    let local = dir.path().join("atftp.bin");
+    let st = lab
+        .host_cmd(1, "timeout")
+        .args(["60", "atftp", "--option", "timeout 255", "--option", "tsize 0", "-g", "-r", "f.bin", "-l"])
+        .arg(&local)
+        .arg("10.77.0.1")
+        .status()
+        .unwrap();
+    let fetch = fetch.elapsed();
+    assert!(st.success(), "atftp failed:\n{}", server_log());
+    assert_eq!(file_sha(&local), sha256(&data));
+    let local = dir.path().join("hpa.bin");
+    let mut hpa = lab.host_cmd(1, "timeout");
+    hpa.args(["60", "tftp", "10.77.0.1", "-m", "binary", "-c", "get", "f.bin"]).arg(&local);
+    assert!(hpa.status().unwrap().success(), "tftp-hpa failed:\n{}", server_log());
+    assert_eq!(file_sha(&local), sha256(&data));
+
+    let mut counts = String::new();
+    std::io::Read::read_to_string(&mut out, &mut counts).unwrap();
+    assert!(victim.wait().unwrap().success());
+    let counts: Vec<(u16, u32)> = counts
+        .lines()
+        .map(|l| {
+            let (p, n) = l.split_once(' ').unwrap();
+            (p.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    let total: u32 = counts.iter().map(|c| c.1).sum();
+    let log = server_log();
+    // Every forged request reached the server at once; while their transfers wait for an ACK
+    // that never comes, the host's cap of 8 transfers holds the rest back, and each of the 8
+    // sends its first packet and one retransmission (the OACK: the timeout was refused, tsize
+    // taken). Before these limits, 100 transfers sent 7 packets each.
+    assert!(counts.iter().all(|&(_, n)| n <= 2), "more than one retransmission to a port: {counts:?}\n{log}");
+    assert!(counts.len() <= 8 && total <= 16, "{total} packets to {} ports: {counts:?}\n{log}", counts.len());
+    assert!(total >= 1, "the forged requests never arrived:\n{log}");
+    assert!(log.contains("dropped a request from 10.77.0.22"), "{log}");
+    assert!(log.contains("its address may be forged"), "{log}");
+    eprintln!(
+        "{forged} forged requests: {total} packets to the forged address over {:.1} s; real fetch {:.2} s",
+        started.elapsed().as_secs_f64(),
+        fetch.as_secs_f64()
+    );
+}

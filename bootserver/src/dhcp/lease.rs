@@ -1,17 +1,27 @@
 //! The lease table: which address belongs to which client until when, and its persistence.
 //!
-//! Persistence is one JSON file in the state dir, rewritten whole on every binding change
+//! Persistence is one JSON file in the state dir, readable by its owner only, rewritten whole
 //! (write to a temporary file, fsync, rename, fsync the folder). A boot LAN holds at most a few
-//! hundred leases, so a whole rewrite costs less than a millisecond, and a rename is atomic: a
-//! crash leaves either the old or the new table, never half of one. SQLite would give the same
-//! guarantee at the price of a C build and a schema for what is a single small map.
+//! hundred leases, so a whole rewrite costs little, and a rename is atomic: a crash leaves
+//! either the old or the new table, never half of one. SQLite would give the same guarantee at
+//! the price of a C build and a schema for what is a single small map.
 //!
-//! Offers are kept in memory only and reach the file with the next binding change: an offer
-//! binds nothing, and after a restart a REQUEST for an offered address is checked against the
+//! The table does not write itself: it records how soon its changes must be on disk
+//! ([`Unsaved`]) and the caller saves it with [`LeaseTable::save`]. A new binding must be on
+//! disk before its ACK leaves (else a crash could hand the address to a second client while
+//! the first uses it), so the caller saves before it sends; under a flood it saves once for
+//! all the requests that queued meanwhile, so that the rate of ACKs is not the rate of
+//! fsyncs. Everything else may wait a moment: a renewal lost in a crash leaves the older,
+//! shorter binding on disk, still held by the same client, which renews again at half its
+//! lease; a lost release or quarantine only keeps an address out of the pool a while longer.
+//!
+//! Offers are kept in memory only and reach the file with the next save: an offer binds
+//! nothing, and after a restart a REQUEST for an offered address is checked against the
 //! persisted bindings like any other.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -41,6 +51,17 @@ pub(crate) struct Lease {
     pub expires: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_name: Option<String>,
+}
+
+/// How soon the table's changes must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Unsaved {
+    /// Nothing to save.
+    Clean,
+    /// Within the caller's save interval.
+    Soon,
+    /// Before any reply to the change is sent.
+    BeforeReply,
 }
 
 impl Lease {
@@ -102,7 +123,14 @@ impl LeaseStore for FileStore {
         let text = serde_json::to_vec_pretty(&LeaseFile { version: 1, leases: leases.to_vec() })
             .map_err(|e| StoreError::Format { path: self.path.clone(), message: e.to_string() })?;
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            // Created 0600 and set so again: a leftover temporary file keeps its old mode.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             f.write_all(&text)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
@@ -147,6 +175,7 @@ pub(crate) struct LeaseTable {
     /// Addresses whose ping check is under way: nobody gets them until it ends.
     probing: HashSet<Ipv4Addr>,
     store: Box<dyn LeaseStore>,
+    unsaved: Unsaved,
 }
 
 impl LeaseTable {
@@ -166,7 +195,29 @@ impl LeaseTable {
             leases,
             probing: HashSet::new(),
             store,
+            unsaved: Unsaved::Clean,
         })
+    }
+
+    /// How soon the changes since the last save must be saved.
+    pub(crate) fn unsaved(&self) -> Unsaved {
+        self.unsaved
+    }
+
+    fn touch(&mut self, how: Unsaved) {
+        self.unsaved = self.unsaved.max(how);
+    }
+
+    /// Writes the table to its store if it changed. On error the changes stay unsaved, to be
+    /// tried again.
+    pub(crate) fn save(&mut self) -> Result<(), StoreError> {
+        if self.unsaved == Unsaved::Clean {
+            return Ok(());
+        }
+        let all: Vec<Lease> = self.leases.values().cloned().collect();
+        self.store.save(&all)?;
+        self.unsaved = Unsaved::Clean;
+        Ok(())
     }
 
     #[cfg(test)]
@@ -203,7 +254,9 @@ impl LeaseTable {
 
     /// The address for a new offer to `key`, in RFC 2131 4.3.1's order: the client's
     /// reservation, its current or previous address, the address it asks for, a never-used
-    /// address, then the longest-free remembered one.
+    /// address, then the longest-free remembered one. With none left, the oldest offer held
+    /// for another client: nothing is bound to it, and otherwise a flood of DISCOVERs from
+    /// made-up MACs would hold the whole pool and keep real clients out.
     pub(crate) fn pick(&self, key: &str, mac: &str, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
         if let Some(ip) = self.reservation(mac) {
             if self.available_to(ip, key, mac, now) {
@@ -226,13 +279,22 @@ impl LeaseTable {
         let fresh = (self.first..=self.last)
             .map(Ipv4Addr::from)
             .find(|ip| !self.leases.contains_key(ip) && self.available_to(*ip, key, mac, now));
-        fresh.or_else(|| {
-            self.leases
-                .values()
-                .filter(|l| self.available_to(l.ip, key, mac, now))
-                .min_by_key(|l| l.expires)
-                .map(|l| l.ip)
-        })
+        fresh
+            .or_else(|| {
+                self.leases
+                    .values()
+                    .filter(|l| self.available_to(l.ip, key, mac, now))
+                    .min_by_key(|l| l.expires)
+                    .map(|l| l.ip)
+            })
+            .or_else(|| {
+                self.leases
+                    .values()
+                    .filter(|l| l.state == LeaseState::Offered && l.client != key && !self.probing.contains(&l.ip))
+                    .filter(|l| self.reserved.get(&l.ip).is_none_or(|owner| owner == mac))
+                    .min_by_key(|l| l.expires)
+                    .map(|l| l.ip)
+            })
     }
 
     /// Whether `ip` should be pinged before it is offered to `key`: unless the client holds it
@@ -262,11 +324,6 @@ impl LeaseTable {
         self.leases.insert(ip, lease);
     }
 
-    fn persist(&mut self) -> Result<(), StoreError> {
-        let all: Vec<Lease> = self.leases.values().cloned().collect();
-        self.store.save(&all)
-    }
-
     /// Holds `ip` for `key` until `until`. Any other offer to the same client is dropped.
     pub(crate) fn offer(&mut self, ip: Ipv4Addr, key: &str, mac: &str, until: u64) {
         self.forget_offer(key);
@@ -283,17 +340,10 @@ impl LeaseTable {
         Some(l.ip)
     }
 
-    /// Binds `ip` to `key` until `until` and persists the table. On error nothing may be
-    /// acknowledged: the caller must not answer with an ACK.
-    pub(crate) fn bind(
-        &mut self,
-        ip: Ipv4Addr,
-        key: &str,
-        mac: &str,
-        host: Option<String>,
-        until: u64,
-    ) -> Result<(), StoreError> {
-        let before = self.leases.get(&ip).cloned();
+    /// Binds `ip` to `key` until `until`. Returns how soon the binding must be saved: before
+    /// the ACK for a new binding, soon for the renewal of one the client holds already.
+    pub(crate) fn bind(&mut self, ip: Ipv4Addr, key: &str, mac: &str, host: Option<String>, until: u64) -> Unsaved {
+        let renewal = self.leases.get(&ip).is_some_and(|l| l.client == key && l.state == LeaseState::Bound);
         // Offers to this client for other addresses end with the binding.
         for l in self.leases.values_mut() {
             if l.client == key && l.state == LeaseState::Offered && l.ip != ip {
@@ -301,12 +351,15 @@ impl LeaseTable {
             }
         }
         self.put(ip, key, mac, LeaseState::Bound, until, host);
-        self.persist().inspect_err(|_| {
-            match before {
-                Some(b) => self.leases.insert(ip, b),
-                None => self.leases.remove(&ip),
-            };
-        })
+        let how = if renewal { Unsaved::Soon } else { Unsaved::BeforeReply };
+        self.touch(how);
+        how
+    }
+
+    /// Whether `key` was offered `ip` (the hold may have lapsed, as long as nobody took the
+    /// address since).
+    pub(crate) fn offered_to(&self, ip: Ipv4Addr, key: &str) -> bool {
+        self.leases.get(&ip).is_some_and(|l| l.client == key && l.state == LeaseState::Offered)
     }
 
     /// The client's current binding of `ip`, if it has one (expired ones count when nobody took
@@ -315,19 +368,20 @@ impl LeaseTable {
         self.leases.get(&ip).filter(|l| l.client == key && l.state != LeaseState::Declined)
     }
 
-    pub(crate) fn release(&mut self, ip: Ipv4Addr, key: &str, now: u64) -> Result<bool, StoreError> {
+    pub(crate) fn release(&mut self, ip: Ipv4Addr, key: &str, now: u64) -> bool {
         match self.leases.get_mut(&ip) {
             Some(l) if l.client == key && l.state == LeaseState::Bound => {
                 l.state = LeaseState::Free;
                 l.expires = now;
-                self.persist().map(|()| true)
+                self.touch(Unsaved::Soon);
+                true
             }
-            _ => Ok(false),
+            _ => false,
         }
     }
 
     /// Quarantines `ip` until `until`: someone else answers on it.
-    pub(crate) fn decline(&mut self, ip: Ipv4Addr, until: u64) -> Result<(), StoreError> {
+    pub(crate) fn decline(&mut self, ip: Ipv4Addr, until: u64) {
         self.leases.insert(
             ip,
             Lease {
@@ -339,11 +393,11 @@ impl LeaseTable {
                 host_name: None,
             },
         );
-        self.persist()
+        self.touch(Unsaved::Soon);
     }
 
     /// Turns ended offers, bindings and quarantines into free entries. Returns how many.
-    pub(crate) fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
+    pub(crate) fn expire(&mut self, now: u64) -> usize {
         let mut n = 0;
         let mut bound_changed = false;
         self.leases.retain(|_, l| {
@@ -358,9 +412,18 @@ impl LeaseTable {
             true
         });
         if bound_changed {
-            self.persist()?;
+            self.touch(Unsaved::Soon);
         }
-        Ok(n)
+        n
+    }
+}
+
+impl Drop for LeaseTable {
+    /// What is still unsaved when the service stops is saved now.
+    fn drop(&mut self) {
+        if let Err(e) = self.save() {
+            log::error!("dhcp: saving the lease table on the way out: {e}");
+        }
     }
 }
 
@@ -389,7 +452,7 @@ mod tests {
         for k in 0..3 {
             let key = format!("mac:{k}");
             let a = t.pick(&key, &key, None, 0).unwrap();
-            t.bind(a, &key, &key, None, 100).unwrap();
+            t.bind(a, &key, &key, None, 100);
             got.push(a);
         }
         assert_eq!(got, vec![ip(100), ip(101), ip(102)]);
@@ -412,10 +475,10 @@ mod tests {
     fn requested_and_previous_addresses_are_preferred() {
         let mut t = table(MemoryStore::default());
         assert_eq!(t.pick(A, MAC_A, Some(ip(102)), 0), Some(ip(102)));
-        t.bind(ip(101), A, MAC_A, None, 100).unwrap();
+        t.bind(ip(101), A, MAC_A, None, 100);
         assert_eq!(t.pick(A, MAC_A, Some(ip(102)), 10), Some(ip(101)));
-        assert!(t.release(ip(101), A, 20).unwrap());
-        assert!(!t.release(ip(101), A, 20).unwrap());
+        assert!(t.release(ip(101), A, 20));
+        assert!(!t.release(ip(101), A, 20));
         // Released but remembered: A gets it back, B gets a never-used address first.
         assert_eq!(t.pick(B, MAC_B, None, 30), Some(ip(100)));
         assert_eq!(t.pick(A, MAC_A, None, 30), Some(ip(101)));
@@ -429,19 +492,38 @@ mod tests {
         assert_eq!(t.forget_offer(A), Some(ip(100)));
         assert_eq!(t.pick(B, MAC_B, Some(ip(100)), 10), Some(ip(100)));
         t.offer(ip(102), A, MAC_A, 60);
-        assert_eq!(t.expire(61).unwrap(), 1);
+        assert_eq!(t.expire(61), 1);
         assert_eq!(t.get(ip(102)).unwrap().state, LeaseState::Free);
+    }
+
+    #[test]
+    fn a_full_pool_gives_up_the_oldest_offer_never_a_binding() {
+        let mut t = table(MemoryStore::default());
+        t.bind(ip(100), A, MAC_A, None, 1000);
+        t.offer(ip(101), "mac:x", "x", 60);
+        t.offer(ip(102), "mac:y", "y", 70);
+        // Nothing free: the oldest offer goes to the newcomer, and its client's REQUEST for
+        // it will be refused.
+        assert_eq!(t.pick(B, MAC_B, None, 10), Some(ip(101)));
+        t.offer(ip(101), B, MAC_B, 80);
+        assert!(!t.offered_to(ip(101), "mac:x"));
+        assert_eq!(t.pick("mac:z", "z", None, 10), Some(ip(102)));
+        // An address under a ping check is not taken, nor one bound.
+        t.set_probing(ip(102), true);
+        assert_eq!(t.pick("mac:z", "z", None, 10), Some(ip(101)));
+        t.bind(ip(101), B, MAC_B, None, 1000);
+        assert_eq!(t.pick("mac:z", "z", None, 10), None);
     }
 
     #[test]
     fn decline_quarantines() {
         let mut t = table(MemoryStore::default());
-        t.bind(ip(100), A, MAC_A, None, 1000).unwrap();
-        t.decline(ip(100), 600).unwrap();
+        t.bind(ip(100), A, MAC_A, None, 1000);
+        t.decline(ip(100), 600);
         assert_eq!(t.pick(A, MAC_A, Some(ip(100)), 10), Some(ip(101)));
         assert!(!t.available_to(ip(100), B, MAC_B, 599));
         assert!(t.available_to(ip(100), B, MAC_B, 600));
-        assert_eq!(t.expire(600).unwrap(), 1);
+        assert_eq!(t.expire(600), 1);
         assert!(t.get(ip(100)).is_none());
     }
 
@@ -458,17 +540,53 @@ mod tests {
         assert!(!t.needs_probe(ip(100), A, 10) && t.needs_probe(ip(100), B, 10));
         // The hold lapsed: another look is due.
         assert!(t.needs_probe(ip(100), A, 60));
-        t.bind(ip(100), A, MAC_A, None, 100).unwrap();
+        t.bind(ip(100), A, MAC_A, None, 100);
         assert!(!t.needs_probe(ip(100), A, 99));
-        assert!(t.release(ip(100), A, 99).unwrap());
+        assert!(t.release(ip(100), A, 99));
         assert!(t.needs_probe(ip(100), A, 99));
+    }
+
+    #[test]
+    fn new_bindings_are_saved_before_the_reply_the_rest_soon() {
+        let store = MemoryStore::default();
+        let mut t = table(store.clone());
+        assert_eq!(t.unsaved(), Unsaved::Clean);
+        // An offer is not saved at all.
+        t.offer(ip(100), A, MAC_A, 60);
+        assert_eq!(t.unsaved(), Unsaved::Clean);
+        assert!(t.offered_to(ip(100), A) && !t.offered_to(ip(100), B));
+        assert_eq!(t.bind(ip(100), A, MAC_A, None, 1000), Unsaved::BeforeReply);
+        assert!(!t.offered_to(ip(100), A));
+        assert!(store.saved.lock().unwrap().is_empty(), "nothing is written until save()");
+        t.save().unwrap();
+        assert_eq!(t.unsaved(), Unsaved::Clean);
+        assert_eq!(store.saved.lock().unwrap().len(), 1);
+        // Renewing the same address can wait; a new address for the client cannot.
+        assert_eq!(t.bind(ip(100), A, MAC_A, None, 2000), Unsaved::Soon);
+        assert_eq!(t.unsaved(), Unsaved::Soon);
+        assert_eq!(t.bind(ip(101), A, MAC_A, None, 2000), Unsaved::BeforeReply);
+        assert_eq!(t.unsaved(), Unsaved::BeforeReply);
+        t.save().unwrap();
+        // The address of an expired and released binding is bound anew.
+        assert!(t.release(ip(101), A, 10));
+        assert_eq!(t.unsaved(), Unsaved::Soon);
+        assert_eq!(t.bind(ip(101), A, MAC_A, None, 2000), Unsaved::BeforeReply);
+        t.save().unwrap();
+        t.decline(ip(102), 600);
+        assert_eq!(t.unsaved(), Unsaved::Soon);
+        t.save().unwrap();
+        // What is unsaved when the table goes is saved then.
+        assert_eq!(t.bind(ip(100), A, MAC_A, None, 3000), Unsaved::Soon);
+        drop(t);
+        let saved = store.saved.lock().unwrap().clone();
+        assert_eq!(saved.iter().find(|l| l.ip == ip(100)).map(|l| l.expires), Some(3000));
     }
 
     #[test]
     fn restart_from_persisted_state() {
         let store = MemoryStore::default();
         let mut t = table(store.clone());
-        t.bind(ip(100), A, MAC_A, Some("pc-a".into()), 1000).unwrap();
+        t.bind(ip(100), A, MAC_A, Some("pc-a".into()), 1000);
         t.offer(ip(101), B, MAC_B, 60);
         drop(t);
         let t = table(store.clone());
@@ -493,6 +611,8 @@ mod tests {
         s.save(std::slice::from_ref(&l)).unwrap();
         assert_eq!(FileStore::new(dir.path()).load().unwrap(), vec![l]);
         assert!(!dir.path().join("leases.json.tmp").exists());
+        let mode = std::fs::metadata(dir.path().join("leases.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("leases.json"), "{ nope").unwrap();
         let e = FileStore::new(dir.path()).load().unwrap_err().to_string();
         assert!(e.contains("leases.json") && e.contains("not a lease file"), "{e}");

@@ -21,10 +21,11 @@ use tokio::net::UdpSocket;
 
 use crate::config::Settings;
 use crate::http::ipxe::BootPlan;
-use lease::{FileStore, LeaseStore, LeaseTable};
+use crate::ratelimit::Rate;
+use lease::{FileStore, LeaseStore, LeaseTable, Unsaved};
 use ping::Pinger;
 use pxe::BootChoice;
-use server::{Action, CoreConfig, Dropped, Server, Via};
+use server::{Action, CoreConfig, Dropped, Outgoing, Server, Via};
 
 /// The `[dhcp]` table of the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +60,18 @@ pub struct DhcpConfig {
     /// Fixed addresses by MAC.
     #[serde(rename = "reservation")]
     pub reservations: Vec<Reservation>,
+    /// Messages handled per second from one client (client identifier, else MAC), once its
+    /// burst is spent; more are dropped. 0: only the burst, then nothing.
+    pub client_rate: u32,
+    /// Messages one client may send in a burst.
+    pub client_burst: u32,
+    /// Messages handled per second from all clients together, once the burst is spent.
+    pub total_rate: u32,
+    /// Messages from all clients handled in a burst.
+    pub total_burst: u32,
+    /// Milliseconds a lease change that need not be on disk before the reply (a renewal, a
+    /// release, an expiry) may wait to be saved. New bindings are saved before their ACK.
+    pub lease_save_ms: u64,
 }
 
 impl Default for DhcpConfig {
@@ -77,6 +90,11 @@ impl Default for DhcpConfig {
             router_advertisement: true,
             ra_interval: 60,
             reservations: Vec::new(),
+            client_rate: 2,
+            client_burst: 10,
+            total_rate: 200,
+            total_burst: 400,
+            lease_save_ms: 1000,
         }
     }
 }
@@ -159,13 +177,27 @@ pub struct Service {
     pxe: Option<UdpSocket>,
     /// The ping check's socket, when the check is on.
     pinger: Option<Pinger>,
+    /// Replies decided and not sent yet: those that acknowledge a new binding wait for the
+    /// lease table to be saved.
+    outbox: Vec<Outgoing>,
+    /// How long a change that need not be saved before its reply may wait.
+    save_every: Duration,
+    /// When such changes are due on disk.
+    save_due: Option<tokio::time::Instant>,
 }
+
+/// Datagrams already queued that are decided together, with one save of the lease table for
+/// all of them. A flood of REQUESTs then costs one fsync per batch, not per message.
+const BATCH: usize = 64;
+/// How often the messages dropped by the rate limits are reported.
+const TICK: Duration = Duration::from_secs(30);
 
 /// What woke the loop.
 enum Event {
     Datagram(usize, SocketAddr, Via),
     PingOutcome(Ipv4Addr, bool),
     Tick,
+    Save,
 }
 
 impl Service {
@@ -212,6 +244,10 @@ impl Service {
                 script_url: plan.script_url(),
             },
             ping_check: pinger.is_some(),
+            limits: Some(server::Limits {
+                per_client: Rate::per_sec(d.client_rate, d.client_burst),
+                total: Rate::per_sec(d.total_rate, d.total_burst),
+            }),
         };
         let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
         let dhcp = crate::net::udp_socket(&s.interface, any(server::SERVER_PORT), true)?;
@@ -236,14 +272,22 @@ impl Service {
                 reservations.len()
             );
         }
-        Ok(Service { server: Server::new(cfg, table), dhcp, pxe, pinger })
+        Ok(Service {
+            server: Server::new(cfg, table),
+            dhcp,
+            pxe,
+            pinger,
+            outbox: Vec::new(),
+            save_every: Duration::from_millis(d.lease_save_ms),
+            save_due: None,
+        })
     }
 
     /// Answers until a socket fails.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 65536];
         let mut pxe_buf = vec![0u8; 65536];
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let mut tick = tokio::time::interval(TICK);
         loop {
             let pxe = async {
                 match &self.pxe {
@@ -254,6 +298,13 @@ impl Service {
             let ping = async {
                 match &mut self.pinger {
                     Some(p) => p.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let save_due = self.save_due;
+            let save = async move {
+                match save_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -271,52 +322,95 @@ impl Service {
                     Event::PingOutcome(ip, answered)
                 }
                 _ = tick.tick() => Event::Tick,
+                _ = save => Event::Save,
             };
-            let (result, origin) = match event {
+            match event {
                 Event::Tick => {
                     match self.server.leases.expire(now()) {
-                        Ok(0) => {}
-                        Ok(n) => log::debug!("dhcp: {n} lease(s) expired"),
-                        Err(e) => log::error!("dhcp: saving expired leases: {e}"),
+                        0 => {}
+                        n => log::debug!("dhcp: {n} lease(s) expired"),
                     }
-                    continue;
+                    let dropped = std::mem::take(&mut self.server.rate_limited);
+                    if dropped > 0 {
+                        log::warn!(
+                            "dhcp: {dropped} message(s) over the rate limits dropped in the last {} s",
+                            TICK.as_secs()
+                        );
+                    }
                 }
+                Event::Save => {}
                 Event::PingOutcome(ip, answered) => {
-                    (self.server.probe_done(ip, answered, now()), Origin::Ping(ip))
+                    let result = self.server.probe_done(ip, answered, now());
+                    self.act(result, Origin::Ping(ip));
                 }
                 Event::Datagram(len, peer, via) => {
-                    let SocketAddr::V4(peer) = peer else { continue };
                     let data = if via == Via::Pxe { &pxe_buf[..len] } else { &buf[..len] };
-                    (self.server.handle(data, via, peer, now()), Origin::Datagram(len, peer))
+                    self.datagram(data, via, peer);
+                    // Whatever else is queued on port 67 is decided now, and saved with it.
+                    for _ in 1..BATCH {
+                        match self.dhcp.try_recv_from(&mut buf) {
+                            Ok((len, peer)) => self.datagram(&buf[..len], Via::Dhcp, peer),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e).context("dhcp: receiving on port 67"),
+                        }
+                    }
                 }
-            };
-            self.act(result, origin).await;
+            }
+            self.save_and_send().await;
         }
     }
 
-    /// Carries out what the core decided; a ping that cannot be sent counts as unanswered.
-    async fn act(&mut self, result: Result<Action, Dropped>, origin: Origin) {
+    fn datagram(&mut self, data: &[u8], via: Via, peer: SocketAddr) {
+        let SocketAddr::V4(peer) = peer else { return };
+        let result = self.server.handle(data, via, peer, now());
+        self.act(result, Origin::Datagram(data.len(), peer));
+    }
+
+    /// Saves the lease table if a reply waits for it or its time has come, then sends the
+    /// replies. A reply whose binding could not be saved is not sent: the client asks again.
+    async fn save_and_send(&mut self) {
+        let unsaved = self.server.leases.unsaved();
+        let due = self.save_due.is_some_and(|t| t <= tokio::time::Instant::now());
+        if unsaved == Unsaved::BeforeReply || (unsaved == Unsaved::Soon && due) {
+            let saved = blocking(|| self.server.leases.save());
+            if let Err(e) = saved {
+                let held = self.outbox.iter().filter(|o| o.after_save).count();
+                log::error!("dhcp: saving the lease table: {e}; {held} ACK(s) withheld");
+                self.outbox.retain(|o| !o.after_save);
+            }
+        }
+        self.save_due = match self.server.leases.unsaved() {
+            Unsaved::Clean => None,
+            // Kept if already set: a steady trickle of renewals must not put it off for ever.
+            _ => Some(self.save_due.filter(|_| !due).unwrap_or_else(|| tokio::time::Instant::now() + self.save_every)),
+        };
+        for out in std::mem::take(&mut self.outbox) {
+            let sock = match out.via {
+                Via::Pxe => self.pxe.as_ref().unwrap_or(&self.dhcp),
+                Via::Dhcp => &self.dhcp,
+            };
+            let r = &out.reply;
+            log::info!(
+                "dhcp: {:?} {} to {} via {} (boot file {})",
+                r.msg_type,
+                r.yiaddr,
+                packet::hex(&r.chaddr),
+                out.to,
+                r.file.as_deref().unwrap_or("none")
+            );
+            if let Err(e) = sock.send_to(&out.bytes, out.to).await {
+                log::warn!("dhcp: sending {:?} to {}: {e}", r.msg_type, out.to);
+            }
+        }
+    }
+
+    /// Carries out what the core decided; replies go to the outbox. A ping that cannot be
+    /// sent counts as unanswered.
+    fn act(&mut self, result: Result<Action, Dropped>, origin: Origin) {
         let mut next = Some(result);
         while let Some(result) = next.take() {
             match result {
-                Ok(Action::Reply(out)) => {
-                    let sock = match out.via {
-                        Via::Pxe => self.pxe.as_ref().unwrap_or(&self.dhcp),
-                        Via::Dhcp => &self.dhcp,
-                    };
-                    let r = &out.reply;
-                    log::info!(
-                        "dhcp: {:?} {} to {} via {} (boot file {})",
-                        r.msg_type,
-                        r.yiaddr,
-                        packet::hex(&r.chaddr),
-                        out.to,
-                        r.file.as_deref().unwrap_or("none")
-                    );
-                    if let Err(e) = sock.send_to(&out.bytes, out.to).await {
-                        log::warn!("dhcp: sending {:?} to {}: {e}", r.msg_type, out.to);
-                    }
-                }
+                Ok(Action::Reply(out)) => self.outbox.push(out),
                 Ok(Action::Probe { ip, client }) => {
                     let sent = match &mut self.pinger {
                         Some(p) => p.start(ip),
@@ -334,6 +428,16 @@ impl Service {
                 Err(why) => log::log!(why.level(), "dhcp: {origin}: {why}"),
             }
         }
+    }
+}
+
+/// Runs `f`, which blocks on the disk, without stalling the other tasks of the runtime's
+/// worker when there are others to take them over.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -375,6 +479,7 @@ pub fn fuzz_one(data: &[u8]) {
                 script_url: "http://10.0.0.1:8080/boot.ipxe".into(),
             },
             ping_check: true,
+            limits: None,
         };
         let reservations = [("02:00:00:00:00:42".to_string(), ip(42))];
         let store = Box::new(lease::MemoryStore::default());

@@ -24,6 +24,10 @@ const FILE: std::ops::Range<usize> = 108..236;
 const MIN_REPLY_LEN: usize = 300;
 /// What every client must accept (RFC 2131 section 2).
 const DEFAULT_MAX_REPLY: usize = 576;
+/// Longest value of one option after its repeats are joined (RFC 3396 sets no limit). The
+/// longest a client has reason to send (a class, a client identifier, iPXE's encapsulated
+/// options) is tens of bytes; more is refused rather than copied.
+pub(crate) const MAX_OPTION_LEN: usize = 1024;
 
 pub(crate) mod opt {
     pub const PAD: u8 = 0;
@@ -73,6 +77,8 @@ pub(crate) enum ParseError {
     MissingType,
     #[error("option {kind} has length {len}, expected {expected}")]
     BadLength { kind: u8, len: usize, expected: &'static str },
+    #[error("option {kind} repeated to more than {MAX_OPTION_LEN} bytes")]
+    TooLong { kind: u8 },
 }
 
 /// A client's message, with the options the server acts on.
@@ -102,7 +108,8 @@ pub(crate) struct Request {
 }
 
 /// Walks one options area, appending each option's data to `out` (repeated options are
-/// concatenated, RFC 3396). Returns whether an END option closed the area.
+/// concatenated, RFC 3396, up to [`MAX_OPTION_LEN`]). Returns whether an END option closed
+/// the area.
 fn walk_options(
     area: &[u8],
     name: &'static str,
@@ -119,7 +126,11 @@ fn walk_options(
                 let overrun = ParseError::Overrun { kind, at: base + i, area: name };
                 let len = *area.get(i + 1).ok_or(overrun.clone())? as usize;
                 let data = area.get(i + 2..i + 2 + len).ok_or(overrun)?;
-                out.entry(kind).or_default().extend_from_slice(data);
+                let value = out.entry(kind).or_default();
+                if value.len() + data.len() > MAX_OPTION_LEN {
+                    return Err(ParseError::TooLong { kind });
+                }
+                value.extend_from_slice(data);
                 i += 2 + len;
             }
         }
@@ -477,6 +488,23 @@ pub(crate) mod tests {
     fn repeated_options_concatenate() {
         let b = client_msg(1, MAC, &[(opt::CLIENT_ID, &[1, 2]), (opt::CLIENT_ID, &[3])]);
         assert_eq!(Request::parse(&b).unwrap().client_id, Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn repeats_are_joined_up_to_the_cap() {
+        // Four 255-byte pieces and one of 4: exactly the cap, in the packet and the file field.
+        let piece = [7u8; 255];
+        let mut opts: Vec<(u8, &[u8])> = vec![(opt::USER_CLASS, &piece[..]); 4];
+        opts.push((opt::USER_CLASS, &[7u8; 4][..]));
+        let b = client_msg(1, MAC, &opts);
+        assert_eq!(Request::parse(&b).unwrap().user_class.map(|c| c.len()), Some(MAX_OPTION_LEN));
+        // One byte more, anywhere, and the packet is refused.
+        let mut b = client_msg(1, MAC, &[&opts[..], &[(opt::OVERLOAD, &[1][..])]].concat());
+        b[FILE.start..FILE.start + 4].copy_from_slice(&[opt::USER_CLASS, 1, 7, opt::END]);
+        assert_eq!(Request::parse(&b), Err(ParseError::TooLong { kind: opt::USER_CLASS }));
+        // Other options have caps of their own.
+        let b = client_msg(1, MAC, &[(opt::USER_CLASS, &piece[..]), (opt::CLIENT_ID, &piece[..])]);
+        assert!(Request::parse(&b).is_ok());
     }
 
     #[test]

@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
 
 use smoltcp::wire::DhcpMessageType as Msg;
 
-use super::lease::{LeaseTable, StoreError};
+use super::lease::{LeaseState, LeaseTable, Unsaved};
 use super::packet::{opt, ParseError, Reply, Request, TooLarge};
 use super::pxe::{add_boot_options, BootChoice, ClientKind};
+use crate::ratelimit::{Bucket, PerKey, Rate};
 
 /// How long an offered address is held for the client's REQUEST.
 pub(crate) const OFFER_HOLD: u64 = 60;
@@ -50,6 +52,26 @@ pub(crate) struct CoreConfig {
     pub boot: BootChoice,
     /// Ping an address before offering it to a client that does not hold it.
     pub ping_check: bool,
+    /// Limits on the messages handled; none: every message is.
+    pub limits: Option<Limits>,
+}
+
+/// How many messages are handled, per client and in all. Each costs a decision and maybe a
+/// ping or a lease write, and a DISCOVER holds an address for a while; over the limits
+/// messages are dropped, which a client takes like a lost datagram: it retransmits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub per_client: Rate,
+    pub total: Rate,
+}
+
+/// Client keys whose rates are tracked at once; see [`PerKey`].
+const TRACKED_CLIENTS: usize = 4096;
+
+struct Limiter {
+    limits: Limits,
+    clients: PerKey<String>,
+    total: Bucket,
 }
 
 /// What the caller should do after a datagram or a ping outcome.
@@ -78,6 +100,8 @@ pub(crate) struct Outgoing {
     pub to: SocketAddrV4,
     /// Which socket sends it.
     pub via: Via,
+    /// It acknowledges a binding that must be saved before it is sent.
+    pub after_save: bool,
 }
 
 /// Why a datagram gets no answer.
@@ -89,8 +113,10 @@ pub(crate) enum Dropped {
     Ignored(String),
     #[error("no free address in the pool")]
     Exhausted,
-    #[error("cannot persist the lease table: {0}")]
-    Store(#[from] StoreError),
+    #[error("{0} is over its message rate")]
+    ClientRate(String),
+    #[error("over the service's message rate ({0})")]
+    TotalRate(String),
     #[error("{0}")]
     TooLarge(#[from] TooLarge),
 }
@@ -99,8 +125,8 @@ impl Dropped {
     /// Malformed input and server faults are worth a warning; the rest is routine.
     pub(crate) fn level(&self) -> log::Level {
         match self {
-            Dropped::Ignored(_) => log::Level::Debug,
-            Dropped::Store(_) => log::Level::Error,
+            // A flood is counted and reported as a whole by the caller, not line by line.
+            Dropped::Ignored(_) | Dropped::ClientRate(_) | Dropped::TotalRate(_) => log::Level::Debug,
             _ => log::Level::Warn,
         }
     }
@@ -115,11 +141,35 @@ pub(crate) struct Server {
     pub leases: LeaseTable,
     /// Ping checks under way, by client key.
     probes: HashMap<String, Pending>,
+    limiter: Option<Limiter>,
+    /// Messages dropped by the limits since the caller last took the count.
+    pub rate_limited: u64,
 }
 
 impl Server {
     pub(crate) fn new(cfg: CoreConfig, leases: LeaseTable) -> Server {
-        Server { cfg, leases, probes: HashMap::new() }
+        let now = Instant::now();
+        let limiter = cfg.limits.map(|limits| Limiter {
+            limits,
+            clients: PerKey::new(limits.per_client, TRACKED_CLIENTS),
+            total: Bucket::new(limits.total, now),
+        });
+        Server { cfg, leases, probes: HashMap::new(), limiter, rate_limited: 0 }
+    }
+
+    /// Counts `req` against the limits.
+    fn admit(&mut self, req: &Request, at: Instant) -> Result<(), Dropped> {
+        let Some(l) = &mut self.limiter else { return Ok(()) };
+        // The client's own bucket first: a client that floods alone spends only its own.
+        let r = match l.clients.take(&req.client_key(), at) {
+            Err(_) => Err(Dropped::ClientRate(req.mac_string())),
+            Ok(()) if !l.total.take(l.limits.total, at) => Err(Dropped::TotalRate(req.mac_string())),
+            Ok(()) => Ok(()),
+        };
+        if r.is_err() {
+            self.rate_limited += 1;
+        }
+        r
     }
 
     fn in_subnet(&self, ip: Ipv4Addr) -> bool {
@@ -127,9 +177,22 @@ impl Server {
         u32::from(ip) & m == u32::from(self.cfg.address) & m
     }
 
-    /// Decides what to do with one datagram from `peer`.
+    /// Decides what to do with one datagram from `peer` at `now`, in seconds since the epoch.
     pub(crate) fn handle(&mut self, data: &[u8], via: Via, peer: SocketAddrV4, now: u64) -> Result<Action, Dropped> {
+        self.handle_at(data, via, peer, now, Instant::now())
+    }
+
+    /// [`Server::handle`] with the instant the rate limits count from.
+    pub(crate) fn handle_at(
+        &mut self,
+        data: &[u8],
+        via: Via,
+        peer: SocketAddrV4,
+        now: u64,
+        at: Instant,
+    ) -> Result<Action, Dropped> {
         let req = Request::parse(data)?;
+        self.admit(&req, at)?;
         let kind = ClientKind::of(&req);
         if self.cfg.proxy {
             return self.proxy(&req, kind, via, peer).map(Action::Reply);
@@ -217,7 +280,7 @@ impl Server {
             Via::Dhcp => self.destination(req, &mut reply),
         };
         let bytes = reply.emit(req.max_message_size)?;
-        Ok(Outgoing { reply, bytes, to, via })
+        Ok(Outgoing { reply, bytes, to, via, after_save: false })
     }
 
     fn discover(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Action, Dropped> {
@@ -258,7 +321,7 @@ impl Server {
             return self.offer(&p.req, p.kind, ip, now).map(Action::Reply);
         }
         let mac = p.req.mac_string();
-        self.leases.decline(ip, now + u64::from(self.cfg.quarantine))?;
+        self.leases.decline(ip, now + u64::from(self.cfg.quarantine));
         log::warn!(
             "dhcp: conflict: {ip} answers ping, another host uses it; not offered to {mac}, \
              quarantined for {} s",
@@ -290,7 +353,7 @@ impl Server {
     fn ack(&mut self, req: &Request, kind: ClientKind, ip: Ipv4Addr, now: u64) -> Result<Outgoing, Dropped> {
         let (key, mac) = (req.client_key(), req.mac_string());
         let until = now + u64::from(self.cfg.lease_time);
-        self.leases.bind(ip, &key, &mac, req.host_name.clone(), until)?;
+        let unsaved = self.leases.bind(ip, &key, &mac, req.host_name.clone(), until);
         log::info!("dhcp: {ip} bound to {mac} for {} s", self.cfg.lease_time);
         let mut r = self.base_reply(req, Msg::Ack, kind);
         r.ciaddr = req.ciaddr;
@@ -298,7 +361,9 @@ impl Server {
         self.lease_options(&mut r);
         self.network_options(&mut r, req);
         self.boot_options(&mut r, req, kind);
-        self.send(req, r, Via::Dhcp, unspecified())
+        let mut out = self.send(req, r, Via::Dhcp, unspecified())?;
+        out.after_save = unsaved == Unsaved::BeforeReply;
+        Ok(out)
     }
 
     fn request(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Outgoing, Dropped> {
@@ -309,13 +374,19 @@ impl Server {
                 let freed = self.leases.forget_offer(&key);
                 Err(ignored(format!("{mac} chose server {sid}; our offer {freed:?} is withdrawn")))
             }
-            // SELECTING, our offer.
+            // SELECTING, our offer: only an address we offered to this client, or one it
+            // holds already (a retransmitted REQUEST whose ACK was lost), is bound. Anything
+            // else would let a forged REQUEST bind any free address without an OFFER.
             Some(_) => {
                 let ip = req
                     .requested_ip
                     .or(Some(req.ciaddr).filter(|a| !a.is_unspecified()))
                     .ok_or_else(|| ignored("REQUEST names our server id but no address"))?;
-                if self.leases.available_to(ip, &key, &mac, now) {
+                let bound = self.leases.held_by(ip, &key).is_some_and(|l| l.state == LeaseState::Bound);
+                let ours = bound || self.leases.offered_to(ip, &key);
+                if !ours {
+                    self.nak(req, format!("{ip} was not offered to this client"))
+                } else if self.leases.available_to(ip, &key, &mac, now) {
                     self.ack(req, kind, ip, now)
                 } else {
                     self.nak(req, format!("{ip} is not available"))
@@ -369,7 +440,7 @@ impl Server {
         if self.leases.held_by(ip, &key).is_none() {
             return Err(ignored(format!("DECLINE of {ip}, which the client does not hold")));
         }
-        self.leases.decline(ip, now + u64::from(self.cfg.quarantine))?;
+        self.leases.decline(ip, now + u64::from(self.cfg.quarantine));
         log::warn!(
             "dhcp: {} declined {ip}: another host uses it; quarantined for {} s",
             req.mac_string(),
@@ -380,7 +451,7 @@ impl Server {
 
     fn release(&mut self, req: &Request, now: u64) -> Result<(), Dropped> {
         self.ours(req)?;
-        if self.leases.release(req.ciaddr, &req.client_key(), now)? {
+        if self.leases.release(req.ciaddr, &req.client_key(), now) {
             log::info!("dhcp: {} released {}", req.mac_string(), req.ciaddr);
             Ok(())
         } else {
@@ -459,6 +530,7 @@ mod tests {
             },
             // The tests below that are not about the ping check answer at once.
             ping_check: false,
+            limits: None,
         }
     }
 
@@ -581,6 +653,64 @@ mod tests {
     }
 
     #[test]
+    fn request_naming_us_binds_only_what_we_offered() {
+        let mut s = server();
+        let select = |ip: u8| msg(3, MAC, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &[10, 0, 0, ip])]);
+        // No OFFER before it: NAK, and nothing is bound.
+        let nak = go(&mut s, &select(101), 0);
+        assert_eq!(nak.reply.msg_type, Msg::Nak);
+        assert_eq!(nak.reply.option(opt::MESSAGE), Some(&b"10.0.0.101 was not offered to this client"[..]));
+        assert!(s.leases.get(ip(101)).is_none());
+        // Offered .100: a REQUEST for .101 is still refused, and the offer stands.
+        assert_eq!(go(&mut s, &msg(1, MAC, &[]), 1).reply.yiaddr, ip(100));
+        assert_eq!(go(&mut s, &select(101), 1).reply.msg_type, Msg::Nak);
+        // The offered address: ACK, to be sent only once the binding is saved.
+        let ack = go(&mut s, &select(100), 2);
+        assert_eq!((ack.reply.msg_type, ack.reply.yiaddr, ack.after_save), (Msg::Ack, ip(100), true));
+        // The same REQUEST again (its ACK was lost): the client holds it, so ACK, and this
+        // time the binding only changes its end, which need not wait for the disk.
+        let again = go(&mut s, &select(100), 3);
+        assert_eq!((again.reply.msg_type, again.after_save), (Msg::Ack, false));
+        // Another client naming us for it: NAK, whatever it claims.
+        let other = msg(3, MAC2, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &[10, 0, 0, 100])]);
+        assert_eq!(go(&mut s, &other, 3).reply.msg_type, Msg::Nak);
+        // Once a lapsed hold is swept, the address is free: the offer no longer counts.
+        assert_eq!(go(&mut s, &msg(1, MAC2, &[]), 4).reply.yiaddr, ip(101));
+        s.leases.expire(4 + OFFER_HOLD);
+        let late = msg(3, MAC2, &[(opt::SERVER_ID, &sid()), (opt::REQUESTED_IP, &[10, 0, 0, 101])]);
+        assert_eq!(go(&mut s, &late, 4 + OFFER_HOLD + 1).reply.msg_type, Msg::Nak, "expired offers are freed");
+    }
+
+    #[test]
+    fn messages_are_rate_limited_per_client_and_in_all() {
+        let mut c = cfg(false);
+        let second = std::time::Duration::from_secs(1);
+        c.limits = Some(Limits { per_client: Rate::per_sec(1, 3), total: Rate::per_sec(2, 5) });
+        let res = vec![("02:00:00:00:00:42".to_string(), ip(42))];
+        let t = LeaseTable::open((ip(100), ip(101)), vec![SERVER], &res, Box::new(MemoryStore::default()));
+        let mut s = Server::new(c, t.unwrap());
+        let t0 = Instant::now();
+        let send = |s: &mut Server, mac: [u8; 6], at: Instant| s.handle_at(&msg(1, mac, &[]), Via::Dhcp, peer(), 0, at);
+        for _ in 0..3 {
+            assert!(send(&mut s, MAC, t0).is_ok());
+        }
+        assert!(matches!(send(&mut s, MAC, t0), Err(Dropped::ClientRate(m)) if m == "02:00:00:00:00:01"));
+        // Other clients have their own allowance, until the service's is spent.
+        assert!(send(&mut s, MAC2, t0).is_ok());
+        assert!(send(&mut s, [2, 0, 0, 0, 0, 3], t0).is_ok());
+        assert!(matches!(send(&mut s, [2, 0, 0, 0, 0, 4], t0), Err(Dropped::TotalRate(_))));
+        assert_eq!(s.rate_limited, 2);
+        assert_eq!(Dropped::TotalRate(String::new()).level(), log::Level::Debug);
+        // A second later the flooding client gets one more, the service two.
+        assert!(send(&mut s, MAC, t0 + second).is_ok());
+        assert!(matches!(send(&mut s, MAC, t0 + second), Err(Dropped::ClientRate(_))));
+        assert!(send(&mut s, [2, 0, 0, 0, 0, 4], t0 + second).is_ok());
+        assert!(matches!(send(&mut s, [2, 0, 0, 0, 0, 5], t0 + second), Err(Dropped::TotalRate(_))));
+        // Malformed datagrams have no client to count against; they are dropped before.
+        assert!(matches!(s.handle_at(&[0u8; 10], Via::Dhcp, peer(), 0, t0), Err(Dropped::Malformed(_))));
+    }
+
+    #[test]
     fn init_reboot() {
         let mut s = server();
         let a = lease(&mut s, MAC, 0);
@@ -695,7 +825,8 @@ mod tests {
         assert_eq!(go(&mut s, &msg(1, MAC2, &[(opt::REQUESTED_IP, &a.octets())]), 10).reply.yiaddr, ip(101));
         assert_eq!(go(&mut s, &msg(3, MAC, &[(opt::REQUESTED_IP, &a.octets())]), 10).reply.msg_type, Msg::Ack);
         // Once the lease ran out (and MAC2's offer lapsed) the address goes to whoever asks.
-        s.leases.expire(10 + 3600).unwrap();
+        s.leases.expire(10 + 3600);
+        s.leases.save().unwrap();
         assert_eq!(store.saved.lock().unwrap()[0].state, LeaseState::Free);
         let o = go(&mut s, &msg(1, MAC2, &[(opt::REQUESTED_IP, &a.octets())]), 10 + 3600);
         assert_eq!(o.reply.yiaddr, ip(101), "MAC2 prefers its own previous offer");
@@ -784,7 +915,7 @@ mod tests {
         lease_probed(&mut s, RESERVED_MAC, ip(42), 0);
         assert_eq!(go(&mut s, &msg(1, RESERVED_MAC, &[]), 5).reply.yiaddr, ip(42));
         // Once the lease has run out, the client's own old address is checked again.
-        s.leases.expire(1800 + 3600).unwrap();
+        s.leases.expire(1800 + 3600);
         assert_eq!(probe(discover(&mut s, MAC, 1800 + 3600)), ip(100));
         // A check whose outcome never came does not hold the client back for ever.
         assert!(silent(&mut s, &msg(1, MAC, &[]), 1800 + 3600 + 10).contains("being pinged"));

@@ -1,10 +1,12 @@
 //! TFTP service (RFC 1350 with the option extensions of RFC 2347, 2348, 2349 and 7440).
 //!
 //! `packet` parses and writes datagrams, `options` negotiates, `transfer` is the sender's state
-//! machine, `netascii` its text encoding and `stray` judges datagrams from strangers that reach a
-//! transfer's port; all five are free of I/O. `server` drives them with tokio: one listening
-//! socket, and one task with its own socket per transfer.
+//! machine, `netascii` its text encoding, `stray` judges datagrams from strangers that reach a
+//! transfer's port and `admit` decides which requests start a transfer; all six are free of I/O.
+//! `server` drives them with tokio: one listening socket, and one task with its own socket per
+//! transfer.
 
+pub mod admit;
 pub mod netascii;
 pub mod options;
 pub mod packet;
@@ -34,6 +36,23 @@ pub struct TftpConfig {
     pub timeout_ms: u64,
     /// Ceiling of the doubled timeout, in milliseconds.
     pub max_timeout_ms: u64,
+    /// Largest `timeout` option accepted from a client, in seconds (RFC 2349 allows up to
+    /// 255). A larger one is left out of the OACK, which refuses it: the client then keeps
+    /// its default and the server uses `timeout_ms`.
+    pub max_client_timeout_secs: u64,
+    /// Retransmissions before the client's first ACK. Until then its address may be forged,
+    /// and every retransmission goes to whoever was named.
+    pub retries_before_ack: u32,
+    /// A transfer still running after this many seconds is ended with an ERROR.
+    pub max_transfer_secs: u64,
+    /// Transfers running at once, in all.
+    pub max_transfers: usize,
+    /// Transfers running at once from one host (IP address).
+    pub max_transfers_per_host: usize,
+    /// Requests a host may send per second once its burst is spent; more are dropped.
+    pub requests_per_sec: u32,
+    /// Requests a host may send in a burst.
+    pub request_burst: u32,
 }
 
 impl Default for TftpConfig {
@@ -45,6 +64,13 @@ impl Default for TftpConfig {
             retries: 6,
             timeout_ms: 1000,
             max_timeout_ms: 8000,
+            max_client_timeout_secs: 10,
+            retries_before_ack: 1,
+            max_transfer_secs: 600,
+            max_transfers: 128,
+            max_transfers_per_host: 8,
+            requests_per_sec: 10,
+            request_burst: 20,
         }
     }
 }

@@ -12,6 +12,11 @@ pub struct Limits {
     /// Largest block size, already lowered to fit the interface MTU.
     pub max_blksize: u16,
     pub max_windowsize: u16,
+    /// Largest `timeout` option accepted, in seconds.
+    pub max_timeout_secs: u64,
+    /// Bytes a window may hold: the window stays built in memory until it is acknowledged,
+    /// so a large block size gets a smaller window (RFC 7440 lets the server lower it).
+    pub max_window_bytes: usize,
 }
 
 /// The outcome of a negotiation.
@@ -61,13 +66,23 @@ pub fn negotiate(req: &Request<'_>, limits: Limits, file_len: u64) -> Negotiated
                 n.accepted.push(("windowsize", n.windowsize as u64));
             }
         } else if opt.is("timeout") && !seen("timeout", &n) {
-            // RFC 2349: 1..=255 seconds, and the server may not change it.
-            if let Some(v) = value.filter(|v| (1..=255).contains(v)) {
+            // RFC 2349: 1..=255 seconds, and the server may not change it, only refuse it.
+            let max = limits.max_timeout_secs.clamp(1, 255);
+            if let Some(v) = value.filter(|v| (1..=max).contains(v)) {
                 n.timeout = Some(Duration::from_secs(v));
                 n.accepted.push(("timeout", v));
             }
         } else if opt.is("tsize") && !seen("tsize", &n) && req.mode == Mode::Octet && value.is_some() {
             n.accepted.push(("tsize", file_len));
+        }
+    }
+    let fits = (limits.max_window_bytes / n.blksize as usize).clamp(1, u16::MAX as usize) as u16;
+    if n.windowsize > fits {
+        n.windowsize = fits;
+        for (name, value) in &mut n.accepted {
+            if *name == "windowsize" {
+                *value = fits as u64;
+            }
         }
     }
     n
@@ -78,7 +93,8 @@ mod tests {
     use super::*;
     use crate::tftp::packet::{parse, request_packet, Packet, OP_RRQ};
 
-    const LIMITS: Limits = Limits { max_blksize: 1468, max_windowsize: 16 };
+    const LIMITS: Limits =
+        Limits { max_blksize: 1468, max_windowsize: 16, max_timeout_secs: 10, max_window_bytes: 64 * 1024 };
 
     fn run(mode: Mode, opts: &[(&str, &str)]) -> Negotiated {
         let mut raw = Vec::new();
@@ -132,6 +148,36 @@ mod tests {
         let n = run(Mode::Octet, &[("blksize", "800"), ("blksize", "900")]);
         assert_eq!(n.blksize, 800);
         assert_eq!(n.accepted.len(), 1);
+    }
+
+    #[test]
+    fn long_timeouts_are_refused() {
+        let n = run(Mode::Octet, &[("timeout", "255"), ("blksize", "1024")]);
+        assert_eq!(n.timeout, None);
+        assert_eq!(n.accepted, [("blksize", 1024)]);
+        assert_eq!(run(Mode::Octet, &[("timeout", "10")]).timeout, Some(Duration::from_secs(10)));
+        assert_eq!(run(Mode::Octet, &[("timeout", "11")]).oack(), None);
+    }
+
+    #[test]
+    fn window_is_held_to_its_byte_budget() {
+        // 16 blocks of 8192 bytes would hold 128 KiB; the budget is 64 KiB, so 8 blocks,
+        // whichever option comes first.
+        let limits = Limits { max_blksize: 8192, ..LIMITS };
+        for opts in [[("windowsize", "16"), ("blksize", "8192")], [("blksize", "8192"), ("windowsize", "16")]] {
+            let mut raw = Vec::new();
+            request_packet(&mut raw, OP_RRQ, b"f", Mode::Octet, &opts);
+            let Ok(Packet::Rrq(r)) = parse(&raw) else { panic!() };
+            let n = negotiate(&r, limits, 1000);
+            assert_eq!((n.blksize, n.windowsize), (8192, 8));
+            assert!(n.accepted.contains(&("windowsize", 8)), "{:?}", n.accepted);
+        }
+        // A block larger than the budget still gets a window of one.
+        let tiny = Limits { max_window_bytes: 100, ..LIMITS };
+        let mut raw = Vec::new();
+        request_packet(&mut raw, OP_RRQ, b"f", Mode::Octet, &[("blksize", "1024"), ("windowsize", "4")]);
+        let Ok(Packet::Rrq(r)) = parse(&raw) else { panic!() };
+        assert_eq!(negotiate(&r, tiny, 1).windowsize, 1);
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! The tokio side of TFTP: requests arrive on the service port; each read gets its own task
 //! and its own socket (a new transfer ID, RFC 1350) bound to the same interface and address.
 
-use std::collections::HashSet;
 use std::io::{BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::UdpSocket;
 
+use super::admit::{self, Admission, Refused};
 use super::netascii::Netascii;
 use super::options::{negotiate, Limits};
 use super::packet::{self, ErrorCode, Mode, Packet, Request};
@@ -20,7 +20,11 @@ use super::TftpConfig;
 use crate::bootfiles::{BootFiles, OpenError};
 
 /// Read-ahead of the file: large enough that small blocks cost one copy, not one syscall each.
-const READ_AHEAD: usize = 256 * 1024;
+/// With [`MAX_WINDOW_BYTES`] it bounds the memory of a transfer.
+const READ_AHEAD: usize = 64 * 1024;
+/// Bytes of built blocks a window may hold until they are acknowledged: 64 blocks of an
+/// Ethernet-sized 1468 bytes fit, a jumbo or loopback block size gets a smaller window.
+const MAX_WINDOW_BYTES: usize = 256 * 1024;
 /// Largest datagram a client sends to a transfer socket is an ACK or an ERROR; larger junk is
 /// truncated by the kernel and then rejected by the parser.
 const REPLY_BUF: usize = 2048;
@@ -37,8 +41,8 @@ pub struct Service {
     address: Ipv4Addr,
     config: TftpConfig,
     limits: Limits,
-    /// Clients with a transfer running: a retransmitted RRQ must not start a second one.
-    active: Mutex<HashSet<SocketAddr>>,
+    /// Running transfers and request rates.
+    admission: Mutex<Admission>,
 }
 
 impl Service {
@@ -49,15 +53,42 @@ impl Service {
             let fits = mtu.saturating_sub(32).clamp(packet::MIN_BLKSIZE as u32, packet::MAX_BLKSIZE as u32);
             max_blksize = max_blksize.min(fits as u16);
         }
-        let limits = Limits { max_blksize, max_windowsize: config.max_windowsize };
+        let limits = Limits {
+            max_blksize,
+            max_windowsize: config.max_windowsize,
+            max_timeout_secs: config.max_client_timeout_secs,
+            max_window_bytes: MAX_WINDOW_BYTES,
+        };
+        let admission = Admission::new(admit::Limits {
+            max_transfers: config.max_transfers,
+            max_per_host: config.max_transfers_per_host,
+            requests: crate::ratelimit::Rate::per_sec(config.requests_per_sec, config.request_burst),
+        });
         Service {
             files,
             interface: interface.to_string(),
             address,
             config,
             limits,
-            active: Mutex::new(HashSet::new()),
+            admission: Mutex::new(admission),
         }
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running transfer's place in [`Admission`], given back when the transfer ends however it
+/// ends.
+struct Slot {
+    service: Arc<Service>,
+    peer: SocketAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.service.admission().finish(self.peer);
     }
 }
 
@@ -117,12 +148,17 @@ pub async fn run(socket: UdpSocket, service: Arc<Service>) -> anyhow::Result<()>
 /// Serves requests from `socket` until it fails.
 async fn serve_requests(socket: UdpSocket, service: Arc<Service>) -> anyhow::Result<()> {
     let local = socket.local_addr()?;
+    let cfg = &service.config;
     log::info!(
-        "tftp: serving {} on {local} ({}), blksize up to {}, windowsize up to {}",
+        "tftp: serving {} on {local} ({}), blksize up to {}, windowsize up to {}, {} transfers \
+         ({} per host) of at most {} s",
         service.files.root().display(),
         service.interface,
         service.limits.max_blksize,
-        service.limits.max_windowsize
+        service.limits.max_windowsize,
+        cfg.max_transfers,
+        cfg.max_transfers_per_host,
+        cfg.max_transfer_secs
     );
     let mut buf = vec![0u8; 65536];
     let mut budget = LogBudget { since: Instant::now(), used: 0 };
@@ -136,18 +172,23 @@ async fn serve_requests(socket: UdpSocket, service: Arc<Service>) -> anyhow::Res
         let datagram = &buf[..n];
         match packet::parse(datagram) {
             Ok(Packet::Rrq(_)) => {
-                if !service.active.lock().unwrap_or_else(|e| e.into_inner()).insert(peer) {
-                    log::debug!("tftp: {peer} repeated its request; its transfer is running");
+                let admitted = service.admission().start(peer, Instant::now());
+                if let Err(why) = admitted {
+                    let level = if why == Refused::Repeated { log::Level::Debug } else { budget.level() };
+                    log::log!(level, "tftp: dropped a request from {peer}: {why}");
                     continue;
                 }
+                let slot = Slot { service: service.clone(), peer };
                 let raw = datagram.to_vec();
-                let service = service.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_read(&service, peer, &raw).await {
+                    if let Err(e) = serve_read(&slot.service, peer, &raw).await {
                         log::warn!("tftp: {peer}: {e:#}");
                     }
-                    service.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+                    drop(slot);
                 });
+            }
+            Ok(Packet::Wrq(_)) if service.admission().request(peer, Instant::now()).is_err() => {
+                log::log!(budget.level(), "tftp: dropped a write request from {peer}: over its request rate");
             }
             Ok(Packet::Wrq(req)) => {
                 log::warn!(
@@ -284,6 +325,7 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
         timeout: neg.timeout.unwrap_or(Duration::from_millis(cfg.timeout_ms.max(1))),
         max_timeout: Duration::from_millis(cfg.max_timeout_ms),
         retries: cfg.retries,
+        retries_before_ack: cfg.retries_before_ack,
     };
     // Before the log line, which names the port: from then on a stranger may find it.
     let mut strays =
@@ -298,7 +340,16 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
     );
     let started = Instant::now();
     let mut t = Transfer::new(reader, params, neg.oack());
-    let result = drive(&sock, &mut strays, &mut t).await;
+    let lifetime = Duration::from_secs(cfg.max_transfer_secs.max(1));
+    let result = match tokio::time::timeout(lifetime, drive(&sock, &mut strays, &mut t)).await {
+        Ok(r) => r,
+        Err(_) => {
+            // A client that acknowledges just often enough would otherwise hold its sockets,
+            // file and buffers for as long as it likes.
+            let _ = send_error(&sock, ErrorCode::NotDefined, "transfer time limit reached").await;
+            Err(anyhow::anyhow!("ended at the time limit of {} s", lifetime.as_secs()))
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => {

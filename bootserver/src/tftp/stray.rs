@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::packet::{self, Packet, ParseError};
+use crate::ratelimit::{Bucket, Rate};
 
 /// The answer to every stray, written once at compile time so that a stray costs no
 /// allocation; the unit tests check it against [`packet::error`].
@@ -45,18 +46,19 @@ pub enum Verdict {
     Drop(Silent),
 }
 
+/// The stray rate limit, [`BURST`] and [`REFILL`].
+const RATE: Rate = Rate { burst: BURST, every: REFILL };
+
 /// Decides on the strays of one transfer; a token bucket caps the answers.
 #[derive(Debug)]
 pub struct Strays {
     peer: SocketAddr,
-    tokens: u32,
-    /// When the bucket last earned a token (or was found full).
-    refilled: Instant,
+    bucket: Bucket,
 }
 
 impl Strays {
     pub fn new(peer: SocketAddr, now: Instant) -> Self {
-        Strays { peer, tokens: BURST, refilled: now }
+        Strays { peer, bucket: Bucket::new(RATE, now) }
     }
 
     /// The transfer's own peer, whose datagrams are not strays.
@@ -74,28 +76,10 @@ impl Strays {
             Ok(p) => p.name(),
             Err(e) => return Verdict::Drop(Silent::Malformed(e)),
         };
-        self.refill(now);
-        if self.tokens == 0 {
+        if !self.bucket.take(RATE, now) {
             return Verdict::Drop(Silent::RateLimited);
         }
-        self.tokens -= 1;
         Verdict::Answer { kind }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let earned = now.saturating_duration_since(self.refilled).as_nanos() / REFILL.as_nanos();
-        if earned == 0 {
-            return;
-        }
-        let room = BURST - self.tokens;
-        if earned >= u128::from(room) {
-            self.tokens = BURST;
-            self.refilled = now;
-        } else {
-            // Whole tokens only; the remainder of the interval counts toward the next one.
-            self.tokens += earned as u32;
-            self.refilled += REFILL * earned as u32;
-        }
     }
 }
 

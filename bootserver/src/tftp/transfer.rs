@@ -56,6 +56,10 @@ pub struct Params {
     pub max_timeout: Duration,
     /// Retransmissions before giving up.
     pub retries: u32,
+    /// Retransmissions before the client's first ACK, when `retries` does not apply yet:
+    /// until the client has answered, its address may be forged, and each retransmission
+    /// would go to whoever the forger named.
+    pub retries_before_ack: u32,
 }
 
 pub struct Transfer<R> {
@@ -72,6 +76,8 @@ pub struct Transfer<R> {
     /// Index of the final, short block once it is read.
     last: Option<u64>,
     retry: u32,
+    /// The client acknowledged something: its address is real.
+    answered: bool,
     /// A duplicate ACK already caused a resend since the last progress.
     resent_on_duplicate: bool,
     bytes: u64,
@@ -95,6 +101,7 @@ impl<R: Read> Transfer<R> {
             acked: 0,
             last: None,
             retry: 0,
+            answered: false,
             resent_on_duplicate: false,
             bytes: 0,
         }
@@ -131,13 +138,15 @@ impl<R: Read> Transfer<R> {
             return Step::Wait;
         }
         self.retry += 1;
-        if self.retry > self.p.retries {
+        let retries = if self.answered { self.p.retries } else { self.p.retries_before_ack.min(self.p.retries) };
+        if self.retry > retries {
             let what = match self.phase {
                 Phase::Oack => "the OACK".to_string(),
                 _ => format!("block {}", self.acked + 1),
             };
             self.phase = Phase::Finished;
-            return Step::Failed(format!("no answer to {what} after {} retries", self.p.retries));
+            let first = if self.answered { "" } else { " (the client never answered; its address may be forged)" };
+            return Step::Failed(format!("no answer to {what} after {retries} retries{first}"));
         }
         Step::Send
     }
@@ -174,6 +183,7 @@ impl<R: Read> Transfer<R> {
             self.phase = Phase::Data;
             self.control.clear();
             self.retry = 0;
+            self.answered = true;
             return self.fill();
         }
         // Block numbers wrap past 65535 to 0; the distance from the last ACK places it.
@@ -197,6 +207,7 @@ impl<R: Read> Transfer<R> {
         }
         self.acked += ahead as u64;
         self.retry = 0;
+        self.answered = true;
         self.resent_on_duplicate = false;
         if Some(self.acked) == self.last {
             self.phase = Phase::Finished;
@@ -263,6 +274,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             retries: 3,
+            retries_before_ack: 3,
         }
     }
 
@@ -437,6 +449,35 @@ mod tests {
         t.on_timeout();
         t.on_packet(&ack_pkt(1));
         assert_eq!(t.timeout(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_client_that_never_answered_gets_fewer_retransmissions() {
+        let p = Params { retries_before_ack: 1, ..params(512, 4) };
+        // No options: the first window once, then once more, then silence.
+        let mut t = Transfer::new(&[0u8; 5000][..], p, None);
+        assert_eq!(t.start(), Step::Send);
+        assert_eq!(t.on_timeout(), Step::Send);
+        assert!(matches!(t.on_timeout(), Step::Failed(m) if m.contains("may be forged")));
+        // The same for an OACK, and the window is never sent at all.
+        let mut t = Transfer::new(&[0u8; 5000][..], p, Some(b"\0\x06tsize\x005000\0".to_vec()));
+        t.start();
+        assert_eq!(t.outgoing().count(), 1);
+        assert_eq!(t.on_timeout(), Step::Send);
+        assert_eq!(t.outgoing().count(), 1);
+        assert!(matches!(t.on_timeout(), Step::Failed(m) if m.contains("OACK after 1 retries")));
+        // Once the client answered, the full count applies, from the next block on.
+        let mut t = Transfer::new(&[0u8; 5000][..], p, None);
+        t.start();
+        t.on_packet(&ack_pkt(2));
+        for _ in 0..3 {
+            assert_eq!(t.on_timeout(), Step::Send);
+        }
+        assert!(matches!(t.on_timeout(), Step::Failed(m) if !m.contains("forged")));
+        // None means none: the first send is the only one.
+        let mut t = Transfer::new(&[0u8; 10][..], Params { retries_before_ack: 0, ..p }, None);
+        t.start();
+        assert!(matches!(t.on_timeout(), Step::Failed(_)));
     }
 
     #[test]
