@@ -58,8 +58,26 @@ enum Cmd {
         #[arg(long)]
         archives: bool,
     },
-    /// Unpack into DIR; refuses names that would land outside it.
-    Extract { image: PathBuf, dir: PathBuf },
+    /// Unpack into DIR; nothing the archive holds is written outside it.
+    ///
+    /// Names that would land outside DIR (absolute, `..`, through a symlink) are refused, and
+    /// no symlink on disk is followed while writing. What could reach beyond DIR is opt-in,
+    /// as GNU cpio and tar do for ordinary users: without the flags below, device nodes are
+    /// skipped with a warning, setuid/setgid bits are cleared and everything belongs to the
+    /// user who extracts. DIR's own mode (the `.` member) is applied only when DIR is new.
+    Extract {
+        image: PathBuf,
+        dir: PathBuf,
+        /// Create character and block device nodes (needs root).
+        #[arg(long)]
+        devices: bool,
+        /// Give members the archive's uid and gid (needs root).
+        #[arg(long)]
+        same_owner: bool,
+        /// Keep setuid and setgid bits.
+        #[arg(long)]
+        preserve_setuid: bool,
+    },
     /// Print one file (symlinks inside the image are followed).
     Cat { image: PathBuf, path: String },
     /// Check that the image can boot; exits 1 when it finds a problem.
@@ -179,9 +197,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             w.flush()?;
         }
-        Cmd::Extract { image, dir } => {
+        Cmd::Extract { image, dir, devices, same_owner, preserve_setuid } => {
             let img = open(&image)?;
-            let n = extract::extract(&img, &dir)?;
+            let opts = extract::Options { devices, same_owner, preserve_setuid };
+            let n = extract::extract(&img, &dir, &opts)?;
             info!("extracted {n} members into {}", dir.display());
         }
         Cmd::Cat { image, path } => {
