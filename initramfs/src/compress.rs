@@ -142,12 +142,27 @@ pub fn decompress(c: Compression, input: &[u8], limit: u64) -> Result<(Vec<u8>, 
     Ok((out, input.len() - rest.len()))
 }
 
+/// The largest dictionary of xz's and lzma's presets (`-9`): 64 MiB.
+const XZ_PRESET_MAX_DICT: u64 = 64 << 20;
+
+/// What liblzma may allocate to decode one stream: its dictionary, which the stream's header
+/// declares (up to 4 GiB) and which is allocated before a single byte comes out, plus the
+/// decoder's own state. Any preset decodes; a larger dictionary is allowed only as far as the
+/// output may go.
+fn xz_memlimit(limit: u64) -> u64 {
+    limit.max(XZ_PRESET_MAX_DICT).saturating_add(1 << 20)
+}
+
 /// xz and lzma-alone through liblzma's raw stream API, which reports exactly how much input
 /// the stream used (the buffered readers read on past the end of an lzma-alone stream).
 fn xz_decode(c: Compression, input: &[u8], limit: u64) -> Result<(Vec<u8>, usize), CompressError> {
-    use xz2::stream::{Action, Status, Stream};
-    let fmt = |e: xz2::stream::Error| CompressError::Format(c, e.to_string());
-    let mut stream = if c == Compression::Xz { Stream::new_stream_decoder(u64::MAX, 0) } else { Stream::new_lzma_decoder(u64::MAX) }.map_err(fmt)?;
+    use xz2::stream::{Action, Error, Status, Stream};
+    let memlimit = xz_memlimit(limit);
+    let fmt = |e: Error| match e {
+        Error::MemLimit => CompressError::Format(c, format!("the stream needs more than {memlimit} bytes of memory to decode")),
+        e => CompressError::Format(c, e.to_string()),
+    };
+    let mut stream = if c == Compression::Xz { Stream::new_stream_decoder(memlimit, 0) } else { Stream::new_lzma_decoder(memlimit) }.map_err(fmt)?;
     let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(4).min(64 << 20));
     loop {
         if out.capacity() - out.len() < (1 << 16) {
@@ -214,6 +229,117 @@ fn lz4_legacy_decode(input: &[u8], limit: u64) -> Result<(Vec<u8>, usize), Compr
         at += 4 + len;
     }
     Ok((out, at.min(input.len())))
+}
+
+/// Reads an LZO1X block as the kernel's `lzo1x_decompress_safe` does, into exactly `dst_len`
+/// bytes. Our own rather than lzokay-native's decoder (which still compresses): that one takes
+/// a hostile block's lengths and distances on trust, so a distance past the output so far
+/// panics (an underflow, then an index out of bounds) and a run length can produce hundreds of
+/// times the announced size before the size is checked. Here every literal run is checked
+/// against the input left, every match against the output so far, and nothing is written past
+/// `dst_len`.
+fn lzo1x_decode(src: &[u8], dst_len: usize) -> Result<Vec<u8>, &'static str> {
+    struct In<'a> {
+        src: &'a [u8],
+        at: usize,
+    }
+    impl In<'_> {
+        fn byte(&mut self) -> Result<usize, &'static str> {
+            let b = *self.src.get(self.at).ok_or("input ends inside an instruction")?;
+            self.at += 1;
+            Ok(b as usize)
+        }
+        fn le16(&mut self) -> Result<usize, &'static str> {
+            Ok(self.byte()? | self.byte()? << 8)
+        }
+        /// A length continued in the following bytes: 255 for each zero byte, then the first
+        /// non-zero byte plus `base`.
+        fn long_len(&mut self, base: usize) -> Result<usize, &'static str> {
+            let mut n = base;
+            loop {
+                match self.byte()? {
+                    0 => n += 255,
+                    b => return Ok(n + b),
+                }
+            }
+        }
+    }
+    fn literals(inp: &mut In, out: &mut Vec<u8>, n: usize, dst_len: usize) -> Result<(), &'static str> {
+        let run = inp.src.get(inp.at..inp.at + n).ok_or("literal run past the end of the input")?;
+        if out.len() + n > dst_len {
+            return Err("literal run past the announced size");
+        }
+        out.extend_from_slice(run);
+        inp.at += n;
+        Ok(())
+    }
+    let mut inp = In { src, at: 0 };
+    let mut out = Vec::with_capacity(dst_len);
+    let mut state = 0;
+    if src.first().is_some_and(|&b| b > 17) {
+        let t = inp.byte()? - 17;
+        literals(&mut inp, &mut out, t, dst_len)?;
+        state = t.min(4);
+    }
+    loop {
+        let inst = inp.byte()?;
+        let (dist, len, next) = if inst >= 64 {
+            // M2: 3 to 8 bytes within 2 KiB.
+            ((inp.byte()? << 3) + ((inst >> 2) & 7) + 1, (inst >> 5) + 1, inst & 3)
+        } else if inst >= 32 {
+            // M3: any length within 16 KiB.
+            let len = match inst & 31 {
+                0 => inp.long_len(31)? + 2,
+                l => l + 2,
+            };
+            let v = inp.le16()?;
+            ((v >> 2) + 1, len, v & 3)
+        } else if inst >= 16 {
+            // M4: any length within 16 to 48 KiB; distance 0 ends the stream.
+            let len = match inst & 7 {
+                0 => inp.long_len(7)? + 2,
+                l => l + 2,
+            };
+            let v = inp.le16()?;
+            let dist = ((inst & 8) << 11) + (v >> 2);
+            if dist == 0 {
+                break;
+            }
+            (dist + 0x4000, len, v & 3)
+        } else if state == 0 {
+            // A literal run of 4 or more bytes.
+            let n = match inst {
+                0 => inp.long_len(15)? + 3,
+                t => t + 3,
+            };
+            literals(&mut inp, &mut out, n, dst_len)?;
+            state = 4;
+            continue;
+        } else if state < 4 {
+            // M1 after 1 to 3 literals: 2 bytes within 1 KiB.
+            ((inp.byte()? << 2) + (inst >> 2) + 1, 2, inst & 3)
+        } else {
+            // M1 after a literal run: 3 bytes from 2 to 3 KiB back.
+            ((inp.byte()? << 2) + (inst >> 2) + 2049, 3, inst & 3)
+        };
+        if dist > out.len() {
+            return Err("match reaches before the start of the output");
+        }
+        if out.len() + len > dst_len {
+            return Err("match past the announced size");
+        }
+        // Byte by byte: a match may overlap the bytes it produces.
+        let from = out.len() - dist;
+        for i in 0..len {
+            out.push(out[from + i]);
+        }
+        literals(&mut inp, &mut out, next, dst_len)?;
+        state = next;
+    }
+    if out.len() != dst_len {
+        return Err("block decodes to fewer bytes than announced");
+    }
+    Ok(out)
 }
 
 fn lz4_legacy_encode(data: &[u8]) -> Vec<u8> {
@@ -300,10 +426,7 @@ fn lzop_decode(input: &[u8], limit: u64) -> Result<(Vec<u8>, usize), CompressErr
         if src_len == dst_len {
             out.extend_from_slice(block);
         } else {
-            let d = lzokay_native::decompress_all(block, Some(dst_len)).map_err(|e| bad(&format!("{e:?}")))?;
-            if d.len() != dst_len {
-                return Err(bad("block decodes to the wrong size"));
-            }
+            let d = lzo1x_decode(block, dst_len).map_err(|e| bad(&format!("block at byte {}: {e}", at - src_len)))?;
             out.extend_from_slice(&d);
         }
         if out.len() as u64 > limit {
@@ -428,6 +551,44 @@ mod tests {
             assert!(out == data, "{c}: data differs");
             assert!(used >= len && used <= len + 4, "{c}: used {used} of {len}");
         }
+    }
+
+    #[test]
+    fn a_huge_declared_dictionary_is_refused_before_it_is_allocated() {
+        // lzma-alone header: properties 0x5d, a 3.5 GiB dictionary, unknown size; then junk.
+        let mut lzma = vec![0x5d];
+        lzma.extend_from_slice(&0xE000_0000u32.to_le_bytes());
+        lzma.extend_from_slice(&[0xff; 8]);
+        lzma.extend_from_slice(&[0; 32]);
+        let err = decompress(Compression::Lzma, &lzma, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        // The largest preset still decodes under a small output limit.
+        let data = payload();
+        let mut opts = xz2::stream::LzmaOptions::new_preset(9).unwrap();
+        opts.dict_size(XZ_PRESET_MAX_DICT as u32);
+        let enc = xz2::stream::Stream::new_lzma_encoder(&opts).unwrap();
+        let mut packed = Vec::new();
+        std::io::Read::read_to_end(&mut xz2::read::XzEncoder::new_stream(&data[..], enc), &mut packed).unwrap();
+        assert_eq!(decompress(Compression::Lzma, &packed, data.len() as u64).unwrap().0, data);
+    }
+
+    #[test]
+    fn hostile_lzo_blocks_are_errors() {
+        let data = payload();
+        let block = lzokay_native::compress(&data[..LZO_BLOCK]).unwrap();
+        assert_eq!(lzo1x_decode(&block, LZO_BLOCK).unwrap(), &data[..LZO_BLOCK]);
+        assert!(lzo1x_decode(&block, LZO_BLOCK - 1).is_err(), "more than announced");
+        assert!(lzo1x_decode(&block[..block.len() / 2], LZO_BLOCK).is_err(), "cut short");
+        // Found by the initramfs extract fuzz target: a match that reaches before the output
+        // (lzokay-native underflowed, then indexed out of bounds). One literal, then an M2
+        // match 129 bytes back.
+        assert_eq!(lzo1x_decode(&[0x12, b'x', 0x40, 0x10], 16), Err("match reaches before the start of the output"));
+        // A long M3 run of zero bytes: 255 * 4000 bytes claimed from a 4 KB block.
+        let mut bomb = vec![0x15, b'a', b'b', b'c', b'd'];
+        bomb.push(0x20);
+        bomb.extend(std::iter::repeat_n(0u8, 4000));
+        bomb.extend([1, 0x04, 0x00, 0x11, 0, 0]);
+        assert!(lzo1x_decode(&bomb, 64 << 10).is_err());
     }
 
     #[test]

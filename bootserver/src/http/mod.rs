@@ -131,14 +131,15 @@ async fn file(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Decodes `%XX` escapes. Returns None for a malformed escape.
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
+/// Decodes `%XX` escapes. Returns None for a malformed escape. Public for the fuzz target.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
+            // Two hex digits exactly: from_str_radix alone would also take a sign ("%+1").
+            let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
             let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
             out.push(v);
             i += 3;
@@ -159,5 +160,8 @@ mod tests {
         assert_eq!(super::percent_decode("a%00").unwrap(), b"a\0");
         assert!(super::percent_decode("a%2").is_none());
         assert!(super::percent_decode("a%zz").is_none());
+        // Found by the http_range fuzz target: a sign is not a hex digit.
+        assert!(super::percent_decode("x%+00").is_none());
+        assert!(super::percent_decode("%-1").is_none());
     }
 }

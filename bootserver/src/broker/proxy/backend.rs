@@ -130,6 +130,11 @@ pub async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> 
         }
         VncAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(io_err)?),
     };
+    handshake(b, s).await
+}
+
+/// The client half of the handshake on an open stream, up to and including ServerInit.
+pub(super) async fn handshake(b: &Backend, s: Stream) -> Result<(Stream, ServerInit), BackendError> {
     let mut c = Conn { addr: &b.addr, s };
     let version = c.read_exact::<12>().await?;
     let (major, minor) = rfb::parse_version(&version).map_err(|e| c.proto(e.to_string()))?;

@@ -18,6 +18,8 @@
 
 pub(crate) mod auth;
 pub mod backend;
+#[doc(hidden)]
+pub mod fuzz;
 mod recode;
 pub mod rfb;
 mod session;

@@ -236,14 +236,15 @@ impl ServerInit {
 }
 
 /// Parses a 12-byte `RFB xxx.yyy\n` version string into (major, minor).
+/// Works on the bytes: the peer's 12 bytes need not be ASCII, and slicing them as a string
+/// could cut a character in two.
 pub fn parse_version(b: &[u8; 12]) -> Result<(u16, u16), RfbError> {
-    let s = std::str::from_utf8(b).map_err(|_| RfbError::Malformed("protocol version"))?;
-    if !s.starts_with("RFB ") || &s[7..8] != "." || !s.ends_with('\n') {
+    let (major, minor) = (&b[4..7], &b[8..11]);
+    if &b[..4] != b"RFB " || b[7] != b'.' || b[11] != b'\n' || !major.iter().chain(minor).all(u8::is_ascii_digit) {
         return Err(RfbError::Malformed("protocol version"));
     }
-    let major = s[4..7].parse().map_err(|_| RfbError::Malformed("protocol version"))?;
-    let minor = s[8..11].parse().map_err(|_| RfbError::Malformed("protocol version"))?;
-    Ok((major, minor))
+    let number = |digits: &[u8]| digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    Ok((number(major), number(minor)))
 }
 
 /// A message from the viewer, as the proxy needs to see it.
@@ -687,6 +688,10 @@ mod tests {
         assert_eq!(parse_version(b"RFB 003.889\n").unwrap(), (3, 889));
         assert!(parse_version(b"HTTP/1.1 200").is_err());
         assert!(parse_version(b"RFB 003x008\n").is_err());
+        // Found by the proxy_handshake fuzz target: a multi-byte character across the dot
+        // panicked (string slicing off a character boundary).
+        assert!(parse_version(b"RFB 003\xcc\xad03\n").is_err());
+        assert!(parse_version(b"RFB +03.008\n").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -17,7 +17,7 @@ use super::recode::{self, RecodeError, ZStreams};
 use super::rfb::{self, enc, ClientMsg, PixelFormat, ServerFramer, ServerItem};
 use super::{auth, Backend, Control, Proxy, ProxyError, SwitchReport};
 
-async fn refuse(sock: &mut TcpStream, minor: u8, reason: &str) {
+async fn refuse<S: AsyncWrite + Unpin>(sock: &mut S, minor: u8, reason: &str) {
     let mut v = 1u32.to_be_bytes().to_vec();
     if minor >= 8 {
         v.extend_from_slice(&(reason.len() as u32).to_be_bytes());
@@ -27,8 +27,12 @@ async fn refuse(sock: &mut TcpStream, minor: u8, reason: &str) {
 }
 
 /// The server half of the handshake: version, VNC authentication with the token (the only
-/// security type offered, so None is never possible), ClientInit.
-async fn handshake(proxy: &Proxy, sock: &mut TcpStream) -> anyhow::Result<(String, String, Backend, u8)> {
+/// security type offered, so None is never possible), ClientInit. Generic over the stream so
+/// that the fuzz target can drive it from bytes.
+pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    sock: &mut S,
+) -> anyhow::Result<(String, String, Backend, u8)> {
     sock.write_all(b"RFB 003.008\n").await?;
     let mut v = [0u8; 12];
     sock.read_exact(&mut v).await.context("reading protocol version")?;
