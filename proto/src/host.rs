@@ -126,6 +126,9 @@ pub enum VncAddress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
+    /// Recorded, QEMU being launched: not usable yet. A host that restarts finds such a VM
+    /// unfinished (nobody got its VNC password) and ends it.
+    Starting,
     Running,
     Stopping,
     Stopped,

@@ -43,10 +43,13 @@ impl Manager {
     /// Opens the state, starts the accelerator probe and re-adopts the VMs still running.
     pub async fn start(cfg: Config) -> anyhow::Result<Arc<Manager>> {
         use anyhow::Context;
-        for d in ["vms", "users", "backups"] {
-            let p = cfg.state_dir.join(d);
-            std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        // Users' disks, their backups, the VMs' VNC sockets and the database are nobody
+        // else's business: the state folder and everything made in it are owner-only, and what
+        // an older version left readable is tightened here.
+        for p in [cfg.state_dir.clone(), cfg.state_dir.join("vms"), cfg.state_dir.join("users"), cfg.state_dir.join("backups")] {
+            images::private_dir(&p).with_context(|| format!("creating {}", p.display()))?;
         }
+        tidy_users(&cfg.state_dir.join("users"));
         let store = Store::open(&cfg.state_dir.join("state.db"))?;
         let (accel_tx, accel_rx) = watch::channel(None);
         let probe_kernel = images::templates(&cfg.templates_dir)
@@ -229,7 +232,7 @@ impl Manager {
             Ok(c) => Ok(c),
             Err(e) => {
                 log::warn!("creating VM {}: {e}; cleaning up", req.name);
-                undo.run();
+                undo.run(self);
                 Err(e)
             }
         }
@@ -246,7 +249,7 @@ impl Manager {
         let files = self.files(&req.name);
         // A folder left by a VM that ended while we were not running holds nothing of value.
         let _ = std::fs::remove_dir_all(&files.dir);
-        std::fs::create_dir_all(&files.dir).map_err(crate::error::internal(format!("creating {}", files.dir.display())))?;
+        images::private_dir(&files.dir).map_err(crate::error::internal(format!("creating {}", files.dir.display())))?;
         undo.dirs.push(files.dir.clone());
         let mine: Vec<&VmRow> = rows.iter().filter(|r| r.user == req.user && r.persistent).collect();
         let (os_disk, os_temporary, data, data_disk) = if req.pool {
@@ -259,7 +262,7 @@ impl Manager {
             if !udir.exists() {
                 undo.dirs.push(udir.clone());
             }
-            std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
+            images::private_dir(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
             let own_os = udir.join(format!("os-{}.qcow2", template.name));
             let os_busy = mine.iter().any(|r| Path::new(&r.os_disk) == own_os);
             let (os, temp) = if os_busy { (files.dir.join("os.qcow2"), true) } else { (own_os, false) };
@@ -268,8 +271,7 @@ impl Manager {
                 undo.files.push(os.clone());
             }
             let data = udir.join("data.img");
-            if !data.exists() {
-                images::create_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
+            if images::ensure_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)? {
                 undo.files.push(data.clone());
             }
             // Never two writers on one disk: the holder keeps it until its VM ends.
@@ -299,21 +301,15 @@ impl Manager {
             vcpus: req.vcpus,
             vnc: &vnc,
         };
-        let pid = qemu::spawn(&launch)?;
-        undo.pid = Some((pid, files.qmp()));
-        let (svc, mut events) = qmp::connect(&files.qmp()).await?;
-        let password = req.vnc_password.clone().unwrap_or_else(random_password);
-        let set = qapi::qmp::change_vnc_password { password: password.clone() };
-        qmp::exec_early(&svc, &mut events, &req.name, set).await?;
-        let row = VmRow {
+        let mut row = VmRow {
             name: req.name.clone(),
             template: template.name.clone(),
             user: req.user.clone(),
             persistent: req.persistent && !req.pool,
             memory_mib: req.memory_mib,
             vcpus: req.vcpus,
-            state: VmState::Running,
-            pid,
+            state: VmState::Starting,
+            pid: 0,
             vnc: match &vnc {
                 Vnc::Unix(p) => format!("unix:{}", p.display()),
                 Vnc::Tcp(h, d) => format!("tcp:{h}:{}", 5900 + d),
@@ -323,7 +319,20 @@ impl Manager {
             os_temporary,
             created_at: secs_now(),
         };
+        // The row goes in before QEMU starts: if this process dies from here on, the next
+        // start finds a `starting` VM and ends it, instead of a QEMU nobody knows that holds
+        // the user's disks.
         self.store().insert_vm(&row)?;
+        undo.row = Some(row.name.clone());
+        undo.qmp = Some(files.qmp());
+        let pid = qemu::spawn(&launch)?;
+        self.store().set_pid(&row.name, pid)?;
+        let (svc, mut events) = qmp::connect(&files.qmp()).await?;
+        let password = req.vnc_password.clone().unwrap_or_else(random_password);
+        let set = qapi::qmp::change_vnc_password { password: password.clone() };
+        qmp::exec_early(&svc, &mut events, &req.name, set).await?;
+        self.store().set_state(&row.name, VmState::Running)?;
+        (row.pid, row.state) = (pid, VmState::Running);
         self.watch(row.clone(), svc, events);
         let detail = format!(
             "{} MiB, {} vCPU, {:?}, template {}, data disk {:?}",
@@ -413,11 +422,9 @@ impl Manager {
             }
             let q = self.live_qmp(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is ending")))?;
             let udir = self.user_dir(user);
-            std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
+            images::private_dir(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
             let data = udir.join("data.img");
-            if !data.exists() {
-                images::create_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
-            }
+            images::ensure_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
             let rows = self.store().vms()?;
             let held = rows.iter().any(|r| r.user == user && r.persistent && r.data_disk == DataDisk::Attached);
             let disk = if held { DataDisk::Waiting } else { DataDisk::Attached };
@@ -501,8 +508,22 @@ impl Manager {
                 return;
             }
         };
+        self.sweep_vm_dirs(&rows).await;
         for row in rows {
             let qmp_path = self.files(&row.name).qmp();
+            if row.state == VmState::Starting {
+                // Its create request never got an answer, so nobody has its VNC password and
+                // nobody will use it: end it, whatever stage QEMU reached (none, daemonizing,
+                // running), and give back what it held.
+                let gone = qemu::kill_all(&qmp_path).await;
+                if !gone {
+                    log::error!("VM {}: a QEMU of its unfinished start would not die; its row stays", row.name);
+                    continue;
+                }
+                self.finish(&row, EventKind::Crashed, "its start was interrupted (server-host stopped while QEMU was starting); ended")
+                    .await;
+                continue;
+            }
             let adopted = if qemu::alive(row.pid, &qmp_path) {
                 match qmp::connect(&qmp_path).await {
                     Ok((svc, events)) => {
@@ -526,9 +547,33 @@ impl Manager {
         }
     }
 
+    /// Folders in `vms/` that no row names are left by a create that failed before its row was
+    /// stored: nothing in them is of any use. A QEMU is never started before that row now, but
+    /// an older version could leave one running on such a folder, holding a user's disks.
+    async fn sweep_vm_dirs(&self, rows: &[VmRow]) {
+        let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("vms")) else { return };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if rows.iter().any(|r| r.name == name) {
+                continue;
+            }
+            log::warn!("VM folder {} belongs to no VM (a create was interrupted); removing it", e.path().display());
+            if !qemu::kill_all(&self.files(&name).qmp()).await {
+                log::error!("a QEMU of {} would not die; folder kept", e.path().display());
+                continue;
+            }
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                log::warn!("removing {}: {err}", e.path().display());
+            }
+        }
+    }
+
     /// Graceful stop (ACPI power button) with a deadline, then forced.
     pub async fn stop(&self, name: &str, deadline: Duration) -> Result<Event> {
         let row = self.row(name)?;
+        if row.state == VmState::Starting {
+            return Err(Error::Conflict(format!("VM {name:?} is still starting")));
+        }
         let (qmp, stop, mut ended) = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             let l = live.get(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is already ending")))?;
@@ -606,7 +651,7 @@ impl Manager {
     fn user_images(&self, user: &str) -> Vec<PathBuf> {
         let dir = self.user_dir(user);
         let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file() && !images::is_temp(p)).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -659,7 +704,7 @@ impl Manager {
         }
         let at = now_ms();
         let dir = self.cfg.state_dir.join("backups").join(user).join(at.to_string());
-        std::fs::create_dir_all(&dir).map_err(crate::error::internal(format!("creating {}", dir.display())))?;
+        images::private_dir(&dir).map_err(crate::error::internal(format!("creating {}", dir.display())))?;
         for p in &imgs {
             if let Err(e) = images::sparse_copy(p, &dir.join(p.file_name().unwrap_or_default())) {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -679,13 +724,32 @@ impl Manager {
             return Err(Error::NotFound(format!("backup {id} is not one of user {user}'s")));
         }
         let udir = self.user_dir(user);
-        std::fs::create_dir_all(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
-        for p in self.user_images(user) {
-            std::fs::remove_file(&p).map_err(crate::error::internal(format!("removing {}", p.display())))?;
-        }
+        images::private_dir(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
         let rd = std::fs::read_dir(&dir).map_err(crate::error::internal(format!("reading backup {dir}")))?;
-        for e in rd.flatten() {
-            images::sparse_copy(&e.path(), &udir.join(e.file_name()))?;
+        let mut names: Vec<std::ffi::OsString> = rd.flatten().map(|e| e.file_name()).filter(|n| !images::is_temp(Path::new(n))).collect();
+        names.sort();
+        // Every image is copied beside the current ones first; only when all copies are
+        // made do they replace them (each by a rename), so a failed restore (a full disk, a
+        // damaged backup) leaves the user's images as they were.
+        let mut staged = Vec::new();
+        for n in &names {
+            match images::stage_copy(&Path::new(&dir).join(n), &udir.join(n)) {
+                Ok(tmp) => staged.push((tmp, udir.join(n))),
+                Err(e) => {
+                    for (tmp, _) in &staged {
+                        let _ = std::fs::remove_file(tmp);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (tmp, to) in &staged {
+            images::commit(tmp, to)?;
+        }
+        for p in self.user_images(user) {
+            if !names.iter().any(|n| p.file_name() == Some(n.as_os_str())) {
+                std::fs::remove_file(&p).map_err(crate::error::internal(format!("removing {}", p.display())))?;
+            }
         }
         let size = images::allocated_tree(&udir);
         self.emit(EventKind::Restore, None, Some(user), Some(size), &format!("restored backup {id}"))
@@ -697,14 +761,23 @@ impl Manager {
 struct Undo {
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
-    pid: Option<(u32, PathBuf)>,
+    /// The QMP socket of the QEMU being launched: whatever process names it is killed (the PID
+    /// may not be known yet when the launch fails half-way).
+    qmp: Option<PathBuf>,
+    /// The `starting` row.
+    row: Option<String>,
 }
 
 impl Undo {
-    fn run(&mut self) {
-        if let Some((pid, marker)) = self.pid.take() {
-            if qemu::alive(pid, &marker) {
+    fn run(&mut self, m: &Manager) {
+        if let Some(marker) = self.qmp.take() {
+            for pid in qemu::pids_naming(&marker) {
                 qemu::kill(pid);
+            }
+        }
+        if let Some(name) = self.row.take() {
+            if let Err(e) = m.store().delete_vm(&name) {
+                log::error!("VM {name}: removing the row of a failed create: {e}");
             }
         }
         for f in self.files.drain(..) {
@@ -712,6 +785,33 @@ impl Undo {
         }
         for d in self.dirs.drain(..) {
             let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// At start-up: removes the temporary copies a crash left in users' folders and makes users'
+/// folders and images owner-only (older versions made them readable by everyone).
+fn tidy_users(users: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(rd) = std::fs::read_dir(users) else { return };
+    for u in rd.flatten().filter(|e| e.path().is_dir()) {
+        if let Err(e) = images::private_dir(&u.path()) {
+            log::warn!("securing {}: {e}", u.path().display());
+        }
+        for f in std::fs::read_dir(u.path()).into_iter().flatten().flatten() {
+            let p = f.path();
+            if !f.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let r = if images::is_temp(&p) {
+                log::info!("removing {}, left by an interrupted copy", p.display());
+                std::fs::remove_file(&p)
+            } else {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+            };
+            if let Err(e) = r {
+                log::warn!("{}: {e}", p.display());
+            }
         }
     }
 }

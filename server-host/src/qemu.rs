@@ -174,6 +174,33 @@ pub(crate) fn kill(pid: u32) {
     }
 }
 
+/// Live processes whose command line names `marker` (a VM's QMP socket): its QEMU, whether
+/// daemonized or still starting, found without trusting a pidfile or a stored PID.
+pub(crate) fn pids_naming(marker: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && alive(*pid, marker))
+        .collect()
+}
+
+/// Kills every process that names `marker` until none is left (at most five seconds); true
+/// when they are all gone.
+pub(crate) async fn kill_all(marker: &Path) -> bool {
+    for _ in 0..50 {
+        let pids = pids_naming(marker);
+        if pids.is_empty() {
+            return true;
+        }
+        for pid in pids {
+            log::warn!("killing PID {pid}, a QEMU of {}", marker.display());
+            kill(pid);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pids_naming(marker).is_empty()
+}
+
 /// A free host-local VNC display number (TCP port 5900 + n).
 pub(crate) fn free_vnc_display(host: &str) -> Result<u16> {
     for d in 1..100u16 {

@@ -33,6 +33,7 @@ pub(crate) struct Store {
 
 fn state_str(s: VmState) -> &'static str {
     match s {
+        VmState::Starting => "starting",
         VmState::Running => "running",
         VmState::Stopping => "stopping",
         VmState::Stopped => "stopped",
@@ -42,6 +43,7 @@ fn state_str(s: VmState) -> &'static str {
 
 fn parse_state(s: &str) -> VmState {
     match s {
+        "starting" => VmState::Starting,
         "stopping" => VmState::Stopping,
         "stopped" => VmState::Stopped,
         "crashed" => VmState::Crashed,
@@ -62,7 +64,18 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Store {
+    /// Opens (or creates) the database, readable by its owner only: it names users and their
+    /// disks. SQLite gives its `-wal` and `-shm` files the mode of the database.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
+        use anyhow::Context;
+        crate::images::private_file(path).with_context(|| format!("creating {}", path.display()))?;
+        for side in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(side);
+            if Path::new(&p).exists() {
+                crate::images::private_file(Path::new(&p)).with_context(|| format!("securing {}", Path::new(&p).display()))?;
+            }
+        }
         let db = Connection::open(path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
         db.execute_batch(
             "PRAGMA journal_mode=WAL;
@@ -96,6 +109,12 @@ impl Store {
 
     pub fn set_state(&self, name: &str, state: VmState) -> Result<()> {
         self.db.execute("UPDATE vms SET state=?2 WHERE name=?1", params![name, state_str(state)])?;
+        Ok(())
+    }
+
+    /// The PID of the QEMU just launched for a `starting` VM.
+    pub fn set_pid(&self, name: &str, pid: u32) -> Result<()> {
+        self.db.execute("UPDATE vms SET pid=?2 WHERE name=?1", params![name, pid])?;
         Ok(())
     }
 
@@ -253,5 +272,41 @@ mod tests {
         assert_eq!(s.backup(b).unwrap(), Some(("u".into(), "/b".into())));
         s.delete_vm("a").unwrap();
         assert!(s.vm("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_starting_vm_is_stored_before_its_pid_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let row = VmRow {
+            name: "b".into(),
+            template: "t".into(),
+            user: "u".into(),
+            persistent: false,
+            memory_mib: 64,
+            vcpus: 1,
+            state: VmState::Starting,
+            pid: 0,
+            vnc: "unix:/x".into(),
+            data_disk: DataDisk::Attached,
+            os_disk: "/o".into(),
+            os_temporary: true,
+            created_at: 1,
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert_vm(&row).unwrap();
+        }
+        // What a restart finds after a crash right after the launch.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.vm("b").unwrap().map(|r| (r.state, r.pid)), Some((VmState::Starting, 0)));
+        s.set_pid("b", 77).unwrap();
+        s.set_state("b", VmState::Running).unwrap();
+        assert_eq!(s.vm("b").unwrap().map(|r| (r.state, r.pid)), Some((VmState::Running, 77)));
+        for f in ["s.db", "s.db-wal", "s.db-shm"] {
+            let m = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m, 0o600, "{f}");
+        }
     }
 }
