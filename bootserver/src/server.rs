@@ -92,6 +92,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             settings.address,
             settings.netmask,
             settings.nfs.clone(),
+            settings.state_dir.clone(),
         ));
     }
     if settings.enable_tftp {
