@@ -109,7 +109,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     if !settings.nfs.exports.is_empty() {
         let s = settings.clone();
-        sup.add("nfs", move || crate::nfs::run(s.interface.clone(), s.address, s.netmask, s.nfs.clone()));
+        sup.add("nfs", move || {
+            crate::nfs::run(s.interface.clone(), s.address, s.netmask, s.nfs.clone(), s.state_dir.clone())
+        });
     }
     if settings.enable_tftp {
         let addr = SocketAddr::new(settings.address.into(), settings.tftp.port);

@@ -1,7 +1,10 @@
 //! A read-only view of exported folders, as an NFSv3 file system for `nfsserve`.
 //!
-//! File ids are `(export number + 1) << 56 | inode`, and file handles carry a hash of the
-//! export's path next to the id, so handles stay valid across a restart of the boot server: a
+//! File ids are `(export number + 1) << 56 | inode`. A file handle is the id and a MAC of it
+//! (HMAC-SHA256, truncated) under a key of its export, derived from a secret kept in the state
+//! dir and the export's name and path. So a handle cannot be guessed, one export's handle (or
+//! one with its id changed to another export's) does not resolve, and the pseudo-root above the
+//! exports has no handle at all; yet handles stay valid across a restart of the boot server: a
 //! thin client whose root is mounted from here keeps running while the server restarts. The
 //! id -> path map comes from walking each export (rewalked when an unknown id shows up, since an
 //! admin may have updated the tree).
@@ -14,11 +17,13 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 use nfsserve::nfs::{
     fattr3, fileid3, filename3, fsinfo3, ftype3, nfs_fh3, nfspath3, nfsstat3, nfstime3, post_op_attr, sattr3, specdata3,
 };
@@ -28,7 +33,12 @@ use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 pub const MAX_READ: u32 = 1 << 20;
 const ROOT_ID: fileid3 = 1;
 const INODE_BITS: u32 = 56;
-const HANDLE_LEN: usize = 16;
+/// The id, then [`MAC_LEN`] bytes of its MAC.
+const HANDLE_LEN: usize = 8 + MAC_LEN;
+const MAC_LEN: usize = 16;
+/// The secret behind every handle, in the state dir.
+pub const KEY_FILE: &str = "nfs-handle.key";
+pub type HandleKey = [u8; 32];
 /// Open files kept for READs. A client reads a file in many READs of up to [`MAX_READ`]; an
 /// open, a stat and a close for each one cost as much as the copy on a fast link.
 const OPEN_FILES: usize = 64;
@@ -52,13 +62,16 @@ pub struct ExportFs {
     exports: Arc<Vec<Export>>,
     /// The exports' root device and inode, to tell export roots from other dirs.
     index: Arc<RwLock<Index>>,
-    /// Mixed into every handle so that a handle from a differently configured server is refused.
-    handle_tag: u64,
+    /// One key per export (same order), for the MACs in its handles.
+    keys: Arc<Vec<HandleKey>>,
+    /// Changes with the key: the cookie verifier of READDIR.
+    serverid: [u8; 8],
     /// id -> the open regular file it names (checked against the id's inode when opened).
     open: Arc<Mutex<HashMap<fileid3, Arc<std::fs::File>>>>,
 }
 
-fn export_of(id: fileid3) -> Option<usize> {
+/// The export (its index) that file `id` belongs to; none for the pseudo-root.
+pub fn export_of(id: fileid3) -> Option<usize> {
     let e = (id >> INODE_BITS) as usize;
     e.checked_sub(1)
 }
@@ -67,27 +80,76 @@ fn make_id(export: usize, ino: u64) -> fileid3 {
     ((export as u64 + 1) << INODE_BITS) | (ino & ((1 << INODE_BITS) - 1))
 }
 
-/// FNV-1a: stable across runs and builds, unlike std's hasher.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+/// HMAC-SHA256 (RFC 2104) of the parts, each prefixed with its length so that no two lists
+/// of parts read the same.
+fn hmac(key: &HandleKey, parts: &[&[u8]]) -> HandleKey {
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let mut inner = Sha256::new();
+    inner.update(ipad);
+    for p in parts {
+        inner.update((p.len() as u64).to_le_bytes());
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(opad);
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// The handle key in `state_dir`, made (random, mode 0600) on first use. It survives restarts
+/// so that clients keep their handles; delete the file to invalidate every handle ever given.
+pub fn handle_key(state_dir: &Path) -> anyhow::Result<HandleKey> {
+    let path = state_dir.join(KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => match HandleKey::try_from(bytes.as_slice()) {
+            Ok(key) => return Ok(key),
+            Err(_) => log::warn!(
+                "nfs: {} holds {} bytes, not 32; making a new key (clients' handles go stale)",
+                path.display(),
+                bytes.len()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the NFS handle key {}", path.display())),
+    }
+    let mut key = HandleKey::default();
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, &key).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(key)
 }
 
 impl ExportFs {
-    pub fn new(exports: Vec<Export>) -> std::io::Result<Self> {
-        let mut tag_src = Vec::new();
+    pub fn new(exports: Vec<Export>, key: &HandleKey) -> std::io::Result<Self> {
+        let mut keys = Vec::new();
         for e in &exports {
             if !e.path.is_dir() {
                 return Err(std::io::Error::other(format!("{} is not a folder", e.path.display())));
             }
-            tag_src.extend_from_slice(e.name.as_bytes());
-            tag_src.push(0);
-            tag_src.extend_from_slice(e.path.as_os_str().as_bytes());
-            tag_src.push(0);
+            // Name and path both: a handle stays with the folder it was made for, even when
+            // the config reorders, renames or repoints exports.
+            keys.push(hmac(key, &[b"export", e.name.as_bytes(), e.path.as_os_str().as_bytes()]));
         }
+        let mut serverid = [0u8; 8];
+        serverid.copy_from_slice(&hmac(key, &[b"cookieverf"])[..8]);
         let fs = ExportFs {
             exports: Arc::new(exports),
             index: Arc::default(),
-            handle_tag: fnv(&tag_src),
+            keys: Arc::new(keys),
+            serverid,
             open: Arc::default(),
         };
         fs.walk();
@@ -218,6 +280,15 @@ impl ExportFs {
             return Err(nfsstat3::NFS3ERR_STALE);
         }
         Ok(read_only_attr(id, &meta))
+    }
+
+    /// The MAC in the handle of `id`, under its export's key; none for an id outside every
+    /// export (the pseudo-root, or a made-up export number).
+    fn mac(&self, id: fileid3) -> Option<[u8; MAC_LEN]> {
+        let key = self.keys.get(export_of(id)?)?;
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&hmac(key, &[&id.to_le_bytes()])[..MAC_LEN]);
+        Some(mac)
     }
 
     fn export_index_by_name(&self, name: &[u8]) -> Option<usize> {
@@ -443,19 +514,23 @@ impl NFSFileSystem for ExportFs {
 
     fn id_to_fh(&self, id: fileid3) -> nfs_fh3 {
         let mut data = Vec::with_capacity(HANDLE_LEN);
-        data.extend_from_slice(&self.handle_tag.to_le_bytes());
         data.extend_from_slice(&id.to_le_bytes());
+        // The pseudo-root gets a handle that never resolves: nothing above an export is
+        // reachable by handle.
+        data.extend_from_slice(&self.mac(id).unwrap_or_default());
         nfs_fh3 { data }
     }
 
     fn fh_to_id(&self, fh: &nfs_fh3) -> Result<fileid3, nfsstat3> {
-        if fh.data.len() != HANDLE_LEN {
+        let (id, mac) = fh.data.split_first_chunk::<8>().ok_or(nfsstat3::NFS3ERR_BADHANDLE)?;
+        if mac.len() != MAC_LEN {
             return Err(nfsstat3::NFS3ERR_BADHANDLE);
         }
-        let (tag, id) = fh.data.split_at(8);
-        let tag = u64::from_le_bytes(tag.try_into().map_err(|_| nfsstat3::NFS3ERR_BADHANDLE)?);
-        let id = u64::from_le_bytes(id.try_into().map_err(|_| nfsstat3::NFS3ERR_BADHANDLE)?);
-        if tag != self.handle_tag {
+        let id = u64::from_le_bytes(*id);
+        let want = self.mac(id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        // Compared without an early exit, so that timing does not tell how much of a forged
+        // MAC was right.
+        if want.iter().zip(mac).fold(0u8, |d, (a, b)| d | (a ^ b)) != 0 {
             return Err(nfsstat3::NFS3ERR_STALE);
         }
         Ok(id)
@@ -483,13 +558,14 @@ impl NFSFileSystem for ExportFs {
     }
 
     fn serverid(&self) -> [u8; 8] {
-        self.handle_tag.to_le_bytes()
+        self.serverid
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn fs() -> (tempfile::TempDir, ExportFs) {
         let d = tempfile::tempdir().unwrap();
@@ -498,9 +574,16 @@ mod tests {
         std::fs::write(root.join("usr/lib/a.so"), vec![7u8; 3000]).unwrap();
         std::fs::write(d.path().join("secret"), b"secret").unwrap();
         std::os::unix::fs::symlink("../../secret", root.join("usr/out")).unwrap();
-        let fs = ExportFs::new(vec![Export { name: "/client".into(), path: root }]).unwrap();
+        let other = d.path().join("other");
+        std::fs::create_dir_all(other.join("private")).unwrap();
+        std::fs::write(other.join("private/key"), b"other's").unwrap();
+        let exports =
+            vec![Export { name: "/client".into(), path: root }, Export { name: "/other".into(), path: other }];
+        let fs = ExportFs::new(exports, &KEY).unwrap();
         (d, fs)
     }
+
+    const KEY: HandleKey = [7; 32];
 
     async fn walk(fs: &ExportFs, path: &[&str]) -> Result<fileid3, nfsstat3> {
         let mut id = fs.root_dir();
@@ -547,14 +630,16 @@ mod tests {
         assert!(matches!(fs.mkdir(dir, &b"x".to_vec().into()).await, Err(nfsstat3::NFS3ERR_ROFS)));
         assert!(fs.fh_to_id(&nfs_fh3 { data: vec![1, 2, 3] }).is_err());
         assert!(fs.fh_to_id(&nfs_fh3 { data: vec![0; 16] }).is_err());
+        assert!(fs.fh_to_id(&nfs_fh3 { data: vec![0; HANDLE_LEN] }).is_err());
         // A made-up id in a valid handle: stale, not a panic, not a file.
         let fh = fs.id_to_fh(make_id(0, 123_456_789));
         let id = fs.fh_to_id(&fh).unwrap();
         assert!(fs.getattr(id).await.is_err());
+        // An export number that does not exist has no key, so no handle.
         let fh = fs.id_to_fh(make_id(200, 5));
-        assert!(fs.getattr(fs.fh_to_id(&fh).unwrap()).await.is_err());
-        // Handles survive a restart (a new ExportFs over the same exports).
-        let again = ExportFs::new(fs.exports().to_vec()).unwrap();
+        assert!(fs.fh_to_id(&fh).is_err());
+        // Handles survive a restart (a new ExportFs over the same exports and key).
+        let again = ExportFs::new(fs.exports().to_vec(), &KEY).unwrap();
         let lib = walk(&fs, &["client", "usr", "lib"]).await.unwrap();
         let fh = fs.id_to_fh(lib);
         assert_eq!(again.fh_to_id(&fh).unwrap(), lib);
@@ -604,7 +689,54 @@ mod tests {
         }
         assert_eq!(names.len(), 51);
         let top = fs.readdir(ROOT_ID, 0, 10).await.unwrap();
-        assert_eq!(top.entries.len(), 1);
-        assert_eq!(&top.entries[0].name[..], b"client");
+        let mut names: Vec<_> = top.entries.iter().map(|e| e.name.to_vec()).collect();
+        names.sort();
+        assert_eq!(names, vec![b"client".to_vec(), b"other".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn handles_stay_in_their_export() {
+        let (d, fs) = fs();
+        let lib = walk(&fs, &["client", "usr", "lib"]).await.unwrap();
+        let private = walk(&fs, &["other", "private"]).await.unwrap();
+        assert_eq!(export_of(lib), Some(0));
+        assert_eq!(export_of(private), Some(1));
+        let fh = fs.id_to_fh(lib);
+        assert_eq!(fs.fh_to_id(&fh).unwrap(), lib);
+        // The same inode number under the other export, with the MAC left as it was.
+        let mut forged = fh.clone();
+        forged.data[..8].copy_from_slice(&make_id(1, lib).to_le_bytes());
+        assert!(matches!(fs.fh_to_id(&forged), Err(nfsstat3::NFS3ERR_STALE)));
+        // Any other MAC is refused too.
+        for i in 8..HANDLE_LEN {
+            let mut bad = fh.clone();
+            bad.data[i] ^= 1;
+            assert!(fs.fh_to_id(&bad).is_err(), "byte {i}");
+        }
+        // The pseudo-root above the exports has no handle: LOOKUP cannot start there.
+        assert!(fs.fh_to_id(&fs.id_to_fh(ROOT_ID)).is_err());
+        // Another key (another server, or a deleted key file): every handle is stale.
+        let other_key = ExportFs::new(fs.exports().to_vec(), &[8; 32]).unwrap();
+        assert!(matches!(other_key.fh_to_id(&fh), Err(nfsstat3::NFS3ERR_STALE)));
+        // Exports swapped in the config: the old handle does not land in the other folder.
+        let swapped: Vec<Export> = fs.exports().iter().rev().cloned().collect();
+        assert!(ExportFs::new(swapped, &KEY).unwrap().fh_to_id(&fh).is_err());
+        // `..` from deep inside stops at the export's root.
+        let up = walk(&fs, &["other", "private", "..", "..", ".."]).await.unwrap();
+        assert_eq!(up, walk(&fs, &["other"]).await.unwrap());
+        drop(d);
+    }
+
+    #[test]
+    fn handle_key_is_kept_private_and_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let k1 = handle_key(d.path()).unwrap();
+        let k2 = handle_key(d.path()).unwrap();
+        assert_eq!(k1, k2);
+        assert_ne!(k1, HandleKey::default());
+        let meta = std::fs::metadata(d.path().join(KEY_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        std::fs::write(d.path().join(KEY_FILE), b"short").unwrap();
+        assert_ne!(handle_key(d.path()).unwrap(), k1);
     }
 }

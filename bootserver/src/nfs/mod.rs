@@ -1,6 +1,6 @@
 //! NFSv3 service: folders exported read-only to chosen clients, with MOUNT and the portmapper
 //! the Linux kernel client needs, bound to the boot server's interface. The protocol itself is
-//! the `nfsserve` crate (vendored with an access-policy hook, see its VENDORED.md).
+//! the `nfsserve` crate (vendored with an access-policy hook, see its PATCHES.md).
 
 pub mod export;
 pub mod portmap;
@@ -8,10 +8,13 @@ pub mod portmap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use nfsserve::context::AccessPolicy;
-use nfsserve::tcp::{NFSTcp, NFSTcpListener};
+use nfsserve::nfs::fileid3;
+use nfsserve::rpcwire::RecordLimits;
+use nfsserve::tcp::{ConnectionLimits, ConnectionTable, NFSTcp, NFSTcpListener};
 use serde::Deserialize;
 
 use export::{Export, ExportFs};
@@ -25,13 +28,56 @@ pub struct NfsConfig {
     /// Also answer portmapper lookups on port 111 (TCP and UDP). Turn off when the machine
     /// runs its own rpcbind.
     pub portmap: bool,
+    /// Connections open at once on the NFS and portmapper TCP ports together. At the cap,
+    /// the connection idle longest is closed for a new one.
+    pub max_connections: usize,
+    /// Connections open at once from one address; at the cap, that address's idle
+    /// connection is closed for its new one, or the new one refused.
+    pub max_connections_per_peer: usize,
+    /// Seconds a new connection has to send its first call, and any call to arrive whole.
+    pub handshake_timeout: u64,
+    /// Seconds without a call after which a connection is closed (clients reconnect).
+    pub idle_timeout: u64,
     #[serde(rename = "export")]
     pub exports: Vec<ExportConfig>,
 }
 
 impl Default for NfsConfig {
     fn default() -> Self {
-        NfsConfig { port: 2049, portmap: true, exports: Vec::new() }
+        let limits = ConnectionLimits::default();
+        NfsConfig {
+            port: 2049,
+            portmap: true,
+            max_connections: limits.max_connections,
+            max_connections_per_peer: limits.max_connections_per_peer,
+            handshake_timeout: limits.handshake_timeout.as_secs(),
+            idle_timeout: limits.idle_timeout.as_secs(),
+            exports: Vec::new(),
+        }
+    }
+}
+
+impl NfsConfig {
+    /// The connection limits these keys set, or which key is out of range.
+    pub fn limits(&self) -> anyhow::Result<ConnectionLimits> {
+        for (key, v) in [
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_peer", self.max_connections_per_peer as u64),
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if v == 0 {
+                anyhow::bail!("key `nfs.{key}`: 0 would refuse every client; use a positive number");
+            }
+        }
+        Ok(ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            record: RecordLimits { max_record: export::MAX_READ as usize + (64 << 10), ..RecordLimits::default() },
+            ..ConnectionLimits::default()
+        })
     }
 }
 
@@ -88,9 +134,14 @@ impl Cidr {
     }
 }
 
-/// Exports with their allowed clients, checked on every connection and every MOUNT.
+/// Exports with their allowed clients, checked on every connection, every MOUNT and every
+/// file handle of every call.
 struct Policy {
     exports: Vec<(Export, Vec<Cidr>)>,
+}
+
+fn peer_ip(peer: &str) -> Option<IpAddr> {
+    peer.parse::<SocketAddr>().map(|s| s.ip()).ok()
 }
 
 impl AccessPolicy for Policy {
@@ -103,7 +154,7 @@ impl AccessPolicy for Policy {
     }
 
     fn allow_mount(&self, peer: &str, path: &[u8]) -> bool {
-        let ip = peer.parse::<SocketAddr>().map(|s| s.ip()).ok();
+        let ip = peer_ip(peer);
         let p = String::from_utf8_lossy(path);
         // An export or a folder inside one, as knfsd allows: `/client` or `/client/usr`.
         let top = p.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -122,6 +173,18 @@ impl AccessPolicy for Policy {
 
     fn exports(&self) -> Vec<Vec<u8>> {
         self.exports.iter().map(|(e, _)| e.name.as_bytes().to_vec()).collect()
+    }
+
+    fn allow_file(&self, peer: &str, id: fileid3) -> bool {
+        let clients = export::export_of(id).and_then(|i| self.exports.get(i)).map(|(_, c)| c);
+        let ok = match (clients, peer_ip(peer)) {
+            (Some(clients), Some(ip)) => clients.iter().any(|n| n.contains(ip)),
+            _ => false,
+        };
+        if !ok {
+            log::debug!("nfs: refused a call from {peer} on file {id:#x}: not a client of its export");
+        }
+        ok
     }
 }
 
@@ -156,14 +219,26 @@ pub fn validate(cfg: &NfsConfig, address: Ipv4Addr, netmask: Ipv4Addr) -> anyhow
     Ok(out)
 }
 
-/// Serves the exports until a listener fails.
-pub async fn run(interface: String, address: Ipv4Addr, netmask: Ipv4Addr, cfg: NfsConfig) -> anyhow::Result<()> {
+/// Serves the exports. Errors on sockets are logged and retried; only a failure to start
+/// ends it. `state_dir` keeps the key that signs file handles.
+pub async fn run(
+    interface: String,
+    address: Ipv4Addr,
+    netmask: Ipv4Addr,
+    cfg: NfsConfig,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
     let exports = validate(&cfg, address, netmask)?;
-    let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect())?;
+    let limits = cfg.limits()?;
+    let key = export::handle_key(&state_dir)?;
+    let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect(), &key)?;
     let policy: Arc<dyn AccessPolicy> = Arc::new(Policy { exports });
     let addr = SocketAddr::new(address.into(), cfg.port);
     let listener = crate::net::tcp_listener(&interface, addr)?;
-    let nfs = NFSTcpListener::from_listener(listener, fs.clone(), policy.clone(), None)?;
+    // One table for the NFS and portmapper ports: a client needs both, and descriptors run
+    // short for both at once.
+    let table = Arc::new(ConnectionTable::new(limits));
+    let nfs = NFSTcpListener::from_listener(listener, fs.clone(), policy.clone(), None)?.with_connections(table.clone());
     for e in fs.exports() {
         log::info!("nfs: exporting {} as {}:{} (read-only) on {addr}", e.path.display(), address, e.name);
     }
@@ -173,14 +248,26 @@ pub async fn run(interface: String, address: Ipv4Addr, netmask: Ipv4Addr, cfg: N
         let pm_addr = SocketAddr::new(address.into(), portmap::PMAP_PORT);
         let pm_tcp = crate::net::tcp_listener(&interface, pm_addr)
             .context("portmapper on port 111 (set nfs.portmap = false if rpcbind runs here)")?;
-        let pm = NFSTcpListener::from_listener(pm_tcp, fs, policy, Some(cfg.port))?;
+        let pm = NFSTcpListener::from_listener(pm_tcp, fs, policy, Some(cfg.port))?.with_connections(table);
         tasks.spawn(async move { pm.handle_forever().await.context("portmapper (tcp)") });
         let udp = crate::net::udp_socket(&interface, pm_addr, false)?;
         let port = cfg.port;
         tasks.spawn(async move {
             let mut buf = vec![0u8; 1500];
+            let mut pause = Duration::from_millis(50);
             loop {
-                let (n, peer) = udp.recv_from(&mut buf).await.context("portmapper (udp)")?;
+                let (n, peer) = match udp.recv_from(&mut buf).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        // An ICMP error queued on the socket, or memory short: not the end of
+                        // the service.
+                        log::warn!("nfs: portmapper (udp) on {pm_addr}: {e}; retrying in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                };
+                pause = Duration::from_millis(50);
                 match portmap::reply(&buf[..n], port) {
                     Ok(r) => {
                         if let Err(e) = udp.send_to(&r, peer).await {
@@ -199,9 +286,80 @@ pub async fn run(interface: String, address: Ipv4Addr, netmask: Ipv4Addr, cfg: N
     }
 }
 
+/// Bytes as the NFS port receives them (records of calls, answered by a read-only export
+/// of a small tree) and as a portmapper datagram: the entry point of the `nfs_rpc` fuzz
+/// target. Any panic is a bug; so is a record over the limits that gets answered.
+pub fn fuzz_one(data: &[u8]) {
+    use std::sync::OnceLock;
+    struct Fuzz {
+        runtime: tokio::runtime::Runtime,
+        context: nfsserve::context::RPCContext,
+        limits: RecordLimits,
+    }
+    static FUZZ: OnceLock<Option<Fuzz>> = OnceLock::new();
+    let _ = portmap::reply(data, 2049);
+    let Some(f) = FUZZ.get_or_init(|| {
+        // A tree of its own per process, so that runs in parallel do not share one.
+        let root = std::env::temp_dir().join(format!("bootserver-fuzz-nfs-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("dir/sub")).ok()?;
+        std::fs::write(root.join("dir/file"), vec![7u8; 5000]).ok()?;
+        let _ = std::os::unix::fs::symlink("../..", root.join("dir/up"));
+        let exports = vec![(Export { name: "/client".into(), path: root }, vec![Cidr::parse("0.0.0.0/0").ok()?])];
+        let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect(), &[1; 32]).ok()?;
+        let context = nfsserve::context::RPCContext {
+            policy: Arc::new(Policy { exports }),
+            local_port: 2049,
+            client_addr: "10.0.0.2:700".into(),
+            auth: Default::default(),
+            vfs: Arc::new(fs),
+            mount_signal: None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().ok()?;
+        let limits = NfsConfig::default().limits().ok()?.record;
+        Some(Fuzz { runtime, context, limits })
+    }) else {
+        return;
+    };
+    let (records, _) = nfsserve::rpcwire::split_records(data, &f.limits);
+    for record in records {
+        assert!(record.len() <= f.limits.max_record);
+        let _ = f.runtime.block_on(nfsserve::rpcwire::handle_record(record, f.context.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_come_from_the_keys() {
+        let cfg: NfsConfig = toml::from_str("max_connections = 5\nmax_connections_per_peer = 2\nidle_timeout = 9").unwrap();
+        let l = cfg.limits().unwrap();
+        assert_eq!((l.max_connections, l.max_connections_per_peer), (5, 2));
+        assert_eq!(l.idle_timeout, Duration::from_secs(9));
+        assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+        assert!(l.record.max_record > export::MAX_READ as usize);
+        let cfg = NfsConfig { max_connections_per_peer: 0, ..NfsConfig::default() };
+        let e = cfg.limits().unwrap_err().to_string();
+        assert!(e.contains("nfs.max_connections_per_peer"), "{e}");
+    }
+
+    #[test]
+    fn fuzz_entry_survives_hostile_records() {
+        // Portmapper NULL, NFS NULL, GETATTR with a forged handle, a huge gid count, a
+        // huge record mark.
+        let rec = |w: &[u32]| {
+            let body: Vec<u8> = w.iter().flat_map(|x| x.to_be_bytes()).collect();
+            [&(0x8000_0000u32 | body.len() as u32).to_be_bytes()[..], &body].concat()
+        };
+        let mut stream = rec(&[1, 0, 2, 100_000, 2, 0, 0, 0, 0, 0]);
+        stream.extend(rec(&[2, 0, 2, 100_003, 3, 0, 0, 0, 0, 0]));
+        stream.extend(rec(&[3, 0, 2, 100_003, 3, 1, 0, 0, 0, 0, 24, 1, 0, 0, 0, 0, 0]));
+        stream.extend(rec(&[4, 0, 2, 100_003, 3, 0, 1, 24, 0, 0, 0, 0, 0x4000_0000, 0, 0, 0]));
+        stream.extend(0xffff_ffffu32.to_be_bytes());
+        fuzz_one(&stream);
+        fuzz_one(&[]);
+    }
 
     #[test]
     fn cidrs() {

@@ -1,3 +1,4 @@
+use crate::nfs::{fileid3, nfs_fh3, nfsstat3};
 use crate::vfs::NFSFileSystem;
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +13,11 @@ pub trait AccessPolicy: Send + Sync {
     }
     fn exports(&self) -> Vec<Vec<u8>> {
         vec![b"/".to_vec()]
+    }
+    /// Asked on every NFS call for each file the call names, so that a client list applies to
+    /// every call and not only to MOUNT. Refused calls get NFS3ERR_ACCES.
+    fn allow_file(&self, _peer: &str, _id: fileid3) -> bool {
+        true
     }
 }
 
@@ -35,5 +41,17 @@ impl fmt::Debug for RPCContext {
             .field("client_addr", &self.client_addr)
             .field("auth", &self.auth)
             .finish()
+    }
+}
+
+impl RPCContext {
+    /// The file a handle names, if the handle is valid and the peer may use that file.
+    pub fn fh_to_id(&self, fh: &nfs_fh3) -> Result<fileid3, nfsstat3> {
+        let id = self.vfs.fh_to_id(fh)?;
+        if self.policy.allow_file(&self.client_addr, id) {
+            Ok(id)
+        } else {
+            Err(nfsstat3::NFS3ERR_ACCES)
+        }
     }
 }

@@ -2,8 +2,8 @@
 #![cfg_attr(feature = "strict", deny(warnings))]
 
 pub mod context;
-mod rpc;
-mod rpcwire;
+pub mod rpc;
+pub mod rpcwire;
 mod write_counter;
 pub mod xdr;
 

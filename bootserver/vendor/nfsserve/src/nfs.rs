@@ -235,7 +235,15 @@ XDRStruct!(specdata3, specdata1, specdata2);
 pub struct nfs_fh3 {
     pub data: Vec<u8>,
 }
-XDRStruct!(nfs_fh3, data);
+impl XDR for nfs_fh3 {
+    fn serialize<R: Write>(&self, dest: &mut R) -> std::io::Result<()> {
+        self.data.serialize(dest)
+    }
+    fn deserialize<R: Read>(&mut self, src: &mut R) -> std::io::Result<()> {
+        // NFS3_FHSIZE (RFC 1813): no valid handle is longer.
+        deserialize_opaque(src, &mut self.data, NFS3_FHSIZE as usize)
+    }
+}
 #[allow(clippy::derivable_impls)]
 impl Default for nfs_fh3 {
     fn default() -> nfs_fh3 {

@@ -106,7 +106,25 @@ pub struct auth_unix {
     gid: u32,
     gids: Vec<u32>,
 }
-XDRStruct!(auth_unix, stamp, machinename, uid, gid, gids);
+/// RFC 5531 appendix A: `string machinename<255>` and `unsigned int gids<16>`.
+pub const MAX_MACHINENAME: usize = 255;
+pub const MAX_GIDS: usize = 16;
+impl XDR for auth_unix {
+    fn serialize<R: Write>(&self, dest: &mut R) -> std::io::Result<()> {
+        self.stamp.serialize(dest)?;
+        self.machinename.serialize(dest)?;
+        self.uid.serialize(dest)?;
+        self.gid.serialize(dest)?;
+        self.gids.serialize(dest)
+    }
+    fn deserialize<R: Read>(&mut self, src: &mut R) -> std::io::Result<()> {
+        self.stamp.deserialize(src)?;
+        deserialize_opaque(src, &mut self.machinename, MAX_MACHINENAME)?;
+        self.uid.deserialize(src)?;
+        self.gid.deserialize(src)?;
+        deserialize_u32s(src, &mut self.gids, MAX_GIDS)
+    }
+}
 
 ///Provisions for authentication of caller to service and vice-versa are
 ///provided as a part of the RPC protocol.  The call message has two
@@ -132,7 +150,18 @@ pub struct opaque_auth {
     pub flavor: auth_flavor,
     pub body: Vec<u8>,
 }
-XDRStruct!(opaque_auth, flavor, body);
+/// RFC 5531: the body of a credential or verifier is at most 400 bytes.
+pub const MAX_AUTH_BYTES: usize = 400;
+impl XDR for opaque_auth {
+    fn serialize<R: Write>(&self, dest: &mut R) -> std::io::Result<()> {
+        self.flavor.serialize(dest)?;
+        self.body.serialize(dest)
+    }
+    fn deserialize<R: Read>(&mut self, src: &mut R) -> std::io::Result<()> {
+        self.flavor.deserialize(src)?;
+        deserialize_opaque(src, &mut self.body, MAX_AUTH_BYTES)
+    }
+}
 impl Default for opaque_auth {
     fn default() -> opaque_auth {
         opaque_auth {
@@ -197,6 +226,11 @@ impl XDR for rpc_body {
             let mut r = reply_body::default();
             r.deserialize(src)?;
             *self = rpc_body::REPLY(r);
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("message type {c} is neither CALL nor REPLY"),
+            ));
         }
         Ok(())
     }

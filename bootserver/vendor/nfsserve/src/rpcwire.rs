@@ -15,10 +15,7 @@ use crate::nfs_handlers;
 
 use crate::portmap;
 use crate::portmap_handlers;
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
-use tokio::io::DuplexStream;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 // Information from RFC 5531
 // https://datatracker.ietf.org/doc/html/rfc5531
@@ -74,43 +71,129 @@ async fn handle_rpc(
     }
 }
 
-/// RFC 1057 Section 10
-/// When RPC messages are passed on top of a byte stream transport
-/// protocol (like TCP), it is necessary to delimit one message from
-/// another in order to detect and possibly recover from protocol errors.
-/// This is called record marking (RM).  Sun uses this RM/TCP/IP
-/// transport for passing RPC messages on TCP streams.  One RPC message
-/// fits into one RM record.
-///
-/// A record is composed of one or more record fragments.  A record
-/// fragment is a four-byte header followed by 0 to (2**31) - 1 bytes of
-/// fragment data.  The bytes encode an unsigned binary number; as with
-/// XDR integers, the byte order is from highest to lowest.  The number
-/// encodes two values -- a boolean which indicates whether the fragment
-/// is the last fragment of the record (bit value 1 implies the fragment
-/// is the last fragment) and a 31-bit unsigned binary value which is the
-/// length in bytes of the fragment's data.  The boolean value is the
-/// highest-order bit of the header; the length is the 31 low-order bits.
-/// (Note that this record specification is NOT in XDR standard form!)
-async fn read_fragment(
-    socket: &mut DuplexStream,
-    append_to: &mut Vec<u8>,
-) -> Result<bool, anyhow::Error> {
-    let mut header_buf = [0_u8; 4];
-    socket.read_exact(&mut header_buf).await?;
-    let fragment_header = u32::from_be_bytes(header_buf);
-    let is_last = (fragment_header & (1 << 31)) > 0;
-    let length = (fragment_header & ((1 << 31) - 1)) as usize;
-    trace!("Reading fragment length:{}, last:{}", length, is_last);
-    let start_offset = append_to.len();
-    append_to.resize(append_to.len() + length, 0);
-    socket.read_exact(&mut append_to[start_offset..]).await?;
-    trace!(
-        "Finishing Reading fragment length:{}, last:{}",
-        length,
-        is_last
-    );
-    Ok(is_last)
+/// What a peer may send in one record. Every length on the wire is checked against these
+/// before anything is allocated for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// Largest record (all its fragments together), in bytes.
+    pub max_record: usize,
+    /// Most fragments in one record.
+    pub max_fragments: usize,
+}
+
+impl Default for RecordLimits {
+    /// Room for a WRITE of 1 MiB (the largest `wtmax` a file system here advertises) and its
+    /// header; the largest call any client sends.
+    fn default() -> Self {
+        RecordLimits {
+            max_record: (1 << 20) + (64 << 10),
+            max_fragments: 256,
+        }
+    }
+}
+
+/// Why a record was refused. The connection it came on is closed.
+#[derive(Debug)]
+pub enum RecordError {
+    /// The fragments announced so far add up to more than the limit.
+    TooLarge { announced: usize, max: usize },
+    /// More fragments than the limit without a last one.
+    TooManyFragments { max: usize },
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::TooLarge { announced, max } => {
+                write!(f, "record of {announced} bytes announced, at most {max} allowed")
+            }
+            RecordError::TooManyFragments { max } => {
+                write!(f, "record of more than {max} fragments")
+            }
+            RecordError::Io(e) => write!(f, "reading a record: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl From<std::io::Error> for RecordError {
+    fn from(e: std::io::Error) -> Self {
+        RecordError::Io(e)
+    }
+}
+
+/// Checks one fragment header (RFC 5531 section 11: the top bit marks the last fragment, the
+/// other 31 bits are its length) against the limits, given the bytes and fragments of the
+/// record so far. Returns the fragment's length and whether it is the last.
+pub fn check_fragment(
+    header: u32,
+    record_len: usize,
+    fragments: usize,
+    limits: &RecordLimits,
+) -> Result<(usize, bool), RecordError> {
+    let is_last = header & (1 << 31) != 0;
+    let length = (header & !(1 << 31)) as usize;
+    if fragments >= limits.max_fragments {
+        return Err(RecordError::TooManyFragments {
+            max: limits.max_fragments,
+        });
+    }
+    let announced = record_len.saturating_add(length);
+    if announced > limits.max_record {
+        return Err(RecordError::TooLarge {
+            announced,
+            max: limits.max_record,
+        });
+    }
+    Ok((length, is_last))
+}
+
+/// Reads one whole record (all its fragments) into `record`, which is cleared first. Memory
+/// grows with the bytes that arrive, never ahead of them, so a peer that announces a long
+/// fragment and stops costs no more than what it sent.
+pub async fn read_record<R: AsyncRead + Unpin>(
+    src: &mut R,
+    limits: &RecordLimits,
+    record: &mut Vec<u8>,
+) -> Result<(), RecordError> {
+    record.clear();
+    let mut fragments = 0;
+    loop {
+        let header = src.read_u32().await?;
+        let (length, is_last) = check_fragment(header, record.len(), fragments, limits)?;
+        fragments += 1;
+        trace!("Reading fragment length:{}, last:{}", length, is_last);
+        let want = record.len() + length;
+        (&mut *src).take(length as u64).read_to_end(record).await?;
+        if record.len() != want {
+            return Err(RecordError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        if is_last {
+            return Ok(());
+        }
+    }
+}
+
+/// Splits a byte stream into records, the way a connection reads it: the records read
+/// before the first error (or the end), then that error if any. For tests and fuzzing.
+pub fn split_records(
+    mut stream: &[u8],
+    limits: &RecordLimits,
+) -> (Vec<Vec<u8>>, Option<RecordError>) {
+    // Reading from a slice never waits, so no runtime is needed.
+    futures::executor::block_on(async move {
+        let mut out = Vec::new();
+        while !stream.is_empty() {
+            let mut record = Vec::new();
+            match read_record(&mut stream, limits, &mut record).await {
+                Ok(()) => out.push(record),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    })
 }
 
 /// Bytes kept free at the start of every reply buffer for its record mark, so that a reply
@@ -119,8 +202,8 @@ pub const RECORD_MARK_LEN: usize = 4;
 
 /// Writes a reply whose first [`RECORD_MARK_LEN`] bytes are reserved for the record mark, as
 /// one fragment with one write (two writes on a no-delay socket cost a syscall and a packet).
-pub async fn write_fragment(
-    socket: &mut tokio::net::TcpStream,
+pub async fn write_fragment<W: AsyncWrite + Unpin>(
+    socket: &mut W,
     buf: &mut [u8],
 ) -> Result<(), anyhow::Error> {
     let len = buf.len() - RECORD_MARK_LEN;
@@ -158,70 +241,77 @@ fn reply_capacity(fragment: &[u8]) -> usize {
     guess.unwrap_or(SMALL)
 }
 
-pub type SocketMessageType = Result<Vec<u8>, anyhow::Error>;
-
-/// The Socket Message Handler reads from a TcpStream and spawns off
-/// subtasks to handle each message. replies are queued into the
-/// reply_send_channel.
-#[derive(Debug)]
-pub struct SocketMessageHandler {
-    cur_fragment: Vec<u8>,
-    socket_receive_channel: DuplexStream,
-    reply_send_channel: mpsc::UnboundedSender<SocketMessageType>,
-    context: RPCContext,
+/// Answers one record: the reply, with [`RECORD_MARK_LEN`] bytes reserved in front for
+/// [`write_fragment`], or why the record was refused (then the connection is closed).
+pub async fn handle_record(record: Vec<u8>, context: RPCContext) -> Result<Vec<u8>, anyhow::Error> {
+    let capacity = RECORD_MARK_LEN + reply_capacity(&record);
+    let mut write_buf: Vec<u8> = Vec::with_capacity(capacity);
+    write_buf.resize(RECORD_MARK_LEN, 0);
+    let mut write_cursor = Cursor::new(&mut write_buf);
+    write_cursor.set_position(RECORD_MARK_LEN as u64);
+    handle_rpc(&mut Cursor::new(record), &mut write_cursor, context).await?;
+    Ok(write_buf)
 }
 
-impl SocketMessageHandler {
-    /// Creates a new SocketMessageHandler with the receiver for queued message replies
-    pub fn new(
-        context: &RPCContext,
-    ) -> (
-        Self,
-        DuplexStream,
-        mpsc::UnboundedReceiver<SocketMessageType>,
-    ) {
-        let (socksend, sockrecv) = tokio::io::duplex(256000);
-        let (msgsend, msgrecv) = mpsc::unbounded_channel();
-        (
-            Self {
-                cur_fragment: Vec::new(),
-                socket_receive_channel: sockrecv,
-                reply_send_channel: msgsend,
-                context: context.clone(),
-            },
-            socksend,
-            msgrecv,
-        )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAST: u32 = 1 << 31;
+
+    fn limits() -> RecordLimits {
+        RecordLimits {
+            max_record: 1000,
+            max_fragments: 4,
+        }
     }
 
-    /// Reads a fragment from the socket. This should be looped.
-    pub async fn read(&mut self) -> Result<(), anyhow::Error> {
-        let is_last =
-            read_fragment(&mut self.socket_receive_channel, &mut self.cur_fragment).await?;
-        if is_last {
-            let fragment = std::mem::take(&mut self.cur_fragment);
-            let context = self.context.clone();
-            let send = self.reply_send_channel.clone();
-            let capacity = RECORD_MARK_LEN + reply_capacity(&fragment);
-            tokio::spawn(async move {
-                let mut write_buf: Vec<u8> = Vec::with_capacity(capacity);
-                write_buf.resize(RECORD_MARK_LEN, 0);
-                let mut write_cursor = Cursor::new(&mut write_buf);
-                write_cursor.set_position(RECORD_MARK_LEN as u64);
-                let maybe_reply =
-                    handle_rpc(&mut Cursor::new(fragment), &mut write_cursor, context).await;
-                match maybe_reply {
-                    Err(e) => {
-                        error!("RPC Error: {:?}", e);
-                        let _ = send.send(Err(e));
-                    }
-                    Ok(_) => {
-                        let _ = std::io::Write::flush(&mut write_cursor);
-                        let _ = send.send(Ok(write_buf));
-                    }
-                }
-            });
-        }
-        Ok(())
+    fn frag(last: bool, data: &[u8]) -> Vec<u8> {
+        let mark = data.len() as u32 | if last { LAST } else { 0 };
+        [&mark.to_be_bytes()[..], data].concat()
+    }
+
+    #[test]
+    fn records_within_the_limits_are_read_whole() {
+        let stream = [
+            frag(false, b"ab"),
+            frag(true, b"cd"),
+            frag(true, &[9; 1000]),
+        ]
+        .concat();
+        let (records, err) = split_records(&stream, &limits());
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(records, vec![b"abcd".to_vec(), vec![9; 1000]]);
+    }
+
+    #[test]
+    fn a_huge_record_mark_is_refused_before_reading() {
+        // 2 GiB - 1 announced: refused on the header alone.
+        let stream = [&(LAST | 0x7fff_ffff).to_be_bytes()[..], b"x"].concat();
+        let (records, err) = split_records(&stream, &limits());
+        assert!(records.is_empty());
+        assert!(matches!(err, Some(RecordError::TooLarge { announced: 0x7fff_ffff, max: 1000 })));
+        // Fragments that add up past the limit are refused too.
+        let stream = [frag(false, &[1; 600]), frag(true, &[1; 600])].concat();
+        let (_, err) = split_records(&stream, &limits());
+        assert!(matches!(err, Some(RecordError::TooLarge { announced: 1200, .. })), "{err:?}");
+    }
+
+    #[test]
+    fn endless_fragments_are_cut_off() {
+        let stream: Vec<u8> = (0..100).flat_map(|_| frag(false, b"")).collect();
+        let (records, err) = split_records(&stream, &limits());
+        assert!(records.is_empty());
+        assert!(matches!(err, Some(RecordError::TooManyFragments { max: 4 })), "{err:?}");
+    }
+
+    #[test]
+    fn a_truncated_record_is_an_error_not_a_hang() {
+        let stream = [&(LAST | 900).to_be_bytes()[..], &[0; 10]].concat();
+        let (_, err) = split_records(&stream, &limits());
+        assert!(matches!(err, Some(RecordError::Io(_))), "{err:?}");
+        assert!(check_fragment(LAST | 5, 996, 0, &limits()).is_err());
+        assert_eq!(check_fragment(LAST | 4, 996, 3, &limits()).unwrap(), (4, true));
+        assert!(check_fragment(4, 0, 4, &limits()).is_err());
     }
 }
