@@ -315,6 +315,7 @@ impl Settings {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from("/var/lib/bootserver"));
+        check_state_dir(&state_dir).map_err(|m| invalid("state_dir", m))?;
         check_boot_dir(&boot_dir, &state_dir).map_err(|m| invalid("boot_dir", m))?;
         let http_port = args.http_port.or(file.http_port).unwrap_or(8080);
         if http_port == 0 {
@@ -394,13 +395,31 @@ fn canonical_lenient(path: &Path) -> PathBuf {
     }
 }
 
+fn is_system_dir(dir: &Path) -> bool {
+    let home = std::env::var_os("HOME").map(PathBuf::from).and_then(|h| h.canonicalize().ok());
+    SYSTEM_TREES.iter().any(|t| dir.starts_with(t))
+        || SYSTEM_DIRS.iter().any(|d| dir == Path::new(d))
+        || home.as_deref() == Some(dir)
+}
+
+/// Refuses a state dir that is a system folder or a home: the server makes the state dir 0700
+/// and its files 0600.
+pub fn check_state_dir(state: &Path) -> Result<(), String> {
+    let state = canonical_lenient(state);
+    if is_system_dir(&state) {
+        return Err(format!(
+            "{} is a system folder or a home, and the server makes its files private; use a folder of its own, e.g. /var/lib/bootserver",
+            state.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a boot dir (canonical) that is a system folder, the user's home, or holds the state
 /// dir: everything in the boot dir goes to anyone on the LAN who asks.
 pub fn check_boot_dir(boot: &Path, state: &Path) -> Result<(), String> {
     let fix = "point boot_dir at a folder that holds only boot files, e.g. /srv/boot";
-    let in_tree = SYSTEM_TREES.iter().any(|t| boot.starts_with(t));
-    let home = std::env::var_os("HOME").map(PathBuf::from).and_then(|h| h.canonicalize().ok());
-    if in_tree || SYSTEM_DIRS.iter().any(|d| boot == Path::new(d)) || home.as_deref() == Some(boot) {
+    if is_system_dir(boot) {
         return Err(format!("{} is a system folder or a home; {fix}", boot.display()));
     }
     let state = canonical_lenient(state);
@@ -454,6 +473,11 @@ mod tests {
         // A boot dir inside the state dir (`bootserver boot` serves STATE/www) shows nothing
         // of the state.
         check_boot_dir(&boot.join("www"), &boot).unwrap();
+        for bad in ["/var/lib", "/tmp", "/etc/bootserver", "/"] {
+            let e = check_state_dir(Path::new(bad)).unwrap_err();
+            assert!(e.contains("system folder"), "{bad}: {e}");
+        }
+        check_state_dir(Path::new("/var/lib/bootserver")).unwrap();
     }
 
     #[test]

@@ -104,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             if args.boot_dir.is_none() {
                 // Serve nothing but the named files and iPXE: never expose the current folder.
                 let www = state.join("www");
+                bootserver::statefile::private_dir(&state)?;
                 std::fs::create_dir_all(&www)
                     .with_context(|| format!("creating {}", www.display()))?;
                 args.boot_dir = Some(www);

@@ -90,7 +90,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         // A connection that sends a file holds its socket and the file.
         let limiter = ConnLimiter::new("http", "limits.http", settings.limits.http.clone(), 2, budget.clone());
         sup.add("http", move || {
-            let (l, state, limiter) = (listener.next(), state.clone(), limiter.clone());
+            let (l, state, limiter) = (listener.bound(), state.clone(), limiter.clone());
             async move { crate::http::run(l.await?, state, limiter).await }
         });
     }
@@ -98,7 +98,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let (s, p) = (settings.clone(), plan.clone());
         let mut dhcp = Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p))).await?;
         sup.add("dhcp", move || {
-            let d = dhcp.next();
+            let d = dhcp.bound();
             async move { d.await?.run().await }
         });
         if settings.dhcp.router_advertisement {
@@ -120,7 +120,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             Arc::new(crate::tftp::Service::new(files.clone(), &iface, settings.address, settings.tftp.clone()));
         let mut socket = Rebind::new(move || ready(crate::net::udp_socket(&iface, addr, false))).await?;
         sup.add("tftp", move || {
-            let (sock, service) = (socket.next(), service.clone());
+            let (sock, service) = (socket.bound(), service.clone());
             async move { crate::tftp::run(sock.await?, service).await }
         });
     }

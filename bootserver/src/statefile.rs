@@ -73,30 +73,25 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateFileError> {
     result
 }
 
-/// Makes every folder under `dir` 0700 and every file 0600 (state files of an earlier version
-/// were created world-readable). Symlinks are neither followed nor changed. Returns the paths
-/// whose mode changed.
+/// Makes the files and folders right in `dir` 0600 and 0700 (state files of an earlier version
+/// were created world-readable). Only the top level: the state files live there, and a state
+/// dir set by mistake to a folder of other files must not have a whole tree changed. Symlinks
+/// are neither followed nor changed. Returns the paths whose mode changed.
 pub fn tighten(dir: &Path) -> Result<Vec<PathBuf>, StateFileError> {
     let mut changed = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).map_err(err("reading", &d))? {
-            let entry = entry.map_err(err("reading", &d))?;
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).map_err(err("reading", &path))?;
-            let want = if meta.is_dir() {
-                todo.push(path.clone());
-                DIR_MODE
-            } else if meta.is_file() {
-                FILE_MODE
-            } else {
-                continue;
-            };
-            if meta.permissions().mode() & 0o7777 != want {
-                std::fs::set_permissions(&path, Permissions::from_mode(want))
-                    .map_err(err("making private", &path))?;
-                changed.push(path);
-            }
+    for entry in std::fs::read_dir(dir).map_err(err("reading", dir))? {
+        let path = entry.map_err(err("reading", dir))?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(err("reading", &path))?;
+        let want = if meta.is_dir() {
+            DIR_MODE
+        } else if meta.is_file() {
+            FILE_MODE
+        } else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o7777 != want {
+            std::fs::set_permissions(&path, Permissions::from_mode(want)).map_err(err("making private", &path))?;
+            changed.push(path);
         }
     }
     Ok(changed)
@@ -129,24 +124,25 @@ mod tests {
     }
 
     #[test]
-    fn tighten_fixes_old_files_but_not_symlink_targets() {
+    fn tighten_fixes_old_top_level_files_but_not_symlink_targets() {
         let t = tempfile::tempdir().unwrap();
         let state = t.path().join("state");
         std::fs::create_dir_all(state.join("www")).unwrap();
         let outside = t.path().join("outside");
         std::fs::write(&outside, b"x").unwrap();
         std::fs::set_permissions(&outside, Permissions::from_mode(0o644)).unwrap();
-        for (p, m) in [(state.join("sessions.sqlite"), 0o644), (state.join("www/x"), 0o666)] {
+        for (p, m) in [(state.join("sessions.sqlite"), 0o644), (state.join("www/x"), 0o644)] {
             std::fs::write(&p, b"x").unwrap();
             std::fs::set_permissions(&p, Permissions::from_mode(m)).unwrap();
         }
         std::fs::set_permissions(state.join("www"), Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink(&outside, state.join("link")).unwrap();
         let changed = tighten(&state).unwrap();
-        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert_eq!(changed.len(), 2, "{changed:?}");
         assert_eq!(mode(&state.join("sessions.sqlite")), 0o600);
         assert_eq!(mode(&state.join("www")), 0o700);
-        assert_eq!(mode(&state.join("www/x")), 0o600);
+        // Below the top level nothing is changed; the folder above it closes it anyway.
+        assert_eq!(mode(&state.join("www/x")), 0o644);
         assert_eq!(mode(&outside), 0o644);
         assert!(tighten(&state).unwrap().is_empty());
     }

@@ -129,7 +129,7 @@ where
     }
 
     /// The socket bound at start the first time, a new one after.
-    pub fn next(&mut self) -> impl Future<Output = anyhow::Result<T>> {
+    pub fn bound(&mut self) -> impl Future<Output = anyhow::Result<T>> {
         let first = self.first.take();
         let again = first.is_none().then(|| (self.bind)());
         async move {

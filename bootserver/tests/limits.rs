@@ -78,7 +78,7 @@ fn hold(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
         .filter(|s| {
             s.set_nonblocking(true).unwrap();
             let mut b = [0u8; 64];
-            match (*s).read(&mut b) {
+            match (&**s).read(&mut b) {
                 Ok(0) => true,
                 Ok(_) => false,
                 Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
@@ -200,6 +200,10 @@ registry_flush_ms = 200
     let http: SocketAddr = format!("{s}:8080").parse().unwrap();
     let broker: SocketAddr = format!("{s}:7000").parse().unwrap();
     let proxy: SocketAddr = format!("{s}:5900").parse().unwrap();
+
+    let (ok, _, quiet) = curl_from(&lab, CLIENT, &format!("http://{s}:8080/vmlinuz"));
+    assert!(ok, "curl failed on a quiet server");
+    eprintln!("curl of 2 MB on a quiet server: {quiet:?}");
 
     // 1100 idle connections to each service: more than the server's open files.
     let t0 = Instant::now();

@@ -58,7 +58,7 @@ pub async fn start(
     let limiter = ConnLimiter::new("proxy", "limits.proxy", limits.clone(), 2, budget.clone());
     let p = proxy.clone();
     sup.add("proxy", move || {
-        let (l, p, limiter) = (listener.next(), p.clone(), limiter.clone());
+        let (l, p, limiter) = (listener.bound(), p.clone(), limiter.clone());
         async move { p.serve(l.await?, limiter).await.context("VNC proxy") }
     });
     let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);

@@ -377,7 +377,7 @@ pub async fn start(
     let limiter = ConnLimiter::new("broker", "limits.broker", limits.broker.clone(), 1, budget.clone());
     let b = broker.clone();
     sup.add("broker", move || {
-        let (l, b, limiter) = (agents.next(), b.clone(), limiter.clone());
+        let (l, b, limiter) = (agents.bound(), b.clone(), limiter.clone());
         async move { run(l.await?, b, limiter).await }
     });
     let admin_addr = crate::admin::admin_addr()?;
@@ -390,7 +390,7 @@ pub async fn start(
     let limiter = ConnLimiter::new("admin", "limits.admin", limits.admin.clone(), 1, budget.clone());
     let b = broker.clone();
     sup.add("admin", move || {
-        let (l, b, limiter, extra) = (admin.next(), b.clone(), limiter.clone(), extra.clone());
+        let (l, b, limiter, extra) = (admin.bound(), b.clone(), limiter.clone(), extra.clone());
         async move { crate::admin::run(l.await?, b, extra, limiter).await }
     });
     Ok(broker)

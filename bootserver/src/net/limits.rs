@@ -359,8 +359,8 @@ impl ConnLimiter {
         })
     }
 
-    /// A limiter with the default limits of nothing in particular and no budget, for tests
-    /// and tools that run one service on its own.
+    /// A limiter with `limits` and no open-files budget to share, for tests and tools that run
+    /// one service on its own.
     pub fn unbounded(service: &'static str, limits: ServiceLimits) -> Arc<Self> {
         Self::new(service, "limits", limits, 1, FdBudget::new(usize::MAX / 2))
     }
