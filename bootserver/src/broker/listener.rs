@@ -12,11 +12,11 @@ use anyhow::{bail, Context};
 use proto::agent::{
     encode, negotiate, AgentMessage, BrokerMessage, Command, DecodeError, Decoder, Hello, Welcome, PROTOCOL,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::agent_tls::{AgentIo, AgentTls};
 use super::flow::Desktops;
 use super::orchestrator::{Notice, Orchestrator};
 use super::registry::{now_secs, ClientState, Registry};
@@ -34,6 +34,8 @@ pub struct Broker {
     pub desktops: Option<Arc<Orchestrator>>,
     /// A PC whose agent connection stays gone this long has left: its desktop stops.
     pub leave_after: Duration,
+    /// TLS for the agents' connections; `bootserver serve` always sets it.
+    pub tls: Option<AgentTls>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +54,7 @@ impl Broker {
             hello_timeout: Duration::from_secs(10),
             desktops: None,
             leave_after: Duration::from_secs(120),
+            tls: None,
         }
     }
 
@@ -97,7 +100,15 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>) -> anyhow::Result<(
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let mut who = peer.to_string();
-            match serve(stream, &broker, &mut who).await {
+            let io: anyhow::Result<Box<dyn AgentIo>> = match &broker.tls {
+                Some(tls) => tls.accept(stream).await,
+                None => Ok(Box::new(stream)),
+            };
+            let served = match io {
+                Ok(io) => serve(io, peer, &broker, &mut who).await,
+                Err(e) => Err(e),
+            };
+            match served {
                 Ok(reason) => log::info!("agent {who}: {reason}"),
                 Err(e) => log::warn!("agent {who}: dropping the connection: {e:#}"),
             }
@@ -105,9 +116,14 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>) -> anyhow::Result<(
     }
 }
 
-async fn send(wr: &mut OwnedWriteHalf, msg: &BrokerMessage) -> anyhow::Result<()> {
+async fn send(wr: &mut (impl AsyncWrite + Unpin), msg: &BrokerMessage) -> anyhow::Result<()> {
     let bytes = encode(msg)?;
-    tokio::time::timeout(Duration::from_secs(10), wr.write_all(&bytes))
+    // The flush pushes TLS records out; on plain TCP it costs nothing.
+    let write = async {
+        wr.write_all(&bytes).await?;
+        wr.flush().await
+    };
+    tokio::time::timeout(Duration::from_secs(10), write)
         .await
         .context("the agent stopped reading")?
         .context("writing to the agent")
@@ -115,7 +131,7 @@ async fn send(wr: &mut OwnedWriteHalf, msg: &BrokerMessage) -> anyhow::Result<()
 
 /// Reads until at least one frame result is queued; `Ok(false)` at a clean end of stream.
 async fn fill(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut (impl AsyncRead + Unpin),
     dec: &mut Decoder<AgentMessage>,
     queue: &mut VecDeque<Result<AgentMessage, DecodeError>>,
 ) -> anyhow::Result<bool> {
@@ -144,9 +160,8 @@ fn accept(r: Result<AgentMessage, DecodeError>, who: &str) -> anyhow::Result<Opt
     }
 }
 
-async fn serve(stream: TcpStream, broker: &Arc<Broker>, who: &mut String) -> anyhow::Result<String> {
-    let peer: SocketAddr = stream.peer_addr()?;
-    let (mut rd, mut wr) = stream.into_split();
+async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>, who: &mut String) -> anyhow::Result<String> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut dec = Decoder::<AgentMessage>::new();
     let mut queue = VecDeque::new();
 
@@ -255,8 +270,8 @@ fn leave_unless_back(broker: &Arc<Broker>, mac: String) {
 
 #[allow(clippy::too_many_arguments)]
 async fn session(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut (impl AsyncRead + Unpin),
+    wr: &mut (impl AsyncWrite + Unpin),
     dec: &mut Decoder<AgentMessage>,
     queue: &mut VecDeque<Result<AgentMessage, DecodeError>>,
     rx: &mut mpsc::UnboundedReceiver<BrokerMessage>,
@@ -323,6 +338,16 @@ pub async fn start(
     let db = settings.state_dir.join("clients.sqlite");
     let mut broker = Broker::new(Registry::open(&db)?);
     broker.leave_after = Duration::from_secs(settings.desktops.leave_after_secs);
+    let names = crate::ca::ServerNames::of_this_machine(&[settings.broker.ip(), settings.address.into()]);
+    let (cert, key) = crate::ca::ensure_server(&settings.state_dir, &names)?;
+    broker.tls = Some(AgentTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(proto::tls::server_config(&cert, &key)?),
+        plain_too: settings.agent_plain_tcp,
+        handshake_timeout: broker.hello_timeout,
+    });
+    if settings.agent_plain_tcp {
+        log::warn!("agent_plain_tcp = true: agents without TLS are taken too; their hellos and tokens cross the LAN in clear");
+    }
     let mut extra = None;
     let mut notices = None;
     let mut recovered = Vec::new();
@@ -367,6 +392,7 @@ mod tests {
     use super::*;
     use crate::broker::registry::sample_hello as hello;
     use proto::agent::{HEADER, MAX_FRAME};
+    use tokio::net::TcpStream;
 
     async fn start_broker(dir: &std::path::Path) -> (SocketAddr, Arc<Broker>) {
         let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap());
