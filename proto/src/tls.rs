@@ -238,6 +238,13 @@ mod imp {
                     "certificate not valid yet (or this PC's clock is wrong)".into()
                 }
                 CertificateError::Revoked => "certificate revoked".into(),
+                // What a self-signed server certificate (`openssl req -x509`, say) comes to: a
+                // CA's certificate where a server's should be.
+                CertificateError::Other(o)
+                    if o.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity) =>
+                {
+                    "certificate not signed by this boot server's CA (it shows a CA certificate of its own)".into()
+                }
                 other => format!("certificate rejected: {other:?}"),
             },
             rustls::Error::NoCertificatesPresented => "it presented no certificate".into(),
@@ -287,6 +294,10 @@ mod imp {
             let foreign = certs_from_pem(other.leaf_pem.as_bytes(), "other").unwrap();
             let e = verify_server_chain(roots(), &foreign, &ip("10.77.0.1")).unwrap_err();
             assert_eq!(explain(&e), "certificate not signed by this boot server's CA");
+            // A self-signed server certificate is a CA certificate of its own.
+            let self_signed = certs_from_pem(other.ca_pem.as_bytes(), "self-signed").unwrap();
+            let e = verify_server_chain(roots(), &self_signed, &ip("10.77.0.1")).unwrap_err();
+            assert!(explain(&e).starts_with("certificate not signed by this boot server's CA ("), "{e:?}");
         }
 
         #[test]
