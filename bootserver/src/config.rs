@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub enable_tftp: Option<bool>,
     pub enable_http: Option<bool>,
     pub enable_broker: Option<bool>,
+    pub agent_plain_tcp: Option<bool>,
     #[serde(default)]
     pub dhcp: DhcpConfig,
     #[serde(default)]
@@ -118,6 +119,11 @@ pub struct ServeArgs {
     /// files only.
     #[arg(long)]
     pub no_broker: bool,
+    /// Also take agents that speak plain TCP instead of TLS: images made before TLS, for a
+    /// transition only (their hellos and session tokens cross the LAN in clear). Default: off,
+    /// every agent must speak TLS and check this server's certificate.
+    #[arg(long)]
+    pub agent_plain_tcp: bool,
     /// TFTP port. Default: 69.
     #[arg(long)]
     pub tftp_port: Option<u16>,
@@ -150,6 +156,7 @@ pub struct Settings {
     pub enable_tftp: bool,
     pub enable_http: bool,
     pub enable_broker: bool,
+    pub agent_plain_tcp: bool,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
     pub desktops: crate::broker::settings::BrokerConfig,
@@ -357,6 +364,7 @@ impl Settings {
             enable_tftp: !args.no_tftp && file.enable_tftp.unwrap_or(true),
             enable_http: !args.no_http && file.enable_http.unwrap_or(true),
             enable_broker: !args.no_broker && file.enable_broker.unwrap_or(true),
+            agent_plain_tcp: args.agent_plain_tcp || file.agent_plain_tcp.unwrap_or(false),
             dhcp: file.dhcp,
             tftp,
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod bootfiles;
 pub mod broker;
+pub mod ca;
 pub mod config;
 pub mod dhcp;
 pub mod http;

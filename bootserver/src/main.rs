@@ -39,8 +39,8 @@ enum Command {
     /// Example: bootserver serve --config /etc/bootserver.toml
     Serve {
         /// TOML config file (keys: interface, address, netmask, range, boot_dir, state_dir,
-        /// http_port, proxy_dhcp, kernel, initrd, cmdline, transport, broker, and the [dhcp],
-        /// [tftp], [nfs], [desktops] and [limits] tables; see the README).
+        /// http_port, proxy_dhcp, kernel, initrd, cmdline, transport, broker, agent_plain_tcp,
+        /// and the [dhcp], [tftp], [nfs], [desktops] and [limits] tables; see the README).
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -72,6 +72,20 @@ enum Command {
     },
     /// Show what the memory algorithm does as users arrive (the paper's Table 3 by default).
     Plan(bootserver::broker::explain::PlanArgs),
+    /// The deployment's certificate authority: boot images trust what it signs.
+    ///
+    /// Example: bootserver ca init --state-dir /var/lib/bootserver
+    Ca {
+        #[command(subcommand)]
+        command: bootserver::ca::cli::CaCommand,
+    },
+    /// Virtualization hosts' certificates.
+    ///
+    /// Example: bootserver host enrol h1 --ip 10.0.0.11
+    Host {
+        #[command(subcommand)]
+        command: bootserver::ca::cli::HostCommand,
+    },
 }
 
 /// What `bootserver client MAC` asks the PC to do.
@@ -112,6 +126,8 @@ fn main() -> anyhow::Result<()> {
             Settings::resolve(FileConfig::default(), &args)?
         }
         Command::Plan(args) => return bootserver::broker::explain::run(&args),
+        Command::Ca { command } => return bootserver::ca::cli::ca(command),
+        Command::Host { command } => return bootserver::ca::cli::host(command),
         Command::Clients { json, admin } => return bootserver::admin::print_clients(admin, json),
         Command::Client { mac, action, admin } => {
             use bootserver::admin::Action;

@@ -1,6 +1,7 @@
 //! Broker restart end to end on loopback: a real `server-host` with the desktop template, the
 //! real `bootserver serve` with only the broker, a client driven by the agent's own session
-//! core (`proto::agent::Session`) and a vnc-rs viewer through the proxy. The boot server is
+//! core (`proto::agent::Session`) over TLS, checking the broker against the CA `serve` made,
+//! and a vnc-rs viewer through the proxy. The boot server is
 //! killed (SIGKILL, no chance to tidy up) and started again on the same state dir: the same
 //! desktop is listed, the old token opens the same VM, the client reconnects by itself and gets
 //! the same token again, and no second VM was made; a VM of the broker's naming that no session
@@ -9,7 +10,7 @@
 mod broker_common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use proto::agent::{
 use testkit::KillOnDrop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 const MAC: &str = "52:54:00:00:00:31";
 
@@ -33,9 +35,17 @@ struct Seen {
     assignments: Vec<Assignment>,
 }
 
-/// A PC's agent as far as the broker can tell: the agent's session state machine over TCP,
+/// A TLS link to the broker, trusting the CA at `ca` (read at every attempt: `serve` makes it
+/// at its start).
+async fn connect(broker: SocketAddr, ca: &Path) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tls = tokio_rustls::TlsConnector::from(proto::tls::client_config(ca)?);
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(broker)).await??;
+    Ok(tokio::time::timeout(Duration::from_secs(5), tls.connect(proto::tls::server_name(broker.ip()), tcp)).await??)
+}
+
+/// A PC's agent as far as the broker can tell: the agent's session state machine over TLS,
 /// reconnecting with its backoff whenever the broker goes away.
-fn spawn_agent(broker: SocketAddr) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+fn spawn_agent(broker: SocketAddr, ca: PathBuf) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
     let hello = Hello {
         version: PROTOCOL,
         mac: MacAddr([0x52, 0x54, 0, 0, 0, 0x31]),
@@ -56,7 +66,7 @@ fn spawn_agent(broker: SocketAddr) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle
         let mut session = Session::new(cfg, hello, 31);
         let epoch = Instant::now();
         let now = || epoch.elapsed().as_millis() as u64;
-        let mut conn: Option<(TcpStream, Decoder<BrokerMessage>)> = None;
+        let mut conn: Option<(TlsStream<TcpStream>, Decoder<BrokerMessage>)> = None;
         let mut inputs = vec![Input::Start];
         loop {
             while !inputs.is_empty() {
@@ -65,18 +75,20 @@ fn spawn_agent(broker: SocketAddr) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle
                     match out {
                         Output::Connect => {
                             conn = None;
-                            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(broker)).await {
-                                Ok(Ok(c)) => {
+                            match connect(broker, &ca).await {
+                                Ok(c) => {
                                     conn = Some((c, Decoder::new()));
                                     inputs.push(Input::Connected);
                                 }
-                                Ok(Err(e)) => inputs.push(Input::ConnectFailed { reason: e.to_string() }),
-                                Err(_) => inputs.push(Input::ConnectFailed { reason: "timeout".into() }),
+                                Err(e) => inputs.push(Input::ConnectFailed { reason: format!("{e:#}") }),
                             }
                         }
                         Output::Send(msg) => {
                             let res = match (&mut conn, encode(&msg)) {
-                                (Some((c, _)), Ok(bytes)) => c.write_all(&bytes).await.map_err(|e| e.to_string()),
+                                (Some((c, _)), Ok(bytes)) => {
+                                    let sent = c.write_all(&bytes).await;
+                                    sent.and(c.flush().await).map_err(|e| e.to_string())
+                                }
                                 (None, _) => Err("not connected".into()),
                                 (_, Err(e)) => Err(e.to_string()),
                             };
@@ -218,7 +230,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     )?;
     wait_for(60, "server-host answering", || host_vms(host.port).ok()).await?;
     let mut server = start_bootserver(dir, broker, admin)?;
-    let (seen, agent) = spawn_agent(broker);
+    let (seen, agent) = spawn_agent(broker, dir.join("bs-state/ca/ca.pem"));
 
     // The first VM boots under TCG: minutes.
     let assignment =

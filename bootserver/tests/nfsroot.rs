@@ -59,14 +59,19 @@ fn client_root_with_viewer() -> tempfile::TempDir {
 }
 
 /// The boot image exactly as scripts/images/nfsroot.toml describes it (the static agent that
-/// scripts/build-client makes, the NIC, display and NFS modules).
+/// scripts/build-client makes, the NIC, display and NFS modules), with the CA that the running
+/// boot server made in its state dir.
 fn build_image(dir: &Path) -> PathBuf {
     let agent = testkit::repo_root().join("target/x86_64-unknown-linux-gnu/release/thinclient");
     assert!(agent.exists(), "{} is missing: run scripts/build-client (scripts/setup does)", agent.display());
+    let ca = dir.join("bootserver/ca/ca.pem");
+    assert!(ca.exists(), "the boot server made no CA in {}", ca.display());
     let out = dir.join("nfsroot.img");
     let st = Command::new(sibling_bin("initramfs"))
         .args(["build", "--config"])
         .arg(testkit::repo_root().join("scripts/images/nfsroot.toml"))
+        .arg("--ca-cert")
+        .arg(&ca)
         .arg("--out")
         .arg(&out)
         .env("RUST_LOG", "warn")

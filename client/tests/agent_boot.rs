@@ -1,10 +1,11 @@
 //! A QEMU PC network-boots (its PXE ROM, our boot server's DHCP and HTTP) into an image made by
-//! `initramfs build` whose /init is the agent, with Debian's e1000 module. The broker must list
-//! it with its real MAC and RAM; `bootserver client MAC reboot` must reboot it and it must
+//! `initramfs build` whose /init is the agent, with Debian's e1000 module and the CA that
+//! `bootserver ca init` made. The agent announces itself over TLS (the broker takes nothing
+//! else), and the broker must list it with its real MAC and RAM; `bootserver client MAC reboot` must reboot it and it must
 //! announce again; a broker restart must not lose it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testkit::{KillOnDrop, Lab};
@@ -19,43 +20,10 @@ fn sibling_bin(name: &str) -> PathBuf {
     p
 }
 
+/// The agent's image with the CA of `bootserver ca init` in the state dir the server will use.
 fn build_image(dir: &Path) -> PathBuf {
-    let config = dir.join("image.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"compression = "zstd"
-init = "{}"
-[modules]
-names = ["e1000"]
-[[dirs]]
-path = "/proc"
-[[dirs]]
-path = "/sys"
-[[dirs]]
-path = "/dev"
-[[dirs]]
-path = "/etc"
-[[devices]]
-path = "/dev/console"
-kind = "char"
-major = 5
-minor = 1
-mode = 0o600
-"#,
-            env!("CARGO_BIN_EXE_thinclient")
-        ),
-    )
-    .unwrap();
-    let out = dir.join("agent.img");
-    let st = Command::new(sibling_bin("initramfs"))
-        .args(["build", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("running initramfs build");
-    assert!(st.success(), "initramfs build failed");
+    let (agent, out) = (Path::new(env!("CARGO_BIN_EXE_thinclient")), dir.join("agent.img"));
+    testkit::agent_image(agent.parent().unwrap(), agent, &dir.join("state"), &out).expect("building the image");
     out
 }
 
@@ -155,6 +123,7 @@ fn pc_boots_announces_reboots_on_command_and_survives_a_broker_restart() {
     let first_seen = pc["first_seen"].clone();
     let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
     assert!(serial.contains("boot phase dhcp"), "agent log missing from the serial console");
+    assert!(serial.contains("announced to the broker at 10.81.0.1:7000"), "no announce in the agent's log");
 
     // Reboot from the admin side: the PC goes away and announces a second boot.
     let st = lab

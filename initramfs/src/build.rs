@@ -250,11 +250,31 @@ pub fn build(loaded: &Loaded) -> Result<Image> {
     if let (Some(version), Some(dir)) = (&loaded.kernel_version, &loaded.modules_dir) {
         modules(&mut b, c, version, dir)?;
     }
+    if let Some(ca) = &c.ca_cert {
+        let pem = std::fs::read(ca).with_context(|| format!("ca_cert: reading {}", ca.display()))?;
+        check_ca_pem(&pem).with_context(|| format!("ca_cert = {}", ca.display()))?;
+        let dest = proto::tls::IMAGE_CA_PATH.trim_start_matches('/');
+        b.file(dest, 0o644, pem, &format!("ca_cert: {}", ca.display()))?;
+        info!("CA certificate {} at {}", ca.display(), proto::tls::IMAGE_CA_PATH);
+    }
     let entries = b.entries(c.mtime);
     info!("{} entries, {} bytes before compression", entries.len(), entries.iter().map(|e| e.data.len()).sum::<usize>());
     let mut img = Image::single(c.compression, entries);
     img.level = c.compression_level;
     Ok(img)
+}
+
+/// A boot image is readable by anyone who boots it: it may carry the CA's certificate, never
+/// a key (a key here would let anyone on the LAN pass for the boot server).
+fn check_ca_pem(pem: &[u8]) -> Result<()> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("PRIVATE KEY") {
+        bail!("holds a private key; give the CA's certificate (ca.pem), never its key");
+    }
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        bail!("no PEM certificate in it; give the ca.pem that `bootserver ca init` printed");
+    }
+    Ok(())
 }
 
 fn modules(b: &mut Builder, c: &Config, version: &str, dir: &Path) -> Result<()> {
@@ -390,5 +410,30 @@ mod tests {
         let d = elf::dynamic(&sh.data).unwrap().unwrap();
         assert!(v.resolve(d.interpreter.as_deref().unwrap()).is_some());
         assert!(v.resolve("lib/x86_64-linux-gnu/libc.so.6").is_some());
+    }
+
+    #[test]
+    fn the_ca_certificate_lands_where_the_agent_reads_it_and_a_key_never_does() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("init"), b"#!/bin/sh\n").unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(d.path().join("ca.pem"), cert).unwrap();
+        let key = format!("{cert}-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n");
+        std::fs::write(d.path().join("with-key.pem"), key).unwrap();
+        std::fs::write(d.path().join("empty.pem"), "").unwrap();
+        let cfg = d.path().join("c.toml");
+        let load = |ca: &str| {
+            std::fs::write(&cfg, format!("compression = \"none\"\ninit = \"init\"\nca_cert = \"{ca}\"\n")).unwrap();
+            Config::load(&cfg).unwrap()
+        };
+        let img = build(&load("ca.pem")).unwrap();
+        let v = img.view();
+        let (_, e) = v.resolve(proto::tls::IMAGE_CA_PATH.trim_start_matches('/')).expect("no CA in the image");
+        assert_eq!(e.data, cert.as_bytes());
+        assert_eq!(e.mode & 0o7777, 0o644);
+        let err = format!("{:#}", build(&load("with-key.pem")).err().unwrap());
+        assert!(err.contains("private key") && err.contains("with-key.pem"), "{err}");
+        let err = format!("{:#}", build(&load("empty.pem")).err().unwrap());
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 }

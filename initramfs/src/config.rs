@@ -40,6 +40,10 @@ pub struct Config {
     pub symlinks: Vec<Symlink>,
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// Host file with the boot server's CA certificate (`bootserver ca init` prints its path);
+    /// it lands at `/etc/thinclient/ca.pem`, where the agent reads the one CA it trusts.
+    /// Default: none (an agent image without it does not talk to any broker).
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn default_compression() -> Compression {
@@ -214,6 +218,9 @@ impl Config {
         }
         for d in &config.devices {
             check_image_path("devices.path", &d.path)?;
+        }
+        if let Some(ca) = &mut config.ca_cert {
+            *ca = abs(ca);
         }
         for c in &config.modules.classes {
             if !crate::kmod::CLASSES.iter().any(|(n, _)| n == c) {

@@ -47,6 +47,10 @@ enum Cmd {
         /// Overrides the config's `compression_level`.
         #[arg(long)]
         level: Option<i32>,
+        /// The boot server's CA certificate, put at /etc/thinclient/ca.pem for the agent;
+        /// overrides the config's `ca_cert`.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
     },
     /// List the members, in archive order, as `cpio -t` and `lsinitramfs` do.
     List {
@@ -160,8 +164,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let limits = Limits { max_entry: cli.max_entry_size, max_total: cli.max_size };
     let open = |p: &Path| Image::open(p, limits).with_context(|| format!("reading image {}", p.display()));
     match cli.cmd {
-        Cmd::Build { config, out, compression, level } => {
+        Cmd::Build { config, out, compression, level, ca_cert } => {
             let mut loaded = config::Config::load(&config)?;
+            if ca_cert.is_some() {
+                loaded.config.ca_cert = ca_cert;
+            }
             if let Some(c) = compression {
                 loaded.config.compression = c;
             }

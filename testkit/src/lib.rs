@@ -320,3 +320,65 @@ impl Drop for ServerHost {
         }
     }
 }
+
+/// `bootserver ca init` in `state_dir`, with the `bootserver` binary at `bootserver`; the path of
+/// the CA certificate it prints, which boot images carry.
+pub fn ca_init(bootserver: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new(bootserver)
+        .args(["ca", "init", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .context("running bootserver ca init")?;
+    if !out.status.success() {
+        bail!("bootserver ca init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// The smallest boot image of the agent `init` that reaches a broker on a QEMU PC (e1000, the
+/// folders it mounts onto, the console), written to `out`, trusting the CA that
+/// `bootserver ca init` makes in `state_dir`. `bin` is the folder of the workspace's binaries
+/// (`bootserver`, `initramfs`).
+pub fn agent_image(bin: &Path, init: &Path, state_dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let ca = ca_init(&bin.join("bootserver"), state_dir)?;
+    let config = out.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"compression = "zstd"
+init = "{}"
+ca_cert = "{}"
+[modules]
+names = ["e1000"]
+[[dirs]]
+path = "/proc"
+[[dirs]]
+path = "/sys"
+[[dirs]]
+path = "/dev"
+[[dirs]]
+path = "/etc"
+[[devices]]
+path = "/dev/console"
+kind = "char"
+major = 5
+minor = 1
+mode = 0o600
+"#,
+            init.display(),
+            ca.display()
+        ),
+    )?;
+    let st = Command::new(bin.join("initramfs"))
+        .args(["build", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", "warn")
+        .status()
+        .context("running initramfs build")?;
+    if !st.success() {
+        bail!("initramfs build {} failed: {st}", config.display());
+    }
+    Ok(())
+}

@@ -12,11 +12,11 @@ use anyhow::{bail, Context};
 use proto::agent::{
     encode, negotiate, AgentMessage, BrokerMessage, Command, DecodeError, Decoder, Hello, Welcome, PROTOCOL,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::agent_tls::{AgentIo, AgentTls};
 use super::flow::Desktops;
 use super::orchestrator::{Notice, Orchestrator};
 use super::registry::{now_secs, ClientState, Recorder, Registry};
@@ -40,6 +40,8 @@ pub struct Broker {
     /// Messages one connection may send per second, and in a burst; the rest are dropped.
     pub messages_per_sec: u32,
     pub message_burst: u32,
+    /// TLS for the agents' connections; `bootserver serve` always sets it.
+    pub tls: Option<AgentTls>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,6 +63,7 @@ impl Broker {
             leave_after: Duration::from_secs(120),
             messages_per_sec: 20,
             message_burst: 100,
+            tls: None,
         })
     }
 
@@ -102,7 +105,15 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, limiter: Arc<ConnLi
         async move {
             let _ = stream.set_nodelay(true);
             let mut who = peer.to_string();
-            match serve(stream, &broker, &mut who).await {
+            let io: anyhow::Result<Box<dyn AgentIo>> = match &broker.tls {
+                Some(tls) => tls.accept(stream).await,
+                None => Ok(Box::new(stream)),
+            };
+            let served = match io {
+                Ok(io) => serve(io, peer, &broker, &mut who).await,
+                Err(e) => Err(e),
+            };
+            match served {
                 Ok(reason) => log::info!("agent {who}: {reason}"),
                 Err(e) => log::warn!("agent {who}: dropping the connection: {}", Esc(&format!("{e:#}"))),
             }
@@ -111,9 +122,14 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, limiter: Arc<ConnLi
     .await
 }
 
-async fn send(wr: &mut OwnedWriteHalf, msg: &BrokerMessage) -> anyhow::Result<()> {
+async fn send(wr: &mut (impl AsyncWrite + Unpin), msg: &BrokerMessage) -> anyhow::Result<()> {
     let bytes = encode(msg)?;
-    tokio::time::timeout(Duration::from_secs(10), wr.write_all(&bytes))
+    // The flush pushes TLS records out; on plain TCP it costs nothing.
+    let write = async {
+        wr.write_all(&bytes).await?;
+        wr.flush().await
+    };
+    tokio::time::timeout(Duration::from_secs(10), write)
         .await
         .context("the agent stopped reading")?
         .context("writing to the agent")
@@ -121,7 +137,7 @@ async fn send(wr: &mut OwnedWriteHalf, msg: &BrokerMessage) -> anyhow::Result<()
 
 /// Reads until at least one frame result is queued; `Ok(false)` at a clean end of stream.
 async fn fill(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut (impl AsyncRead + Unpin),
     dec: &mut Decoder<AgentMessage>,
     queue: &mut VecDeque<Result<AgentMessage, DecodeError>>,
 ) -> anyhow::Result<bool> {
@@ -150,9 +166,8 @@ fn accept(r: Result<AgentMessage, DecodeError>, who: &str) -> anyhow::Result<Opt
     }
 }
 
-async fn serve(stream: TcpStream, broker: &Arc<Broker>, who: &mut String) -> anyhow::Result<String> {
-    let peer: SocketAddr = stream.peer_addr()?;
-    let (mut rd, mut wr) = stream.into_split();
+async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>, who: &mut String) -> anyhow::Result<String> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut dec = Decoder::<AgentMessage>::new();
     let mut queue = VecDeque::new();
 
@@ -259,8 +274,8 @@ fn leave_unless_back(broker: &Arc<Broker>, mac: String) {
 
 #[allow(clippy::too_many_arguments)]
 async fn session(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut (impl AsyncRead + Unpin),
+    wr: &mut (impl AsyncWrite + Unpin),
     dec: &mut Decoder<AgentMessage>,
     queue: &mut VecDeque<Result<AgentMessage, DecodeError>>,
     rx: &mut mpsc::UnboundedReceiver<BrokerMessage>,
@@ -347,6 +362,16 @@ pub async fn start(
     broker.hello_timeout = limits.broker.handshake_timeout;
     broker.messages_per_sec = limits.agent_messages_per_sec;
     broker.message_burst = limits.agent_message_burst;
+    let names = crate::ca::ServerNames::of_this_machine(&[settings.broker.ip(), settings.address.into()]);
+    let (cert, key) = crate::ca::ensure_server(&settings.state_dir, &names)?;
+    broker.tls = Some(AgentTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(proto::tls::server_config(&cert, &key)?),
+        plain_too: settings.agent_plain_tcp,
+        handshake_timeout: broker.hello_timeout,
+    });
+    if settings.agent_plain_tcp {
+        log::warn!("agent_plain_tcp = true: agents without TLS are taken too; their hellos and tokens cross the LAN in clear");
+    }
     let mut extra = None;
     let mut notices = None;
     let mut recovered = Vec::new();
@@ -411,6 +436,7 @@ mod tests {
     use super::*;
     use crate::broker::registry::sample_hello as hello;
     use proto::agent::{HEADER, MAX_FRAME};
+    use tokio::net::TcpStream;
 
     async fn start_broker(dir: &std::path::Path) -> (SocketAddr, Arc<Broker>) {
         let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap(), Duration::from_millis(50)).unwrap();

@@ -3,6 +3,7 @@
 //! explain a decision. The proxy, the host registry and the orchestrator do the I/O.
 
 pub mod admin_routes;
+pub mod agent_tls;
 pub mod explain;
 pub mod flow;
 pub mod hosts;

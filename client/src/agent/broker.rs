@@ -1,11 +1,17 @@
 //! The connection to the broker: a thin blocking loop around `proto::agent::Session`, which
 //! decides everything (hello, welcome, pings, backoff); this file only moves bytes and time.
+//!
+//! The link is TLS, and the broker must show a certificate that the CA in the boot image signed
+//! for the address the agent dials: otherwise the handshake fails before the hello, so a rogue
+//! broker (named by a rogue DHCP server, say) learns nothing and can order nothing.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use proto::tls::rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use proto::agent::{
     encode, Assignment, BrokerMessage, Command, Decoder, Hello, Input, Output, PasswordSource, Session,
@@ -18,6 +24,12 @@ use super::Event;
 
 /// Longest the loop sleeps, so status changes from the supervisor go out promptly.
 const POLL: Duration = Duration::from_millis(200);
+/// From the TCP connection to the end of the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A broker that takes no data for this long is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Link = StreamOwned<ClientConnection, TcpStream>;
 
 pub(crate) fn target_of(a: &Assignment) -> Target {
     let password = match &a.password {
@@ -27,9 +39,11 @@ pub(crate) fn target_of(a: &Assignment) -> Target {
     Target { vnc: a.vnc, token: a.session_token.clone(), password }
 }
 
-/// Runs the session with the broker at `addr` for as long as the agent lives.
+/// Runs the session with the broker at `addr` for as long as the agent lives; `tls` trusts
+/// only the boot server's CA.
 pub(crate) fn run(
     addr: SocketAddr,
+    tls: Arc<ClientConfig>,
     hello: Hello,
     statuses: Receiver<Status>,
     viewer: Sender<Order>,
@@ -44,7 +58,7 @@ pub(crate) fn run(
     let mut session = Session::new(SessionConfig::default(), hello, seed);
     let epoch = Instant::now();
     let now = || epoch.elapsed().as_millis() as u64;
-    let mut conn: Option<(TcpStream, Decoder<BrokerMessage>)> = None;
+    let mut conn: Option<(Link, Decoder<BrokerMessage>)> = None;
     let mut inputs = vec![Input::Start];
     let mut was_welcomed = false;
     let show = |s: Screen| console.lock().unwrap_or_else(|e| e.into_inner()).show(s);
@@ -55,19 +69,17 @@ pub(crate) fn run(
                 match out {
                     Output::Connect => {
                         conn = None;
-                        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                        match connect(addr, &tls) {
                             Ok(s) => {
-                                let _ = s.set_nodelay(true);
-                                let _ = s.set_read_timeout(Some(POLL));
                                 conn = Some((s, Decoder::new()));
                                 inputs.push(Input::Connected);
                             }
-                            Err(e) => inputs.push(Input::ConnectFailed { reason: format!("{addr}: {e}") }),
+                            Err(reason) => inputs.push(Input::ConnectFailed { reason }),
                         }
                     }
                     Output::Send(msg) => {
                         let sent = match (&mut conn, encode(&msg)) {
-                            (Some((s, _)), Ok(bytes)) => s.write_all(&bytes).map_err(|e| e.to_string()),
+                            (Some((s, _)), Ok(bytes)) => s.write_all(&bytes).and_then(|_| s.flush()).map_err(|e| e.to_string()),
                             (None, _) => Err("not connected".into()),
                             (_, Err(e)) => Err(e.to_string()),
                         };
@@ -146,6 +158,41 @@ pub(crate) fn run(
             inputs.push(Input::Tick);
         }
     }
+}
+
+/// A TLS link to the broker at `addr` whose certificate `tls` accepts for that address, or why
+/// there is none (for the status screen).
+fn connect(addr: SocketAddr, tls: &Arc<ClientConfig>) -> Result<Link, String> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let _ = tcp.set_write_timeout(Some(WRITE_TIMEOUT));
+    let conn = ClientConnection::new(tls.clone(), proto::tls::server_name(addr.ip()))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut link = StreamOwned::new(conn, tcp);
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while link.conn.is_handshaking() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("{addr}: no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()));
+        }
+        let _ = link.sock.set_read_timeout(Some(left));
+        if let Err(e) = link.conn.complete_io(&mut link.sock) {
+            // complete_io has already sent the alert that tells the peer why, if any.
+            return Err(match e.get_ref().and_then(|i| i.downcast_ref::<proto::tls::rustls::Error>()) {
+                Some(err @ proto::tls::rustls::Error::InvalidCertificate(_))
+                | Some(err @ proto::tls::rustls::Error::NoCertificatesPresented) => {
+                    format!("broker {addr} is not trusted: {}", proto::tls::explain(err))
+                }
+                Some(err) => format!("broker {addr}: TLS handshake failed: {}", proto::tls::explain(err)),
+                None if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    format!("{addr}: no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs())
+                }
+                None => format!("{addr}: TLS handshake: {e}"),
+            });
+        }
+    }
+    let _ = link.sock.set_read_timeout(Some(POLL));
+    Ok(link)
 }
 
 /// Commands the broker may send, as the main loop sees them.

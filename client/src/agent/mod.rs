@@ -39,6 +39,10 @@ pub(crate) struct AgentArgs {
     /// root or when the root's SDL2 viewer cannot start. Default: this executable.
     #[arg(long)]
     viewer: Option<PathBuf>,
+    /// The CA certificate the broker's certificate must chain to (the boot image has it where
+    /// `initramfs build --ca-cert` puts it).
+    #[arg(long, default_value = proto::tls::IMAGE_CA_PATH)]
+    ca_cert: PathBuf,
 }
 
 /// Single steps of the agent, for trying them on a running system.
@@ -152,7 +156,7 @@ pub(crate) fn main(args: AgentArgs) -> anyhow::Result<()> {
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"))
     });
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        boot(&params, &console, viewer, tx, &rx)
+        boot(&params, &console, viewer, &args.ca_cert, tx, &rx)
     }));
     let show = |s: Screen| console.lock().unwrap_or_else(|e| e.into_inner()).show(s);
     let action = match outcome {
@@ -234,6 +238,7 @@ fn boot(
     params: &BootParams,
     console: &Arc<Mutex<Console>>,
     viewer_program: PathBuf,
+    ca_cert: &Path,
     tx: Sender<Event>,
     rx: &std::sync::mpsc::Receiver<Event>,
 ) -> anyhow::Result<Shutdown> {
@@ -280,6 +285,15 @@ fn boot(
             "no broker address: neither {} on the kernel command line nor DHCP option {}",
             proto::cmdline::KEY_BROKER,
             net::dhcp::BROKER_OPTION
+        )
+    })?;
+
+    // Without the CA the agent cannot tell its boot server's broker from any other on the LAN,
+    // and it has no plain-TCP fallback that a rogue could ask for.
+    let tls = proto::tls::client_config(ca_cert).with_context(|| {
+        format!(
+            "no CA certificate to check the broker with: this boot image was made without one (initramfs build --ca-cert {})",
+            proto::tls::IMAGE_CA_PATH
         )
     })?;
 
@@ -342,7 +356,7 @@ fn boot(
         let console = console.clone();
         let order_tx = order_tx.clone();
         spawn_guarded("broker", tx.clone(), move |tx| {
-            broker::run(broker, hello, status_rx, order_tx, tx, console)
+            broker::run(broker, tls, hello, status_rx, order_tx, tx, console)
         });
     }
 
