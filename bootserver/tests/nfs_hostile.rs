@@ -32,10 +32,8 @@ fn peer(lab: &Lab, k: u32, args: &[&str]) -> (bool, String) {
     (o.status.success(), text)
 }
 
-/// peer.py holding connections open from host 2 until dropped.
-struct Holder(KillOnDrop);
-
-fn hold(lab: &Lab, n: usize, mode: &str) -> (Holder, String) {
+/// peer.py holding connections open from host 2 until the returned process is dropped.
+fn hold(lab: &Lab, n: usize, mode: &str) -> (KillOnDrop, String) {
     let mut c = lab.host_cmd(2, "python3");
     c.arg(peer_py()).args([SERVER, "hold", &n.to_string(), mode]);
     c.stdin(Stdio::piped()).stdout(Stdio::piped());
@@ -43,7 +41,7 @@ fn hold(lab: &Lab, n: usize, mode: &str) -> (Holder, String) {
     let mut line = String::new();
     BufReader::new(p.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("held "), "holder said {line:?}");
-    (Holder(p), line.trim().to_string())
+    (p, line.trim().to_string())
 }
 
 /// The real client: nfs-cat of a file from host 1, how long it took, and what it read.
@@ -109,6 +107,12 @@ impl Server {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
+
+    fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
 }
 
 /// Host 2 holds `n` idle connections (one NULL call each, never a reply read) while the real
@@ -123,7 +127,7 @@ fn hold_idle_while_reading(
 ) {
     let (holder, held) = hold(lab, n, "idle");
     let fds = server.fds();
-    assert!(fds < max_fds, "{fds} descriptors open while host 2 {held}");
+    assert!(fds <= max_fds, "{fds} descriptors open while host 2 {held}");
     let during = check_client(&format!("{n} idle connections held by one host"));
     eprintln!("{held} idle: server at {fds} descriptors; nfs-cat {during:?} (quiet {quiet:?})");
     drop(holder);
@@ -161,10 +165,9 @@ fn hostile_peers_do_not_stop_the_nfs_service() {
 
     let (ok, out) = peer(&lab, 2, &["hostile"]);
     assert!(ok, "a malformed call did not close its connection:\n{out}\n{}", server.log());
+    // The first is logged with its reason; the rest within 5 s are counted in the next line.
     let log = server.log();
-    for reason in ["record of 2147483647 bytes announced", "more than 256 fragments", "at most 16 allowed"] {
-        assert!(log.contains(reason), "no {reason:?} in the log:\n{log}");
-    }
+    assert!(log.contains("record of 2147483647 bytes announced"), "{log}");
     check_client("malformed records");
 
     let (ok, out) = peer(&lab, 2, &["cross", "/pub", &handle]);
@@ -172,7 +175,7 @@ fn hostile_peers_do_not_stop_the_nfs_service() {
     check_client("handles across exports");
 
     // Hundreds of connections from one host: it keeps at most its per-peer share.
-    hold_idle_while_reading(&lab, &server, 600, 100, &check_client, quiet);
+    hold_idle_while_reading(&lab, &server, 600, 64, &check_client, quiet);
     drop(server);
 
     // Phase 2: caps raised past the descriptor limit, short timeouts. The handle key is kept
@@ -194,9 +197,9 @@ fn hostile_peers_do_not_stop_the_nfs_service() {
     std::thread::sleep(Duration::from_secs(2));
     let fds = server.fds();
     let cpu = server.cpu() - cpu0;
-    assert!(fds < 1024, "{fds} descriptors");
+    // The reserve (an eighth of the limit) stays free, give or take a connection in flight.
+    assert!(fds < 1024 - 64, "{fds} descriptors open while host 2 {held}:\n{}", server.log_tail());
     assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU while holding {held}");
-    assert!(server.log().contains("near its open-files limit"), "{}", server.log());
     // They never finish their call: the handshake timeout closes them and the client gets in.
     let deadline = Instant::now() + Duration::from_secs(15);
     let back = loop {
@@ -212,7 +215,7 @@ fn hostile_peers_do_not_stop_the_nfs_service() {
 
     // Idle connections up to the descriptor limit: each new connection displaces the one idle
     // longest, so the real client gets in while they are held.
-    hold_idle_while_reading(&lab, &server, 1200, 1024, &check_client, quiet);
+    hold_idle_while_reading(&lab, &server, 1200, 1024 - 64, &check_client, quiet);
     check_client("the end of the attack");
     let log = server.log();
     assert!(!log.contains("panicked"), "{log}");

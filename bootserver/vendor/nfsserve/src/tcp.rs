@@ -77,6 +77,8 @@ struct ConnState {
     slots: Arc<Semaphore>,
     max_slots: usize,
     evict: Notify,
+    /// Signalled once its socket is closed.
+    closed: Notify,
 }
 
 impl ConnState {
@@ -100,6 +102,8 @@ pub struct ConnectionTable {
     epoch: Instant,
     limits: ConnectionLimits,
     registry: Mutex<Registry>,
+    /// Connections closed for malformed input, logged at most every few seconds.
+    malformed_log: Mutex<RateLog>,
 }
 
 /// Why a connection was not admitted.
@@ -110,11 +114,12 @@ enum Refusal {
     Descriptors,
 }
 
-/// Whether a socket with descriptor number `fd` leaves the process too few descriptors for
-/// the files it serves and its other services. Descriptors are numbered lowest-free first, so
-/// a new socket's number tells how many are open. The reserve is an eighth of the limit, at
-/// least 64.
-fn short_of_descriptors(fd: i32) -> bool {
+/// Whether a new socket leaves the process too few descriptors for the files it serves and
+/// its other services: fewer than an eighth of its limit (at least 64) free. `fd` is the new
+/// socket's number and `ours` the connections open in the table; only when either comes near
+/// the limit are the open descriptors counted (numbers alone mislead once closed connections
+/// have left holes below the highest one).
+fn short_of_descriptors(fd: i32, ours: usize) -> bool {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -127,7 +132,15 @@ fn short_of_descriptors(fd: i32) -> bool {
     }
     let limit = lim.rlim_cur as u64;
     let reserve = (limit / 8).max(64);
-    fd as u64 + reserve >= limit
+    if (fd.max(0) as u64).max(ours as u64) + 2 * reserve < limit {
+        return false;
+    }
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        // Less the descriptor of the listing itself.
+        Ok(dir) => dir.count().saturating_sub(1) as u64,
+        Err(_) => fd.max(0) as u64 + 1,
+    };
+    open + reserve >= limit
 }
 
 impl ConnectionTable {
@@ -136,6 +149,7 @@ impl ConnectionTable {
             epoch: Instant::now(),
             limits,
             registry: Mutex::default(),
+            malformed_log: Mutex::new(RateLog::new()),
         }
     }
 
@@ -147,47 +161,45 @@ impl ConnectionTable {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the connection that has been idle longest among those `pick` selects; false if
-    /// none of them is idle.
-    fn evict_oldest(reg: &mut Registry, pick: impl Fn(&ConnState) -> bool) -> bool {
+    /// Closes the connection that has been idle longest among those `pick` selects, and
+    /// returns it; none if none of them is idle.
+    fn evict_oldest(
+        reg: &mut Registry,
+        pick: impl Fn(&ConnState) -> bool,
+    ) -> Option<Arc<ConnState>> {
         let oldest = reg
             .conns
             .iter()
             .filter(|(_, c)| pick(c))
             .filter_map(|(id, c)| c.idle_since().map(|t| (t, *id)))
             .min();
-        match oldest.and_then(|(_, id)| reg.conns.remove(&id)) {
-            Some(c) => {
-                debug!("evicting idle connection from {}", c.peer);
-                c.evict.notify_one();
-                true
-            }
-            None => false,
-        }
+        let c = reg.conns.remove(&oldest?.1)?;
+        debug!("evicting idle connection from {}", c.peer);
+        c.evict.notify_one();
+        Some(c)
     }
 
     /// Admits a connection from `peer`, closing an idle one when a cap is reached: the
     /// peer's own first, so that a host holding connections open only displaces itself.
     /// `short_of_descriptors`: the process is near its open-files limit, so the connection
-    /// is admitted only in place of an idle one.
+    /// is admitted only in place of an idle one. Returns the connections closed to make room.
     fn admit(
         &self,
         peer: IpAddr,
         short_of_descriptors: bool,
-    ) -> Result<(u64, Arc<ConnState>), Refusal> {
+    ) -> Result<(u64, Arc<ConnState>, Vec<Arc<ConnState>>), Refusal> {
         let mut reg = self.lock();
-        if short_of_descriptors && !Self::evict_oldest(&mut reg, |_| true) {
-            return Err(Refusal::Descriptors);
+        let mut evicted = Vec::new();
+        if short_of_descriptors {
+            evicted.push(Self::evict_oldest(&mut reg, |_| true).ok_or(Refusal::Descriptors)?);
         }
         let of_peer = reg.conns.values().filter(|c| c.peer == peer).count();
-        if of_peer >= self.limits.max_connections_per_peer
-            && !Self::evict_oldest(&mut reg, |c| c.peer == peer)
-        {
-            return Err(Refusal::PeerFull);
+        if of_peer >= self.limits.max_connections_per_peer {
+            evicted
+                .push(Self::evict_oldest(&mut reg, |c| c.peer == peer).ok_or(Refusal::PeerFull)?);
         }
-        if reg.conns.len() >= self.limits.max_connections && !Self::evict_oldest(&mut reg, |_| true)
-        {
-            return Err(Refusal::Full);
+        if reg.conns.len() >= self.limits.max_connections {
+            evicted.push(Self::evict_oldest(&mut reg, |_| true).ok_or(Refusal::Full)?);
         }
         let max_slots = self.limits.max_requests_in_flight.max(1);
         let state = Arc::new(ConnState {
@@ -197,11 +209,12 @@ impl ConnectionTable {
             slots: Arc::new(Semaphore::new(max_slots)),
             max_slots,
             evict: Notify::new(),
+            closed: Notify::new(),
         });
         reg.next_id += 1;
         let id = reg.next_id;
         reg.conns.insert(id, state.clone());
-        Ok((id, state))
+        Ok((id, state, evicted))
     }
 
     fn remove(&self, id: u64) {
@@ -211,19 +224,22 @@ impl ConnectionTable {
     /// Frees a file descriptor when the process has none left: closes the connection idle
     /// longest.
     fn evict_for_descriptor(&self) -> bool {
-        Self::evict_oldest(&mut self.lock(), |_| true)
+        Self::evict_oldest(&mut self.lock(), |_| true).is_some()
     }
 }
 
-/// Removes a connection from the registry when its task ends, however it ends.
+/// Removes a connection from the registry when its task ends, however it ends, and tells
+/// whoever evicted it that its descriptor is free.
 struct Admitted {
     conns: Arc<ConnectionTable>,
     id: u64,
+    state: Arc<ConnState>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.conns.remove(self.id);
+        self.state.closed.notify_one();
     }
 }
 
@@ -321,6 +337,17 @@ impl Accepting {
     }
 }
 
+/// Why a connection ended before its peer closed it. Malformed input is worth a warning (at
+/// most every few seconds); timeouts, eviction and resets are routine.
+enum Closed {
+    Routine(anyhow::Error),
+    Malformed(anyhow::Error),
+}
+
+fn routine(e: impl Into<anyhow::Error>) -> Closed {
+    Closed::Routine(e.into())
+}
+
 /// Serves one connection until the peer closes it, it idles out, it is evicted, or it sends
 /// something malformed. Calls are read here one record at a time and answered by tasks; a
 /// writer sends the replies in the order they are ready.
@@ -330,7 +357,7 @@ async fn process_socket(
     limits: &ConnectionLimits,
     conns: &ConnectionTable,
     state: &ConnState,
-) -> Result<(), anyhow::Error> {
+) -> Result<(), Closed> {
     let _ = socket.set_nodelay(true);
     let (rd, mut wr) = socket.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
@@ -348,20 +375,22 @@ async fn process_socket(
             };
             tokio::select! {
                 started = timeout(wait, rd.fill_buf()) => match started {
-                    Err(_) if first => return Err(anyhow!("no call within {wait:?} of connecting")),
+                    Err(_) if first => return Err(routine(anyhow!("no call within {wait:?} of connecting"))),
                     Err(_) => {
                         // Replies still being worked on keep the connection open.
                         if state.idle_since().is_some() {
-                            return Err(anyhow!("idle for {wait:?}"));
+                            return Err(routine(anyhow!("idle for {wait:?}")));
                         }
                         continue;
                     }
-                    Ok(Err(e)) => return Err(e.into()),
+                    Ok(Err(e)) => return Err(routine(e)),
                     Ok(Ok([])) => return Ok(()),
                     Ok(Ok(_)) => {}
                 },
-                _ = state.evict.notified() => return Err(anyhow!("closed to make room for another connection")),
-                e = err_rx.recv() => return Err(e.unwrap_or_else(|| anyhow!("reply channel closed"))),
+                e = err_rx.recv() => return Err(match e {
+                    Some(e) => Closed::Malformed(e),
+                    None => routine(anyhow!("reply channel closed")),
+                }),
             }
             state.reading.store(true, Ordering::Relaxed);
             let read = timeout(
@@ -371,16 +400,17 @@ async fn process_socket(
             .await;
             match read {
                 Err(_) => {
-                    return Err(anyhow!(
+                    return Err(routine(anyhow!(
                         "call not complete within {:?}",
                         limits.handshake_timeout
-                    ))
+                    )))
                 }
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Err(RecordError::Io(e))) => return Err(routine(e)),
+                Ok(Err(e)) => return Err(Closed::Malformed(e.into())),
                 Ok(Ok(())) => {}
             }
             first = false;
-            let permit = state.slots.clone().acquire_owned().await?;
+            let permit = state.slots.clone().acquire_owned().await.map_err(routine)?;
             state.reading.store(false, Ordering::Relaxed);
             state.last_active.store(conns.now_ms(), Ordering::Relaxed);
             let call = std::mem::take(&mut record);
@@ -401,14 +431,18 @@ async fn process_socket(
     };
     let writer = async {
         while let Some((mut reply, permit)) = rx.recv().await {
-            write_fragment(&mut wr, &mut reply).await?;
+            write_fragment(&mut wr, &mut reply).await.map_err(routine)?;
             drop(permit);
             state.last_active.store(conns.now_ms(), Ordering::Relaxed);
         }
-        Ok::<(), anyhow::Error>(())
+        Ok::<(), Closed>(())
     };
     tokio::pin!(writer);
+    // Eviction ends the connection whatever it is doing: it was idle when chosen, but may have
+    // begun a call since, and it no longer counts against the caps.
     tokio::select! {
+        biased;
+        _ = state.evict.notified() => Err(routine(anyhow!("closed to make room for another connection"))),
         r = reader => {
             if r.is_ok() {
                 // The peer finished sending: answer what it asked before closing (the reader
@@ -569,8 +603,8 @@ impl<T: NFSFileSystem + Send + Sync + 'static> NFSTcp for NFSTcpListener<T> {
                 drop(socket);
                 continue;
             }
-            let short = short_of_descriptors(socket.as_raw_fd());
-            let (id, state) = match self.conns.admit(peer.ip(), short) {
+            let short = short_of_descriptors(socket.as_raw_fd(), self.conns.lock().conns.len());
+            let (id, state, evicted) = match self.conns.admit(peer.ip(), short) {
                 Ok(admitted) => admitted,
                 Err(why) => {
                     if let Some(n) = refusal_log.due() {
@@ -608,11 +642,26 @@ impl<T: NFSFileSystem + Send + Sync + 'static> NFSTcp for NFSTcpListener<T> {
                 let _admitted = Admitted {
                     conns: conns.clone(),
                     id,
+                    state: state.clone(),
                 };
-                if let Err(e) = process_socket(socket, context, &limits, &conns, &state).await {
-                    info!("closed connection from {peer}: {e}");
+                match process_socket(socket, context, &limits, &conns, &state).await {
+                    Ok(()) => {}
+                    Err(Closed::Routine(e)) => debug!("closed connection from {peer}: {e}"),
+                    Err(Closed::Malformed(e)) => {
+                        let due = conns.malformed_log.lock().map(|mut l| l.due());
+                        if let Ok(Some(n)) = due {
+                            warn!("closed connection from {peer}: {e:#} ({n} more closed for malformed calls since the last report)");
+                        }
+                    }
                 }
             });
+            if short {
+                // Near the limit, wait for the evicted connection to give its descriptor back
+                // before taking another, or a flood of connections outruns the evictions.
+                for victim in evicted {
+                    let _ = timeout(Duration::from_millis(200), victim.closed.notified()).await;
+                }
+            }
         }
     }
 }
@@ -634,20 +683,21 @@ mod tests {
         let conns = ConnectionTable::new(limits(3, 2));
         let a: IpAddr = "10.0.0.2".parse().unwrap();
         let b: IpAddr = "10.0.0.3".parse().unwrap();
-        let (_, a1) = conns.admit(a, false).unwrap();
-        let (_, a2) = conns.admit(a, false).unwrap();
+        let (_, a1, _) = conns.admit(a, false).unwrap();
+        let (_, a2, _) = conns.admit(a, false).unwrap();
         a1.reading.store(true, Ordering::Relaxed);
         // a's third evicts its idle second, never its busy first.
-        let (_, a3) = conns.admit(a, false).unwrap();
+        let (_, a3, _) = conns.admit(a, false).unwrap();
         assert!(conns.lock().conns.values().any(|c| Arc::ptr_eq(c, &a1)));
         assert!(!conns.lock().conns.values().any(|c| Arc::ptr_eq(c, &a2)));
         let _permit = a3.slots.clone().try_acquire_owned().unwrap();
         // Both of a's are busy now: a fourth from a is refused.
         assert_eq!(conns.admit(a, false).err(), Some(Refusal::PeerFull));
-        let (_, b1) = conns.admit(b, false).unwrap();
+        let (_, b1, _) = conns.admit(b, false).unwrap();
         // Full: b's second evicts b's first (the only idle one).
         b1.last_active.store(0, Ordering::Relaxed);
-        let (id, _) = conns.admit(b, false).unwrap();
+        let (id, _, evicted) = conns.admit(b, false).unwrap();
+        assert!(evicted.iter().any(|c| Arc::ptr_eq(c, &b1)));
         assert!(!conns.lock().conns.values().any(|c| Arc::ptr_eq(c, &b1)));
         conns.remove(id);
         assert_eq!(conns.lock().conns.len(), 2);
@@ -657,14 +707,15 @@ mod tests {
     fn near_the_descriptor_limit_only_an_idle_connection_makes_room() {
         let conns = ConnectionTable::new(limits(100, 100));
         let a: IpAddr = "10.0.0.2".parse().unwrap();
-        let (_, a1) = conns.admit(a, false).unwrap();
+        let (_, a1, _) = conns.admit(a, false).unwrap();
         a1.reading.store(true, Ordering::Relaxed);
         assert_eq!(conns.admit(a, true).err(), Some(Refusal::Descriptors));
         a1.reading.store(false, Ordering::Relaxed);
         conns.admit(a, true).unwrap();
         assert!(!conns.lock().conns.values().any(|c| Arc::ptr_eq(c, &a1)));
-        assert!(!short_of_descriptors(3));
-        assert!(short_of_descriptors(i32::MAX));
+        // Far from the limit by number and count; near it by the hints, but the count decides.
+        assert!(!short_of_descriptors(3, 0));
+        assert!(!short_of_descriptors(i32::MAX, usize::MAX));
     }
 
     fn cpu_time() -> Duration {
