@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 use bootserver::broker::hosts::{HostClient, HostRegistry};
 use bootserver::broker::orchestrator::{backend_of, Orchestrator, Outcome};
 use bootserver::broker::proxy::backend::{self, Backend, Stream, VncAddr};
+use bootserver::net::limits::{ConnLimiter, Limits};
 use bootserver::broker::proxy::rfb::{self, PixelFormat, ServerFramer, ServerItem};
 use bootserver::broker::proxy::{Proxy, ProxyOptions};
 use bootserver::broker::settings::{BrokerConfig, HostConfig};
@@ -212,7 +213,7 @@ fn animate(vms: PathBuf) -> tokio::task::JoinHandle<()> {
 struct Broker {
     orch: Arc<Orchestrator>,
     proxy_addr: std::net::SocketAddr,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drop for Broker {
@@ -245,7 +246,8 @@ async fn broker(host: &Host, pool: usize, balloon: bool) -> anyhow::Result<Broke
     let proxy = Proxy::new(ProxyOptions { switch_timeout: Duration::from_secs(600), ..Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = listener.local_addr()?;
-    let server = tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", bootserver::net::limits::Limits::default().proxy)));
+    let limiter = ConnLimiter::unbounded("proxy", Limits::default().proxy);
+    let server = tokio::spawn(proxy.clone().serve(listener, limiter));
     let (orch, _notices) = Orchestrator::new(cfg, hosts, proxy, proxy_addr)?;
     Ok(Broker { orch, proxy_addr, server })
 }

@@ -20,7 +20,7 @@ use broker_common::{connect_viewer, start_server_host, vm_screen, wait_same, Ser
 async fn broker(
     host: &ServerHost,
     pool: usize,
-) -> anyhow::Result<(std::sync::Arc<Orchestrator>, std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+) -> anyhow::Result<(std::sync::Arc<Orchestrator>, std::net::SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let cfg = BrokerConfig {
         levels_mib: vec![256, 128],
         health_interval_secs: 2,

@@ -78,14 +78,15 @@ mod tests {
     async fn start(dir: &Path, plain_too: bool) -> (SocketAddr, Arc<Broker>, PathBuf) {
         let names = crate::ca::ServerNames { ips: vec!["127.0.0.1".parse().unwrap()], dns: vec![] };
         let (cert, key) = crate::ca::ensure_server(dir, &names).unwrap();
-        let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap());
+        let mut b = Broker::new(Registry::open(&dir.join("r.sqlite")).unwrap(), Duration::from_millis(50)).unwrap();
         b.hello_timeout = WAIT;
         let acceptor = tokio_rustls::TlsAcceptor::from(proto::tls::server_config(&cert, &key).unwrap());
         b.tls = Some(AgentTls { acceptor, plain_too, handshake_timeout: WAIT });
         let broker = Arc::new(b);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(run(l, broker.clone()));
+        let limits = crate::net::limits::Limits::default().broker;
+        tokio::spawn(run(l, broker.clone(), crate::net::limits::ConnLimiter::unbounded("broker", limits)));
         (addr, broker, crate::ca::CaFiles::new(dir).ca_cert())
     }
 
@@ -128,7 +129,7 @@ mod tests {
         // An old agent's hello in clear is refused and registers nothing.
         let mut plain = TcpStream::connect(addr).await.unwrap();
         assert!(hello_answer(&mut plain, 2).await.is_none(), "a plain hello was answered");
-        assert!(broker.registry.get("52:54:00:00:00:02").unwrap().is_none());
+        assert!(broker.registry.get("52:54:00:00:00:02").await.unwrap().is_none());
 
         // An agent of another deployment does not trust this broker: no handshake, so no hello.
         let other = tempfile::tempdir().unwrap();
