@@ -49,6 +49,12 @@ pub fn create_private(path: &Path) -> Result<File, StateFileError> {
 
 /// Replaces `path` with `data`, atomically, as a 0600 file.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateFileError> {
+    write_with_mode(path, data, FILE_MODE)
+}
+
+/// Replaces `path` with `data`, atomically, with `mode` whatever the umask (a certificate that
+/// others may read is 0644; everything secret goes through [`write_private`]).
+pub fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), StateFileError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -58,9 +64,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateFileError> {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(FILE_MODE)
+            .mode(mode)
             .open(&tmp)
             .map_err(err("creating", &tmp))?;
+        // The umask may have taken bits away from `mode`.
+        f.set_permissions(Permissions::from_mode(mode)).map_err(err("setting the mode of", &tmp))?;
         f.write_all(data).map_err(err("writing", &tmp))?;
         f.sync_all().map_err(err("syncing", &tmp))?;
         std::fs::rename(&tmp, path).map_err(err("renaming into place", path))?;

@@ -1,8 +1,7 @@
 //! Where the CA keeps its files, and writing them with the right modes from the start (a key
 //! is never readable by others, not even for the moment between create and chmod).
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::CaError;
@@ -59,16 +58,10 @@ pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     Ok(())
 }
 
-/// Writes `data` to `path` with `mode` through a temporary file and a rename, so that a crash
-/// leaves the old file or the new one, never half of one.
+/// Writes `data` to `path` with `mode`, atomically (see [`crate::statefile`]).
 pub fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-    // The umask may have taken bits away from `mode`; never added any.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::statefile::write_with_mode(path, data, mode)
+        .map_err(|e| CaError::Io { path: e.path, source: e.source })
 }
 
 pub fn remove(path: &Path) -> Result<(), CaError> {

@@ -20,8 +20,6 @@
 //! persisted bindings like any other.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -119,27 +117,9 @@ impl LeaseStore for FileStore {
     }
 
     fn save(&mut self, leases: &[Lease]) -> Result<(), StoreError> {
-        let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&LeaseFile { version: 1, leases: leases.to_vec() })
             .map_err(|e| StoreError::Format { path: self.path.clone(), message: e.to_string() })?;
-        let write = || -> std::io::Result<()> {
-            // Created 0600 and set so again: a leftover temporary file keeps its old mode.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| self.io(e))
+        crate::statefile::write_private(&self.path, &text).map_err(|e| StoreError::Io { path: e.path, source: e.source })
     }
 }
 
@@ -611,6 +591,7 @@ mod tests {
         s.save(std::slice::from_ref(&l)).unwrap();
         assert_eq!(FileStore::new(dir.path()).load().unwrap(), vec![l]);
         assert!(!dir.path().join("leases.json.tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("leases.json")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("leases.json"), "{ nope").unwrap();

@@ -119,16 +119,7 @@ pub fn handle_key(state_dir: &Path) -> anyhow::Result<HandleKey> {
     }
     let mut key = HandleKey::default();
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, &key).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    crate::statefile::write_private(&path, &key)?;
     Ok(key)
 }
 
