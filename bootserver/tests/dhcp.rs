@@ -585,3 +585,62 @@ fn forged_requests_and_floods_leave_real_clients_served() {
     assert!(log.contains("02:ee:00:00:00:01 is over its message rate"), "{log}");
     assert!(log.contains("repeated to more than 1024 bytes"), "{log}");
 }
+
+/// A hostile host: DISCOVERs from made-up MACs for `SECS` seconds, in bursts of 50 every 10 ms
+/// (up to 5,000 a second: hundreds of times the allowance; what a LAN link can carry beyond that
+/// is a bandwidth flood, which no server outruns). Prints how many it sent.
+const RANDOM_MAC_FLOOD: &str = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.bind(("0.0.0.0", 68))
+end = time.time() + float(sys.argv[1])
+n = 0
+while time.time() < end:
+    b = bytearray(240)
+    b[0:3] = bytes([1, 1, 6])
+    b[4:8] = os.urandom(4)
+    b[28:34] = bytes([2]) + os.urandom(5)
+    b[236:240] = bytes([99, 130, 83, 99])
+    s.sendto(bytes(b) + bytes([53, 1, 1, 255]), ("255.255.255.255", 67))
+    n += 1
+    if n % 50 == 0:
+        time.sleep(0.01)
+print(n)
+"#;
+
+/// Nothing tells a flood of DISCOVERs from made-up MACs apart from new PCs, and it spends the
+/// service's whole message allowance. A PC that already holds a lease still gets through, from
+/// the known clients' reserve; before it had that, it was dropped like the flood.
+#[test]
+fn a_random_mac_flood_does_not_keep_known_pcs_out() {
+    let lab = Lab::new(0, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A small service allowance, so that the flood spends it all however slow this machine is.
+    let config = "range = \"10.77.0.100-10.77.0.120\"\n[dhcp]\nrouter_advertisement = false\nping_check = false\n\
+                  total_rate = 10\ntotal_burst = 10\n";
+    let mut server = start(&lab, d, config, &[]);
+    let script = udhcpc_script(d);
+    let first = udhcpc(&lab, 1, &script, &[]);
+    let sent = d.join("flood.out");
+    let mut flood = KillOnDrop::spawn(
+        lab.host_cmd(2, "python3").args(["-c", RANDOM_MAC_FLOOD, "20"]).stdout(std::fs::File::create(&sent).unwrap()),
+    )
+    .unwrap();
+    // Let the flood take hold, then the PC boots again: a DISCOVER and a REQUEST.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let again = udhcpc(&lab, 1, &script, &[]);
+    let took = t.elapsed();
+    let still_flooding = flood.0.try_wait().unwrap().is_none();
+    flood.0.wait().unwrap();
+    server.assert_alive();
+    let log = server.stop();
+    let sent = std::fs::read_to_string(&sent).unwrap();
+    eprintln!("known PC's lease under a random-MAC flood: {took:?}; flood: {} DISCOVERs in 20 s", sent.trim());
+    assert!(still_flooding, "the flood ended before the PC's lease; the test proves nothing");
+    assert_eq!(again["ip"], first["ip"], "{again:?}");
+    assert!(log.contains("over the service's message rate"), "the flood never spent the allowance:\n{log}");
+}

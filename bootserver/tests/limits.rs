@@ -281,8 +281,10 @@ registry_flush_ms = 200
     }
     let sent = flood.join().unwrap();
     eprintln!("{sent} statuses sent; slowest curl during the flood {worst:?}");
-    assert!(sent >= 2000, "the flood did not flood: {sent}");
-    let text = wait_for_text(&log, "dropping the excess", Duration::from_secs(10)).unwrap();
+    assert!(sent >= 1000, "the flood did not flood: {sent}");
+    wait_for_text(&log, "dropping the excess", Duration::from_secs(10)).unwrap();
+    // Kept up, the flood is cut off: its connection is closed.
+    let text = wait_for_text(&log, "flooding: far over 20 messages a second", Duration::from_secs(10)).unwrap();
 
     // The forged line shows escaped, on the announce's own line.
     assert!(text.contains("agent 0.1.0\\n[2026-01-01T00:00:00Z INFO  bootserver::admin] admin: Reboot"), "{text}");

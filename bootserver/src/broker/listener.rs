@@ -289,6 +289,14 @@ async fn session(
     let mut last_heard = Instant::now();
     let dead_after = broker.ping_interval * 3;
     let mut bucket = TokenBucket::new(broker.messages_per_sec, broker.message_burst, Instant::now());
+    // Dropping the excess still costs its decryption and decoding. An agent that keeps over
+    // its rate by more than this (ten times the rate and the burst) is no PC with a burst of
+    // news but a flood, and its connection is closed.
+    let mut tolerance = TokenBucket::new(
+        broker.messages_per_sec.saturating_mul(10),
+        broker.message_burst.saturating_mul(10),
+        Instant::now(),
+    );
     let mut dropped = LogEvery::new(Duration::from_secs(10));
     loop {
         while let Some(r) = queue.pop_front() {
@@ -296,6 +304,12 @@ async fn session(
             last_heard = now;
             let msg = accept(r, who)?;
             if msg.is_some() && !bucket.allow(now) {
+                if !tolerance.allow(now) {
+                    bail!(
+                        "flooding: far over {} messages a second for too long; closing the connection",
+                        broker.messages_per_sec
+                    );
+                }
                 if let Some(more) = dropped.hit(now) {
                     log::warn!(
                         "agent {who}: more than {} messages a second, dropping the excess ({more} dropped before this one)",

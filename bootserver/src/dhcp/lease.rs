@@ -209,6 +209,13 @@ impl LeaseTable {
         self.by_mac.get(mac).copied()
     }
 
+    /// Whether the client has a reservation or a lease that was bound (now or before, and
+    /// not declined): a PC of this lab rather than a MAC nobody has seen complete a binding.
+    pub(crate) fn knows(&self, key: &str, mac: &str) -> bool {
+        self.by_mac.contains_key(mac)
+            || self.leases.values().any(|l| l.client == key && matches!(l.state, LeaseState::Bound | LeaseState::Free))
+    }
+
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
         (self.first..=self.last).contains(&u32::from(ip)) && !self.excluded.contains(&ip)
     }

@@ -59,6 +59,12 @@ pub(crate) struct CoreConfig {
 /// How many messages are handled, per client and in all. Each costs a decision and maybe a
 /// ping or a lease write, and a DISCOVER holds an address for a while; over the limits
 /// messages are dropped, which a client takes like a lost datagram: it retransmits.
+///
+/// `total` is spent first come, first served. Clients the server already knows (a reservation
+/// or a lease, bound now or before) have a second allowance of the same size once it is gone:
+/// a flood from made-up MACs, which nothing can tell from new PCs, spends only the first one,
+/// so the lab's PCs still boot through it. The known clients are at most the pool plus the
+/// reservations, and each is held to its own `per_client` rate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub per_client: Rate,
@@ -72,6 +78,8 @@ struct Limiter {
     limits: Limits,
     clients: PerKey<String>,
     total: Bucket,
+    /// The known clients' reserve; see [`Limits`].
+    known: Bucket,
 }
 
 /// What the caller should do after a datagram or a ping outcome.
@@ -153,6 +161,7 @@ impl Server {
             limits,
             clients: PerKey::new(limits.per_client, TRACKED_CLIENTS),
             total: Bucket::new(limits.total, now),
+            known: Bucket::new(limits.total, now),
         });
         Server { cfg, leases, probes: HashMap::new(), limiter, rate_limited: 0 }
     }
@@ -160,11 +169,14 @@ impl Server {
     /// Counts `req` against the limits.
     fn admit(&mut self, req: &Request, at: Instant) -> Result<(), Dropped> {
         let Some(l) = &mut self.limiter else { return Ok(()) };
+        let key = req.client_key();
         // The client's own bucket first: a client that floods alone spends only its own.
-        let r = match l.clients.take(&req.client_key(), at) {
+        let r = match l.clients.take(&key, at) {
             Err(_) => Err(Dropped::ClientRate(req.mac_string())),
-            Ok(()) if !l.total.take(l.limits.total, at) => Err(Dropped::TotalRate(req.mac_string())),
-            Ok(()) => Ok(()),
+            Ok(()) if l.total.take(l.limits.total, at) => Ok(()),
+            // Only under a flood: the lookup walks the leases.
+            Ok(()) if self.leases.knows(&key, &req.mac_string()) && l.known.take(l.limits.total, at) => Ok(()),
+            Ok(()) => Err(Dropped::TotalRate(req.mac_string())),
         };
         if r.is_err() {
             self.rate_limited += 1;
@@ -700,6 +712,12 @@ mod tests {
         assert!(send(&mut s, [2, 0, 0, 0, 0, 3], t0).is_ok());
         assert!(matches!(send(&mut s, [2, 0, 0, 0, 0, 4], t0), Err(Dropped::TotalRate(_))));
         assert_eq!(s.rate_limited, 2);
+        // A client the server knows (here by its reservation) still gets through, from a reserve
+        // of the same size that unknown clients never reach.
+        let known = [2, 0, 0, 0, 0, 0x42];
+        assert!(send(&mut s, known, t0).is_ok());
+        assert!(matches!(send(&mut s, [2, 0, 0, 0, 0, 6], t0), Err(Dropped::TotalRate(_))));
+        assert_eq!(s.rate_limited, 3);
         assert_eq!(Dropped::TotalRate(String::new()).level(), log::Level::Debug);
         // A second later the flooding client gets one more, the service two.
         assert!(send(&mut s, MAC, t0 + second).is_ok());
