@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub enable_http: Option<bool>,
     pub enable_broker: Option<bool>,
     pub agent_plain_tcp: Option<bool>,
+    pub hello_binding: Option<bool>,
     #[serde(default)]
     pub dhcp: DhcpConfig,
     #[serde(default)]
@@ -124,6 +125,11 @@ pub struct ServeArgs {
     /// every agent must speak TLS and check this server's certificate.
     #[arg(long)]
     pub agent_plain_tcp: bool,
+    /// Take an agent's hello whatever address it comes from. Default: a hello is taken only
+    /// from the address its MAC holds (the DHCP lease, or ARP in proxyDHCP mode); turn this off
+    /// only where agents reach the broker through NAT or a router.
+    #[arg(long)]
+    pub no_hello_binding: bool,
     /// TFTP port. Default: 69.
     #[arg(long)]
     pub tftp_port: Option<u16>,
@@ -157,6 +163,8 @@ pub struct Settings {
     pub enable_http: bool,
     pub enable_broker: bool,
     pub agent_plain_tcp: bool,
+    /// A hello is taken only from the address its MAC holds (see `broker::hello_binding`).
+    pub hello_binding: bool,
     pub dhcp: DhcpConfig,
     pub tftp: TftpConfig,
     pub desktops: crate::broker::settings::BrokerConfig,
@@ -365,6 +373,7 @@ impl Settings {
             enable_http: !args.no_http && file.enable_http.unwrap_or(true),
             enable_broker: !args.no_broker && file.enable_broker.unwrap_or(true),
             agent_plain_tcp: args.agent_plain_tcp || file.agent_plain_tcp.unwrap_or(false),
+            hello_binding: !args.no_hello_binding && file.hello_binding.unwrap_or(true),
             dhcp: file.dhcp,
             tftp,
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,

@@ -94,9 +94,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             async move { crate::http::run(l.await?, state, limiter).await }
         });
     }
+    // The leases as the broker sees them, in memory: a hello must come from its MAC's lease.
+    let leases = crate::dhcp::LeaseView::default();
     if settings.enable_dhcp {
-        let (s, p) = (settings.clone(), plan.clone());
-        let mut dhcp = Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p))).await?;
+        let (s, p, l) = (settings.clone(), plan.clone(), leases.clone());
+        let mut dhcp = Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p, l.clone()))).await?;
         sup.add("dhcp", move || {
             let d = dhcp.bound();
             async move { d.await?.run().await }
@@ -138,7 +140,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {
-        crate::broker::listener::start(&settings, desktops, &mut sup, &budget).await?;
+        let binding = crate::broker::hello_binding::HelloBinding::of(&settings, leases);
+        crate::broker::listener::start(&settings, desktops, binding, &mut sup, &budget).await?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

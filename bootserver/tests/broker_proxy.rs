@@ -158,7 +158,7 @@ async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
     drop(viewer_b);
 
     // Hard handoff of user A to VM B's screen, under the live connection.
-    let report = proxy.switch(&token_a, vm_b.backend()).await?;
+    let report = proxy.switch("user-a", vm_b.backend()).await?;
     assert!(report.viewer_connected && report.resized, "{report:?}");
     let shown_after = viewer_a.wait_for(&screen_b, "after the switch, viewer A shows VM B").await?;
     eprintln!("switch: {report:?}; viewer showed the new screen {shown_after:?} after the switch returned");
@@ -167,12 +167,27 @@ async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
         assert!(!s.closed && s.error.is_none(), "viewer saw an error: {:?}", s.error);
         assert_eq!(s.resizes, 2, "one size at connect, one at the switch");
     }
-    // And back, to check that the viewer's zlib streams were reset and stay in step.
-    proxy.switch(&token_a, vm_a.backend()).await?;
+    // A new token for user A (as at a reconnect or handoff): the old one opens nothing any
+    // more, and the viewer connected with it stays connected.
+    let rotated = proxy.issue_token("user-a").expect("user A's session");
+    assert_ne!(rotated, token_a);
+    assert!(connect_viewer(addr, &token_a).await.is_err(), "a rotated-out token must be refused");
+    assert_eq!(proxy.authenticate_token(&rotated).map(|(id, ..)| id).as_deref(), Some("user-a"));
+    assert!(proxy.authenticate_token(&token_a).is_none());
+    let a = proxy.sessions().into_iter().find(|s| s.label == "user-a").unwrap();
+    assert!(a.viewer_connected && a.viewer_connections == 1, "{a:?}");
+    // And back under the same connection, to check that the viewer's zlib streams were reset
+    // and stay in step.
+    proxy.switch("user-a", vm_a.backend()).await?;
     viewer_a.wait_for(&screen_a, "after switching back, viewer A shows VM A").await?;
+    assert!(!viewer_a.state.lock().unwrap().closed, "the rotation closed the live viewer");
+    // The new token opens the same session (its viewer replaces the older one).
+    let second = connect_viewer(addr, &rotated).await?;
+    second.wait_for(&screen_a, "the new token opens user A's session").await?;
+    drop(second);
 
     // A token that no longer exists opens nothing.
-    proxy.close_session(&token_b);
+    proxy.close_session("user-b");
     assert!(connect_viewer(addr, &token_b).await.is_err(), "a closed session's token must be refused");
     server.abort();
     Ok(())
@@ -199,13 +214,13 @@ async fn zrle_passes_through_switches() -> anyhow::Result<()> {
     let before = recoded();
     assert!(before > 0, "VM A's screen must have come as ZRLE rectangles re-compressed by the proxy");
 
-    let report = proxy.switch(&token, vms.b.backend()).await?;
+    let report = proxy.switch("user-z", vms.b.backend()).await?;
     assert!(report.viewer_connected && report.resized, "{report:?}");
     viewer.wait_for(&vms.screen_b, "after the switch, the ZRLE viewer shows VM B").await?;
     let after_b = recoded();
     assert!(after_b > before, "VM B's frame must have come as ZRLE too");
 
-    proxy.switch(&token, vms.a.backend()).await?;
+    proxy.switch("user-z", vms.a.backend()).await?;
     viewer.wait_for(&vms.screen_a, "after switching back, the ZRLE viewer shows VM A").await?;
     assert!(recoded() > after_b);
     {

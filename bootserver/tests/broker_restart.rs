@@ -3,9 +3,10 @@
 //! core (`proto::agent::Session`) over TLS, checking the broker against the CA `serve` made,
 //! and a vnc-rs viewer through the proxy. The boot server is
 //! killed (SIGKILL, no chance to tidy up) and started again on the same state dir: the same
-//! desktop is listed, the old token opens the same VM, the client reconnects by itself and gets
-//! the same token again, and no second VM was made; a VM of the broker's naming that no session
-//! claims (left by a crash between making a VM and storing its session) is stopped.
+//! desktop is listed, the client reconnects by itself and gets a new token (the store kept only
+//! the old one's hash), which opens the same VM while the old one opens nothing, and no second
+//! VM was made; a VM of the broker's naming that no session claims (left by a crash between
+//! making a VM and storing its session) is stopped.
 
 mod broker_common;
 
@@ -147,6 +148,8 @@ fn start_bootserver(dir: &Path, broker: SocketAddr, admin: SocketAddr) -> anyhow
     KillOnDrop::spawn(
         Command::new(env!("CARGO_BIN_EXE_bootserver"))
             .args(["serve", "--interface", "lo", "--address", "127.0.0.1", "--no-dhcp", "--no-tftp", "--no-http"])
+            // The client is on loopback: no lease, no ARP, nothing to bind its hello to.
+            .arg("--no-hello-binding")
             .arg("--broker")
             .arg(broker.to_string())
             .arg("--config")
@@ -286,20 +289,25 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     assert!(steps("adopt ", &vm), "no adopt decision: {decisions:#}");
     assert!(steps("stop VM ", orphan), "the orphan VM was not stopped: {decisions:#}");
 
-    // The old token opens the same VM through the restarted proxy.
-    let viewer = connect_viewer(proxy, &token).await?;
-    wait_same(&viewer, host.port, &vm, "the desktop after the restart").await?;
-    eprintln!("desktop shown again {:?} after the restart", t_restart.elapsed());
-
-    // The client reconnected by itself and was told the same assignment.
+    // The client reconnected by itself and was given a new token for the same desktop.
     let (welcomes, second) = wait_for(120, "a second assignment", || {
         let s = seen.lock().unwrap();
         (s.assignments.len() >= 2).then(|| (s.welcomes, s.assignments[1].clone()))
     })
     .await?;
     assert!(welcomes >= 2, "the client announced itself again");
-    assert_eq!(second.session_token, token, "same token after the restart");
+    assert_ne!(second.session_token, token, "the token was not rotated at the reconnect");
     assert_eq!(second.vnc, proxy);
+    let store = std::fs::read(dir.join("bs-state/sessions.sqlite"))?;
+    for t in [&token, &second.session_token] {
+        assert!(!store.windows(t.len()).any(|w| w == t.as_bytes()), "a token is in the session store");
+    }
+
+    // The new token opens the same VM through the restarted proxy; the old one nothing.
+    let viewer = connect_viewer(proxy, &second.session_token).await?;
+    wait_same(&viewer, host.port, &vm, "the desktop after the restart").await?;
+    eprintln!("desktop shown again {:?} after the restart", t_restart.elapsed());
+    assert!(connect_viewer(proxy, &token).await.is_err(), "the old token still opens the desktop");
 
     // One VM, the same one, runs on the host: no second VM, and the orphan is gone (its stop
     // runs in the background and may wait out the guest's power-off deadline).

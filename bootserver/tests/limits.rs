@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,21 +19,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_bootserver");
 const SUBNET: &str = "10.79.0";
 const ATTACKER: u32 = 1;
 const CLIENT: u32 = 2;
-
-/// Runs `f` on a thread inside the lab host `k`'s network namespace: sockets it makes belong to
-/// that host, and stay usable after the thread ends.
-fn on_host<T: Send + 'static>(lab: &Lab, k: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{}-h{k}", lab.name);
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("opening the host's namespace");
-        // SAFETY: setns on a namespace fd we hold; it changes this thread only.
-        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in the lab host")
-}
 
 fn sh(mut c: Command) -> std::process::Output {
     c.stdin(Stdio::null()).output().expect("running a command")
@@ -145,8 +129,10 @@ fn server(lab: &Lab, dir: &Path, name: &str, args: &[&str], config: &str) -> (Ki
             .arg("--state-dir")
             .arg(dir.join(format!("{name}-state")))
             .args(["--kernel", "vmlinuz", "--initrd", "initrd.img"])
-            // The attacks here speak the agent protocol in clear; TLS is tested elsewhere.
+            // The attacks here speak the agent protocol in clear, and with made-up MACs; TLS
+            // and the binding of hellos to addresses are tested elsewhere.
             .arg("--agent-plain-tcp")
+            .arg("--no-hello-binding")
             .args(args)
             .env("BOOTSERVER_ADMIN", "127.0.0.1:7001")
             .env("RUST_LOG", "info")
@@ -209,7 +195,7 @@ registry_flush_ms = 200
 
     // 1100 idle connections to each service: more than the server's open files.
     let t0 = Instant::now();
-    let (idle, refused) = on_host(&lab, ATTACKER, move || {
+    let (idle, refused) = lab.on_host(ATTACKER, move || {
         let mut all = Vec::new();
         let mut refused = Vec::new();
         for addr in [http, broker, proxy] {
@@ -231,7 +217,7 @@ registry_flush_ms = 200
     let (ok, body, took) = curl_from(&lab, CLIENT, &format!("http://{s}:8080/vmlinuz"));
     assert!(ok && body == kernel, "curl failed during the attack");
     eprintln!("curl of 2 MB during the attack: {took:?}");
-    let answer = on_host(&lab, CLIENT, move || {
+    let answer = lab.on_host(CLIENT, move || {
         let mut a = TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
         let answer = announce(&mut a, hello(3, "0.1.0"));
         let mut p = TcpStream::connect_timeout(&proxy, Duration::from_secs(5)).unwrap();
@@ -250,7 +236,7 @@ registry_flush_ms = 200
 
     // A hello that forges a log line, then a flood of statuses on the same connection.
     let forged = "0.1.0\n[2026-01-01T00:00:00Z INFO  bootserver::admin] admin: Reboot for everyone";
-    let flood = on_host(&lab, ATTACKER, move || {
+    let flood = lab.on_host(ATTACKER, move || {
         let mut a = TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
         assert!(matches!(announce(&mut a, hello(2, forged)), Some(BrokerMessage::Welcome(_))));
         let frame = encode(&AgentMessage::Status(Status { viewer: ViewerState::Connected, error: None })).unwrap();
@@ -319,7 +305,7 @@ fn at_the_open_files_budget_connections_are_refused_and_tftp_still_serves() {
     let (srv, log) = server(&lab, dir.path(), "budget", &["--no-broker"], config);
     wait_for_text(&log, "http: serving", Duration::from_secs(20)).unwrap();
     let http: SocketAddr = "10.80.0.1:8080".parse().unwrap();
-    let (idle, refused) = on_host(&lab, ATTACKER, move || hold(http, 1100));
+    let (idle, refused) = lab.on_host(ATTACKER, move || hold(http, 1100));
     eprintln!("held {}, refused {refused}", idle.len());
     assert!(refused > 100, "nothing was refused: {refused}");
     let text = wait_for_text(&log, "open files for connections are used up", Duration::from_secs(5)).unwrap();

@@ -9,6 +9,10 @@
 //!
 //! `tc.viewer=nfs` keeps the agent from falling back to its fbdev viewer, which would show the
 //! same screen: the test must see the SDL2 viewer do it.
+//!
+//! The same rig, with a second lab host, shows that a spoofed hello is refused: while the PC
+//! shows its desktop, the host (its own lease from our DHCP) sends the broker a hello with the
+//! PC's MAC over TLS, trusting the CA as anyone who reads a boot image can.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -109,7 +113,7 @@ fn ppm_complete(d: &[u8]) -> bool {
 }
 
 /// The boot server (DHCP, NFS, broker, VNC proxy) and a `server-host` with the desktop
-/// template, in a lab with one tap for the PC.
+/// template, in a lab with one tap for the PC and `hosts` other hosts.
 struct Rig {
     dir: tempfile::TempDir,
     token: String,
@@ -120,11 +124,11 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Rig {
+    fn new(hosts: u32) -> Rig {
         script("build-desktop-template");
         let templates = testkit::cache_dir().join("templates");
         let root = client_root_with_viewer();
-        let lab = Lab::with_subnet(1, 0, SUBNET).unwrap();
+        let lab = Lab::with_subnet(1, hosts, SUBNET).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         // The PC boots by QEMU's -kernel: the boot dir serves nothing, but it must not hold
@@ -255,6 +259,13 @@ memory_mib = 512
     /// equals its desktop VM's; returns the time from power-on and the PC's serial log.
     /// Panics with every log on failure.
     fn boot(&self, image: &Path, tc_keys: &str, timeout: Duration) -> (Duration, String) {
+        let (mut pc, took) = self.power_on(image, tc_keys, timeout);
+        pc.stop(Duration::from_secs(1));
+        (took, std::fs::read_to_string(self.dir.path().join("serial.log")).unwrap_or_default())
+    }
+
+    /// [`Rig::boot`], leaving the PC running: its QEMU and the time from power-on.
+    fn power_on(&self, image: &Path, tc_keys: &str, timeout: Duration) -> (KillOnDrop, Duration) {
         let serial = self.dir.path().join("serial.log");
         let pmon = self.dir.path().join("pc.mon");
         let _ = std::fs::remove_file(&serial);
@@ -279,7 +290,7 @@ memory_mib = 512
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let t0 = Instant::now();
-        let mut pc = KillOnDrop::spawn(&mut cmd).unwrap();
+        let pc = KillOnDrop::spawn(&mut cmd).unwrap();
         loop {
             if self.screens_match(&pmon) {
                 break;
@@ -291,15 +302,13 @@ memory_mib = 512
             assert!(t0.elapsed() < timeout, "the PC's screen never matched its VM's within {timeout:?}:\n{}", self.logs());
             std::thread::sleep(Duration::from_secs(1));
         }
-        let took = t0.elapsed();
-        pc.stop(Duration::from_secs(1));
-        (took, std::fs::read_to_string(&serial).unwrap_or_default())
+        (pc, t0.elapsed())
     }
 }
 
 #[test]
 fn agent_runs_the_sdl_viewer_from_the_nfs_root() {
-    let rig = Rig::new();
+    let rig = Rig::new(0);
     let image = build_image(rig.dir.path());
     let s = rig.lab.server_addr();
     // Mesa's software rasterizer under TCG is slow to draw its first frame: minutes allowed.
@@ -322,7 +331,7 @@ fn agent_runs_the_sdl_viewer_from_the_nfs_root() {
 #[ignore]
 fn boot_time_nfs_sdl_against_fbdev() {
     let rounds: usize = std::env::var("TC_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(2);
-    let rig = Rig::new();
+    let rig = Rig::new(0);
     let image = build_image(rig.dir.path());
     let s = rig.lab.server_addr();
     let variants = [
@@ -345,4 +354,138 @@ fn boot_time_nfs_sdl_against_fbdev() {
         println!("{:<34} {:>8.1}  {}", name, best[i], all[i].join(" "));
     }
     println!("NFS+SDL2 takes {:.2}x the fbdev viewer's time", best[0] / best[1]);
+}
+
+/// What the boot server says of the PC: its desktop (admin API), its proxy session without the
+/// counters that move by themselves, its registry row without its times, and the SHA-256 of its
+/// token in the session store.
+#[derive(Debug, PartialEq)]
+struct PcState {
+    desktop: serde_json::Value,
+    session: (serde_json::Value, serde_json::Value, serde_json::Value),
+    client: (serde_json::Value, serde_json::Value, serde_json::Value),
+    token_sha256: String,
+    clients_known: usize,
+}
+
+impl Rig {
+    fn json(&self, path: &str) -> serde_json::Value {
+        let body = self.get(&format!("http://{ADMIN}/api/{path}"), false).unwrap_or_else(|| panic!("GET /api/{path}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/{path}: {e}: {body}"))
+    }
+
+    fn pc_state(&self) -> PcState {
+        let vms = self.json("vms");
+        let desktop = vms.as_array().unwrap().iter().find(|d| d["user"] == MAC).cloned().expect("the PC's desktop");
+        let sessions = self.json("sessions");
+        let s = sessions.as_array().unwrap().iter().find(|s| s["label"] == MAC).cloned().expect("the PC's session");
+        let c = self.json(&format!("clients/{MAC}"));
+        let db = rusqlite::Connection::open_with_flags(
+            self.dir.path().join("bootserver/sessions.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let token_sha256 =
+            db.query_row("SELECT token_sha256 FROM sessions WHERE user = ?1", [MAC], |r| r.get(0)).unwrap();
+        PcState {
+            desktop,
+            session: (s["backend"].clone(), s["viewer_connected"].clone(), s["viewer_connections"].clone()),
+            client: (c["address"].clone(), c["boots"].clone(), c["state"].clone()),
+            token_sha256,
+            clients_known: self.json("clients").as_array().map_or(0, |a| a.len()),
+        }
+    }
+}
+
+/// Sends `hello` to the broker over TLS (trusting the CA at `ca`) and reads until the broker
+/// closes: every message it sent, and the time from the hello to its first answer.
+fn send_hello(broker: std::net::SocketAddr, ca: &Path, hello: proto::agent::Hello) -> (Vec<proto::agent::BrokerMessage>, Duration) {
+    use proto::agent::{encode, AgentMessage, BrokerMessage, Decoder};
+    use proto::tls::rustls::{ClientConnection, StreamOwned};
+    use std::io::Read;
+    let tls = proto::tls::client_config(ca).unwrap();
+    let tcp = std::net::TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = ClientConnection::new(tls, proto::tls::server_name(broker.ip())).unwrap();
+    let mut link = StreamOwned::new(conn, tcp);
+    while link.conn.is_handshaking() {
+        link.conn.complete_io(&mut link.sock).expect("TLS handshake with the broker");
+    }
+    let t0 = Instant::now();
+    link.write_all(&encode(&AgentMessage::Hello(hello)).unwrap()).unwrap();
+    link.flush().unwrap();
+    let (mut dec, mut got, mut first) = (Decoder::<BrokerMessage>::new(), Vec::new(), None);
+    let mut buf = [0u8; 4096];
+    // The end of the stream, clean or not, is the broker hanging up.
+    while let Ok(n @ 1..) = link.read(&mut buf) {
+        got.extend(dec.feed(&buf[..n]).into_iter().filter_map(Result::ok));
+        first = first.or_else(|| (!got.is_empty()).then(|| t0.elapsed()));
+    }
+    (got, first.unwrap_or_default())
+}
+
+#[test]
+fn a_spoofed_hello_from_another_host_is_refused_and_the_pc_keeps_its_desktop() {
+    let t_test = Instant::now();
+    let rig = Rig::new(1);
+    let image = build_image(rig.dir.path());
+    let (_pc, took) = rig.power_on(&image, "tc.viewer=builtin", Duration::from_secs(600));
+    eprintln!("power-on to desktop: {:.1} s", took.as_secs_f64());
+    let before = rig.pc_state();
+    assert_eq!((&before.session.1, &before.session.2), (&true.into(), &1.into()), "{before:?}");
+
+    // The attacker: a laptop on the same LAN with its own lease from our DHCP.
+    let script = rig.dir.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\"; echo \"bound $ip\" ;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = rig.lab.host_cmd(1, "udhcpc").args(["-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s"]).arg(&script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let attacker_ip = text.lines().find_map(|l| l.strip_prefix("bound ")).unwrap_or_else(|| panic!("udhcpc: {text}")).to_string();
+    let attacker_mac = String::from_utf8(rig.lab.host_cmd(1, "cat").arg("/sys/class/net/eth0/address").output().unwrap().stdout).unwrap().trim().to_string();
+
+    // Its hello carries the PC's MAC; everything else is what an agent would send.
+    let hello = proto::agent::Hello {
+        version: proto::agent::PROTOCOL,
+        mac: MAC.parse().unwrap(),
+        ipv4: attacker_ip.parse().unwrap(),
+        cpu_model: "QEMU Virtual CPU".into(),
+        cpu_count: 1,
+        ram_bytes: 768 << 20,
+        display_modes: Vec::new(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        boot_ms: 5000,
+        boot_phases: Vec::new(),
+        resume_token: None,
+    };
+    let broker: std::net::SocketAddr = format!("{}:7000", rig.lab.server_addr()).parse().unwrap();
+    let ca = rig.dir.path().join("bootserver/ca/ca.pem");
+    let (got, answered_in) = rig.lab.on_host(1, move || send_hello(broker, &ca, hello));
+    match got.as_slice() {
+        [proto::agent::BrokerMessage::Refused { reason }] => {
+            assert!(reason.contains(&attacker_ip), "{reason}");
+            eprintln!("refused in {:.1} ms: {reason}", answered_in.as_secs_f64() * 1000.0);
+        }
+        other => panic!("the spoofed hello got {other:?}\n{}", rig.logs()),
+    }
+    let log = rig.dir.path().join("server.log");
+    let logged = testkit::wait_for_text(&log, "hello refused", Duration::from_secs(5)).unwrap();
+    let line = logged.lines().find(|l| l.contains("hello refused")).unwrap();
+    assert!(
+        line.contains(&format!("hello claims {MAC}, but {attacker_mac} holds the DHCP lease of {attacker_ip}")),
+        "{line}"
+    );
+    if let Some(l) = logged.lines().find(|l| l.contains(&format!("client {MAC} announced"))) {
+        eprintln!("{}", &l[l.find("client ").unwrap_or(0)..]);
+    }
+
+    // The PC: same desktop, same token, same registry row, its viewer on its first connection,
+    // and its screen still its VM's.
+    let after = rig.pc_state();
+    assert_eq!(after, before);
+    assert!(rig.screens_match(&rig.dir.path().join("pc.mon")), "the PC's screen no longer shows its VM:\n{}", rig.logs());
+    eprintln!("done in {:.1} s", t_test.elapsed().as_secs_f64());
 }

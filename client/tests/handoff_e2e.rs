@@ -8,8 +8,8 @@
 //! the new VM after it, and fails if PC 1's viewer ever connected twice. This test then checks
 //! what the demo left behind (the admin API's JSON, the screens) on its own, and, while the
 //! demo holds the lab up, looks into it: the note through the new VM's console, and the proxy
-//! with the token the broker gave PC 2 (it must show PC 2's VM, pixel for pixel, and not
-//! user 1's) and with a made-up token (refused).
+//! with a token for PC 2's desktop from the admin API (it must show PC 2's VM, pixel for pixel,
+//! and not user 1's) and with a made-up token (refused).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

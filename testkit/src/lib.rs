@@ -128,6 +128,22 @@ impl Lab {
         c.args(["netns", "exec", &format!("{}-h{k}", self.name)]).arg(program);
         c
     }
+
+    /// Runs `f` on a thread inside host `k`'s network namespace: sockets it makes belong to
+    /// that host, and stay usable after the thread ends.
+    pub fn on_host<T: Send + 'static>(&self, k: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}-h{k}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("opening the host's namespace");
+            // SAFETY: setns on a namespace fd we hold; it changes this thread only.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in the lab host")
+    }
 }
 
 impl Drop for Lab {

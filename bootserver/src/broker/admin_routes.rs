@@ -1,11 +1,14 @@
 //! The broker's part of the admin API (JSON): hosts, desktop VMs, the current memory level,
-//! each decision with its steps and timings, and the proxy's sessions. Merged into the admin
+//! each decision with its steps and timings, and the proxy's sessions; and a new viewer token
+//! for a user's desktop. Merged into the admin
 //! router with `.merge(crate::broker::admin_routes::router(orchestrator, hosts, proxy))`.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::hosts::{HostRegistry, HostStatus};
@@ -44,7 +47,22 @@ async fn sessions(State(c): State<Ctx>) -> Json<Vec<SessionInfo>> {
     Json(c.proxy.sessions())
 }
 
-/// `GET /api/hosts`, `/api/vms`, `/api/pool`, `/api/level`, `/api/decisions`, `/api/sessions`.
+/// `POST /api/sessions/{user}/token` (a JSON body, `{}`): rotates the user's token and returns
+/// the new one, which the PC is sent too. The token is in the answer only, never in the log.
+async fn new_token(State(c): State<Ctx>, Path(user): Path<String>, Json(_): Json<serde_json::Value>) -> Response {
+    let err = |status, text: String| (status, Json(serde_json::json!({ "error": text }))).into_response();
+    match c.orch.viewer_token(&user).await {
+        Ok(Some(token)) => {
+            log::info!("admin: a new viewer token for {}", crate::logsafe::Esc(&user));
+            Json(serde_json::json!({ "token": token, "proxy": c.orch.proxy_addr() })).into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("{user} has no desktop")),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+/// `GET /api/hosts`, `/api/vms`, `/api/pool`, `/api/level`, `/api/decisions`, `/api/sessions`;
+/// `POST /api/sessions/{user}/token`.
 pub fn router(orch: Arc<Orchestrator>, hosts: Arc<HostRegistry>, proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route("/api/hosts", get(self::hosts))
@@ -53,5 +71,6 @@ pub fn router(orch: Arc<Orchestrator>, hosts: Arc<HostRegistry>, proxy: Arc<Prox
         .route("/api/level", get(level))
         .route("/api/decisions", get(decisions))
         .route("/api/sessions", get(sessions))
+        .route("/api/sessions/:user/token", post(new_token))
         .with_state(Ctx { orch, hosts, proxy })
 }

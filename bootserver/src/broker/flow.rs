@@ -90,14 +90,15 @@ pub async fn start(
     Ok(Desktops { orchestrator, hosts, proxy, notices, recovered })
 }
 
+/// The assignment that sends a PC's viewer to the proxy at `proxy` with `token`.
+pub fn assignment(proxy: SocketAddr, token: String) -> Assignment {
+    Assignment { vnc: proxy, session_token: token, password: Some(PasswordSource::SessionToken) }
+}
+
 /// What to send an agent that announced itself as `user` (its MAC).
 pub async fn on_announce(orch: &Orchestrator, user: &str) -> BrokerMessage {
     match orch.arrive(user).await {
-        Ok(Outcome::Assigned { proxy, token }) => BrokerMessage::Assignment(Assignment {
-            vnc: proxy,
-            session_token: token,
-            password: Some(PasswordSource::SessionToken),
-        }),
+        Ok(Outcome::Assigned { proxy, token }) => BrokerMessage::Assignment(assignment(proxy, token)),
         Ok(Outcome::Refused { message }) => BrokerMessage::Refused { reason: message },
         Err(e) => {
             log::error!("broker: announce of {user}: {e:#}");

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::agent_tls::{AgentIo, AgentTls};
 use super::flow::Desktops;
+use super::hello_binding::HelloBinding;
 use super::orchestrator::{Notice, Orchestrator};
 use super::registry::{now_secs, ClientState, Recorder, Registry};
 use crate::logsafe::Esc;
@@ -42,6 +43,8 @@ pub struct Broker {
     pub message_burst: u32,
     /// TLS for the agents' connections; `bootserver serve` always sets it.
     pub tls: Option<AgentTls>,
+    /// Which hellos are believed: `bootserver serve` ties each to its source address.
+    pub binding: HelloBinding,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +67,7 @@ impl Broker {
             messages_per_sec: 20,
             message_burst: 100,
             tls: None,
+            binding: HelloBinding::Off,
         })
     }
 
@@ -75,6 +79,15 @@ impl Broker {
         self.live().contains_key(mac)
     }
 
+    /// Queues `msg` on the PC's connection.
+    fn deliver(&self, mac: &str, msg: BrokerMessage) -> Result<(), SendError> {
+        let sent = self.live().get(mac).map(|(_, tx)| tx.send(msg).is_ok()).unwrap_or(false);
+        if !sent {
+            return Err(SendError::NotConnected(mac.to_string()));
+        }
+        Ok(())
+    }
+
     /// Queues `cmd` on the PC's connection and records what it means for the PC's state.
     pub fn command(&self, mac: &str, cmd: Command) -> Result<(), SendError> {
         let state = match cmd {
@@ -82,14 +95,7 @@ impl Broker {
             Command::PowerOff => Some(ClientState::PoweredOff),
             _ => None,
         };
-        let sent = self
-            .live()
-            .get(mac)
-            .map(|(_, tx)| tx.send(BrokerMessage::Command(cmd)).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            return Err(SendError::NotConnected(mac.to_string()));
-        }
+        self.deliver(mac, BrokerMessage::Command(cmd))?;
         if let Some(state) = state {
             self.registry.set_state(mac, state, now_secs());
         }
@@ -197,16 +203,26 @@ async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>,
             return Ok(format!("refused: {reason}"));
         }
     };
+    // Before anything of the PC's is touched: a spoofed hello must leave its registry row,
+    // desktop, token and connections as they are.
+    let t_check = Instant::now();
+    if let Err(r) = broker.binding.check(hello.mac, peer.ip()).await {
+        log::warn!("agent at {peer}: hello refused: {}", Esc(&r.detail));
+        send(&mut wr, &BrokerMessage::Refused { reason: r.reason.clone() }).await?;
+        return Ok(format!("refused: {}", r.reason));
+    }
+    let checked_in = t_check.elapsed();
     let token = format!("{:032x}", rand::random::<u128>());
     let record = broker.registry.announce(&hello, &token, now_secs()).await?;
     log::info!(
-        "client {mac} announced from {peer}: {} MiB RAM, {} x {}, agent {}, {} ms after power-on, boot #{}",
+        "client {mac} announced from {peer}: {} MiB RAM, {} x {}, agent {}, {} ms after power-on, boot #{}, address checked in {} us",
         hello.ram_bytes >> 20,
         hello.cpu_count,
         Esc(&hello.cpu_model),
         Esc(&hello.agent_version),
         hello.boot_ms,
-        record.boots
+        record.boots,
+        checked_in.as_micros()
     );
     let welcome = Welcome {
         version,
@@ -365,6 +381,7 @@ async fn session(
 pub async fn start(
     settings: &crate::config::Settings,
     desktops: Option<Desktops>,
+    binding: HelloBinding,
     sup: &mut Supervisor,
     budget: &Arc<FdBudget>,
 ) -> anyhow::Result<Arc<Broker>> {
@@ -383,6 +400,14 @@ pub async fn start(
         plain_too: settings.agent_plain_tcp,
         handshake_timeout: broker.hello_timeout,
     });
+    match &binding {
+        HelloBinding::Leases(_) => log::info!("broker: a hello is taken only from the address its MAC leased"),
+        HelloBinding::Arp { interface, .. } => {
+            log::info!("broker: a hello is taken only from an address its MAC answers ARP for on {interface}")
+        }
+        HelloBinding::Off => log::warn!("hello_binding = false: any LAN device that sends a PC's MAC is taken for that PC"),
+    }
+    broker.binding = binding;
     if settings.agent_plain_tcp {
         log::warn!("agent_plain_tcp = true: agents without TLS are taken too; their hellos and tokens cross the LAN in clear");
     }
@@ -435,11 +460,16 @@ pub async fn start(
     Ok(broker)
 }
 
-/// Shows the orchestrator's messages (a host failure, a move) on the PCs' screens.
+/// Shows the orchestrator's messages (a host failure, a move) on the PCs' screens, and sends
+/// them the assignments it makes outside an announce (a token rotated at a handoff).
 async fn forward_notices(rx: &mut mpsc::UnboundedReceiver<Notice>, broker: Arc<Broker>) -> anyhow::Result<()> {
-    while let Some(Notice::Message { user, text }) = rx.recv().await {
-        if let Err(e) = broker.command(&user, Command::ShowMessage { text }) {
-            log::info!("notice for {user} not shown: {e}");
+    while let Some(notice) = rx.recv().await {
+        let (user, msg) = match notice {
+            Notice::Message { user, text } => (user, BrokerMessage::Command(Command::ShowMessage { text })),
+            Notice::Assignment { user, assignment } => (user, BrokerMessage::Assignment(assignment)),
+        };
+        if let Err(e) = broker.deliver(&user, msg) {
+            log::info!("notice for {user} not delivered: {e}");
         }
     }
     Ok(())
@@ -557,6 +587,35 @@ mod tests {
         let rec = broker.registry.get("52:54:00:00:00:07").await.unwrap().unwrap();
         assert_eq!(rec.state, ClientState::Offline);
         assert!(!broker.is_connected("52:54:00:00:00:07"));
+    }
+
+    #[tokio::test]
+    async fn a_hello_from_an_address_leased_to_another_mac_is_refused_and_the_pc_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Broker::new(Registry::open(&dir.path().join("r.sqlite")).unwrap(), Duration::from_millis(50)).unwrap();
+        b.ping_interval = Duration::from_millis(200);
+        let pc: proto::agent::MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        b.binding = HelloBinding::Leases(crate::dhcp::LeaseView::of(&[("127.0.0.1".parse().unwrap(), pc, u64::MAX)]));
+        let broker = Arc::new(b);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let limits = crate::net::limits::Limits::default().broker;
+        tokio::spawn(run(l, broker.clone(), ConnLimiter::unbounded("broker", limits)));
+
+        let (mut good, mut dec) = good_agent(addr, 1).await;
+        let before = broker.registry.get("52:54:00:00:00:01").await.unwrap().unwrap();
+        let mut spoof = TcpStream::connect(addr).await.unwrap();
+        spoof.write_all(&encode(&AgentMessage::Hello(hello(2))).unwrap()).await.unwrap();
+        match next(&mut spoof, &mut Decoder::new()).await {
+            Some(BrokerMessage::Refused { reason }) => assert!(reason.contains("127.0.0.1"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(closed_by_broker(spoof).await);
+        assert!(broker.registry.get("52:54:00:00:00:02").await.unwrap().is_none(), "the spoofed MAC was recorded");
+        // The real PC keeps its connection and its row.
+        assert!(broker.is_connected("52:54:00:00:00:01"));
+        assert!(matches!(next(&mut good, &mut dec).await, Some(BrokerMessage::Ping { .. })));
+        assert_eq!(broker.registry.get("52:54:00:00:00:01").await.unwrap().unwrap().boots, before.boots);
     }
 
     #[tokio::test]

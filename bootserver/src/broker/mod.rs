@@ -6,6 +6,7 @@ pub mod admin_routes;
 pub mod agent_tls;
 pub mod explain;
 pub mod flow;
+pub mod hello_binding;
 pub mod hosts;
 pub mod listener;
 pub mod memory;

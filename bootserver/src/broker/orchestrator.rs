@@ -7,6 +7,8 @@
 //!
 //! * Start: the host creates the VM, the proxy waits for its first frame, and the user gets a
 //!   session token (or, when the user's host died, their live session is switched to it).
+//!   Every assignment carries a fresh token, and so does every handoff (sent to the PC as a new
+//!   assignment): a token seen on the wire or left in an old viewer opens nothing for long.
 //! * Handoff: the replacement VM is created first (the host gives it the user's data disk only
 //!   once the old VM has released it: never two writers), the proxy switches the viewer to it
 //!   after its first frame, then the old VM is stopped and the host hands the data disk over.
@@ -33,6 +35,7 @@ use tokio::sync::mpsc;
 use super::hosts::{HostChange, HostRegistry};
 use super::memory::{Action, Decision, Event, HostState, Levels, Planner, State};
 use super::pool::{Pool, PoolVm};
+use super::proxy::auth::{token_hash, TokenHash};
 use super::proxy::{Backend, Proxy, VncAddr};
 use super::settings::BrokerConfig;
 
@@ -44,6 +47,8 @@ const DECISIONS_KEPT: usize = 200;
 pub enum Notice {
     /// Show this on the PC's screen (a refusal, a host failure).
     Message { user: String, text: String },
+    /// A new assignment for the PC (its token was rotated at a handoff).
+    Assignment { user: String, assignment: proto::agent::Assignment },
 }
 
 /// The answer to an arrival.
@@ -63,8 +68,9 @@ pub struct Desktop {
     pub level: usize,
     pub memory_mib: u64,
     pub vnc: String,
+    /// SHA-256 of the session's current token (the token itself is never kept here).
     #[serde(skip)]
-    token: String,
+    token_hash: TokenHash,
     #[serde(skip)]
     backend: Backend,
     /// Seconds since the Unix epoch.
@@ -200,6 +206,11 @@ impl Orchestrator {
         }
     }
 
+    /// Where viewers reach the proxy.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
     pub fn desktops(&self) -> Vec<Desktop> {
         let mut d: Vec<_> = self.view().desktops.values().cloned().collect();
         d.sort_by_key(|d| d.since);
@@ -215,15 +226,16 @@ impl Orchestrator {
         self.view().decisions.iter().cloned().collect()
     }
 
-    /// A client announced itself: give it its desktop (the one it has, after a reconnect).
+    /// A client announced itself: give it its desktop (the one it has, after a reconnect),
+    /// with a fresh token.
     pub async fn arrive(&self, user: &str) -> anyhow::Result<Outcome> {
         let _one = self.run_lock.lock().await;
-        if let Some(d) = self.view().desktops.get(user) {
-            return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: d.token.clone() });
+        if self.view().desktops.contains_key(user) {
+            return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: self.new_token(user)? });
         }
         let record = self.run(Event::Arrive { user: user.to_string() }).await?;
-        if let Some(d) = self.view().desktops.get(user) {
-            return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: d.token.clone() });
+        if self.view().desktops.contains_key(user) {
+            return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: self.new_token(user)? });
         }
         let message = record
             .decision
@@ -232,6 +244,43 @@ impl Orchestrator {
             .or_else(|| record.steps.iter().find_map(|s| s.error.clone()))
             .unwrap_or_else(|| "no desktop could be started".into());
         Ok(Outcome::Refused { message })
+    }
+
+    /// Rotates the user's token: the proxy takes the new one, the desktop and the session store
+    /// its hash. A viewer connected with the old one stays connected.
+    fn new_token(&self, user: &str) -> anyhow::Result<String> {
+        let token = self.proxy.issue_token(user).with_context(|| format!("{user} has no session on the proxy"))?;
+        if let Some(d) = self.view().desktops.get_mut(user) {
+            d.token_hash = token_hash(&token);
+        }
+        self.persist(user);
+        Ok(token)
+    }
+
+    /// A new token, sent to the PC as a new assignment (its viewer carries on and uses the new
+    /// token whenever it connects again); also returned.
+    fn rotate_and_tell(&self, user: &str) -> anyhow::Result<String> {
+        let token = self.new_token(user)?;
+        let assignment = super::flow::assignment(self.proxy_addr, token.clone());
+        let _ = self.notices.send(Notice::Assignment { user: user.to_string(), assignment });
+        Ok(token)
+    }
+
+    fn rotate_after_handoff(&self, user: &str) {
+        if let Err(e) = self.rotate_and_tell(user) {
+            log::error!("broker: rotating {user}'s token after the handoff: {e:#}");
+        }
+    }
+
+    /// A token for another viewer of the user's desktop (an admin's TigerVNC, say): the PC
+    /// gets the same new token with a new assignment, so both keep working. `None` when the
+    /// user has no desktop.
+    pub async fn viewer_token(&self, user: &str) -> anyhow::Result<Option<String>> {
+        let _one = self.run_lock.lock().await;
+        if !self.view().desktops.contains_key(user) {
+            return Ok(None);
+        }
+        self.rotate_and_tell(user).map(Some)
     }
 
     /// A client is gone for good: its VM stops and the others may grow back.
@@ -373,8 +422,8 @@ impl Orchestrator {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn desktop(&self, user: &str, host: &str, vm: &str, level: usize, bytes: u64, token: String, backend: Backend) -> Desktop {
+    /// The desktop of `user`, whose proxy session is open already.
+    fn desktop(&self, user: &str, host: &str, vm: &str, level: usize, bytes: u64, backend: Backend) -> Desktop {
         Desktop {
             user: user.to_string(),
             host: host.to_string(),
@@ -382,7 +431,7 @@ impl Orchestrator {
             level,
             memory_mib: bytes >> 20,
             vnc: backend.describe(),
-            token,
+            token_hash: self.proxy.token_hash(user).unwrap_or_default(),
             backend,
             since: now_ms() / 1000,
         }
@@ -391,31 +440,27 @@ impl Orchestrator {
     async fn execute(&self, action: &Action) -> anyhow::Result<serde_json::Value> {
         match action {
             Action::Start { user, host, level, bytes, .. } => {
-                let existing = self.view().desktops.get(user).map(|d| d.token.clone());
-                let pooled = match existing {
-                    None => self.pool.claim(host, *level, user).await,
-                    Some(_) => None,
-                };
+                let existing = self.view().desktops.contains_key(user);
+                let pooled = if existing { None } else { self.pool.claim(host, *level, user).await };
                 let (vm, backend, create_ms) = match pooled {
                     Some((vm, backend)) => {
-                        let d = self.desktop(user, host, &vm, *level, *bytes, self.proxy.open_session(user, backend.clone()), backend);
+                        // Its token goes out with the assignment (`arrive` issues one).
+                        self.proxy.open_session(user, backend.clone());
+                        let d = self.desktop(user, host, &vm, *level, *bytes, backend);
                         self.view().desktops.insert(user.clone(), d);
                         return Ok(json!({ "vm": vm, "pool": true }));
                     }
                     None => self.create_vm(user, host, *bytes).await?,
                 };
-                let (token, frame) = match existing {
+                let frame = if existing {
                     // The user's host died: move the live session to the new VM.
-                    Some(token) => {
-                        let r = self.proxy.switch(&token, backend.clone()).await?;
-                        (token, r)
-                    }
-                    None => {
-                        let r = self.proxy.probe(&backend).await?;
-                        (self.proxy.open_session(user, backend.clone()), r)
-                    }
+                    self.proxy.switch(user, backend.clone()).await?
+                } else {
+                    let r = self.proxy.probe(&backend).await?;
+                    self.proxy.open_session(user, backend.clone());
+                    r
                 };
-                let d = self.desktop(user, host, &vm, *level, *bytes, token, backend);
+                let d = self.desktop(user, host, &vm, *level, *bytes, backend);
                 self.view().desktops.insert(user.clone(), d);
                 Ok(json!({ "vm": vm, "create_ms": create_ms, "first_frame_ms": frame.first_frame_ms, "switch": frame }))
             }
@@ -429,6 +474,7 @@ impl Orchestrator {
                         d.level = *to_level;
                         d.memory_mib = to_bytes >> 20;
                     }
+                    self.rotate_after_handoff(user);
                     return Ok(json!({ "balloon": true, "vm": old.vm, "balloon_ms": t0.elapsed().as_millis() as u64 }));
                 }
                 if from_host != to_host {
@@ -446,7 +492,7 @@ impl Orchestrator {
                         bail!("new VM {vm} never showed a desktop: {e:#}");
                     }
                 };
-                let switch = match self.proxy.switch(&old.token, backend.clone()).await {
+                let switch = match self.proxy.switch(user, backend.clone()).await {
                     Ok(r) => r,
                     Err(e) => {
                         // Never leave a half-made handoff behind: the old VM keeps the user.
@@ -471,6 +517,7 @@ impl Orchestrator {
                 if let Err(e) = stopped {
                     log::warn!("broker: stopping {user}'s old VM {} on {from_host}: {e}", old.vm);
                 }
+                self.rotate_after_handoff(user);
                 Ok(json!({
                     "from_vm": old.vm, "to_vm": vm, "create_ms": create_ms, "desktop_ready_ms": ready_ms,
                     "first_frame_ms": switch.first_frame_ms, "switched_ms": switch.swapped_ms,
@@ -480,7 +527,7 @@ impl Orchestrator {
             Action::Stop { user, host, .. } => {
                 let d = self.view().desktops.remove(user);
                 let Some(d) = d else { return Ok(json!({ "vm": null })) };
-                self.proxy.close_session(&d.token);
+                self.proxy.close_session(user);
                 let t0 = Instant::now();
                 if let Some(c) = self.hosts.client(host) {
                     c.stop(&d.vm, self.cfg.stop_deadline_secs).await?;
@@ -488,8 +535,8 @@ impl Orchestrator {
                 Ok(json!({ "vm": d.vm, "stop_ms": t0.elapsed().as_millis() as u64 }))
             }
             Action::Refuse { user, message } => {
-                if let Some(d) = self.view().desktops.remove(user) {
-                    self.proxy.close_session(&d.token);
+                if self.view().desktops.remove(user).is_some() {
+                    self.proxy.close_session(user);
                 }
                 let _ = self.notices.send(Notice::Message { user: user.clone(), text: message.clone() });
                 Ok(json!({ "message": message }))

@@ -1,7 +1,9 @@
-//! The session store: every running desktop (user, host, VM, level, memory, proxy token, the
-//! VM's VNC address and password), kept in SQLite so that a restarted broker finds its
-//! sessions again. A row is written when a desktop starts or is handed off, and removed when
-//! it stops. The VNC password is stored because a host tells it only once, when the VM is made.
+//! The session store: every running desktop (user, host, VM, level, memory, the SHA-256 of its
+//! proxy token, the VM's VNC address and password), kept in SQLite so that a restarted broker
+//! finds its sessions again. A row is written when a desktop starts, gets a new token or is
+//! handed off, and removed when it stops. The token itself is never written: a file that leaks
+//! opens no desktop. The VNC password is stored because a host tells it only once, when the VM
+//! is made.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,8 +18,8 @@ pub struct StoredSession {
     pub vm: String,
     pub level: usize,
     pub memory_mib: u64,
-    /// The viewer's proxy token.
-    pub token: String,
+    /// SHA-256 of the viewer's proxy token, in hex.
+    pub token_hash: String,
     /// The VM's VNC server as the proxy reaches it (`host:port` or `unix:/path`).
     pub vnc: String,
     pub vnc_password: Option<String>,
@@ -44,7 +46,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     vm           TEXT NOT NULL,
     level        INTEGER NOT NULL,
     memory_mib   INTEGER NOT NULL,
-    token        TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL,
     vnc          TEXT NOT NULL,
     vnc_password TEXT,
     arrived      INTEGER NOT NULL,
@@ -64,6 +66,7 @@ impl SessionStore {
         // Tokens and VNC passwords: 0600 before SQLite opens it (its journal takes the mode).
         crate::statefile::create_private(path)?;
         let conn = Connection::open(path).map_err(sql)?;
+        upgrade(&conn).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         Ok(SessionStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
@@ -81,7 +84,7 @@ impl SessionStore {
         self.lock()
             .execute(
                 "INSERT OR REPLACE INTO sessions
-                   (user, host, vm, level, memory_mib, token, vnc, vnc_password, arrived, since)
+                   (user, host, vm, level, memory_mib, token_sha256, vnc, vnc_password, arrived, since)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     s.user,
@@ -89,7 +92,7 @@ impl SessionStore {
                     s.vm,
                     s.level as i64,
                     s.memory_mib as i64,
-                    s.token,
+                    s.token_hash,
                     s.vnc,
                     s.vnc_password,
                     s.arrived as i64,
@@ -110,7 +113,7 @@ impl SessionStore {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT user, host, vm, level, memory_mib, token, vnc, vnc_password, arrived, since
+                "SELECT user, host, vm, level, memory_mib, token_sha256, vnc, vnc_password, arrived, since
                  FROM sessions ORDER BY arrived, user",
             )
             .map_err(|e| self.sql(e))?;
@@ -132,7 +135,7 @@ impl SessionStore {
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (user, host, vm, level, memory_mib, token, vnc, vnc_password, arrived, since) =
+            let (user, host, vm, level, memory_mib, token_hash, vnc, vnc_password, arrived, since) =
                 row.map_err(|e| self.sql(e))?;
             let unsigned = |what: &str, v: i64| {
                 u64::try_from(v).map_err(|_| StoreError::Row {
@@ -149,13 +152,39 @@ impl SessionStore {
                 user,
                 host,
                 vm,
-                token,
+                token_hash,
                 vnc,
                 vnc_password,
             });
         }
         Ok(out)
     }
+}
+
+/// A store of an earlier version kept the tokens themselves (column `token`): the column
+/// becomes `token_sha256` and each token its hash, so that no token stays on disk.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let old: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('sessions') WHERE name = 'token'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch("ALTER TABLE sessions RENAME COLUMN token TO token_sha256")?;
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT user, token_sha256 FROM sessions")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (user, token) in rows {
+        let hash = super::proxy::auth::hash_hex(&super::proxy::auth::token_hash(&token));
+        tx.execute("UPDATE sessions SET token_sha256 = ?2 WHERE user = ?1", params![user, hash])?;
+    }
+    tx.commit()?;
+    // The plaintext may linger in free pages of the file until SQLite reuses them.
+    conn.execute_batch("VACUUM")
 }
 
 #[cfg(test)]
@@ -169,7 +198,7 @@ mod tests {
             vm: format!("{user}-1"),
             level: 0,
             memory_mib: 256,
-            token: "AbCd1234".into(),
+            token_hash: crate::broker::proxy::auth::hash_hex(&crate::broker::proxy::auth::token_hash("AbCd1234")),
             vnc: "127.0.0.1:5901".into(),
             vnc_password: Some("secret".into()),
             arrived,
@@ -190,7 +219,8 @@ mod tests {
         let store = SessionStore::open(&path).unwrap();
         assert_eq!(store.all().unwrap(), vec![b.clone(), a.clone()], "oldest arrival first");
 
-        // A handoff replaces the row: new host, VM, level, memory, VNC server; same token.
+        // A handoff replaces the row: new host, VM, level, memory, VNC server (and the hash of
+        // the token issued with it).
         let moved = StoredSession {
             host: "h2".into(),
             vm: "u-a-2".into(),
@@ -207,6 +237,31 @@ mod tests {
 
         let store = SessionStore::open(&path).unwrap();
         assert_eq!(store.all().unwrap(), vec![moved]);
+    }
+
+    #[test]
+    fn a_store_that_kept_tokens_keeps_only_their_hashes_after_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace("token_sha256", "token")).unwrap();
+            conn.execute(
+                "INSERT INTO sessions VALUES ('u-a', 'h1', 'u-a-1', 0, 256, 'Plain-Token_1', '127.0.0.1:5901', NULL, 1, 2)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SessionStore::open(&path).unwrap();
+        let rows = store.all().unwrap();
+        assert_eq!(rows.len(), 1);
+        let want = crate::broker::proxy::auth::hash_hex(&crate::broker::proxy::auth::token_hash("Plain-Token_1"));
+        assert_eq!(rows[0].token_hash, want);
+        drop(store);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(13).any(|w| w == b"Plain-Token_1"), "the token is still in the file");
+        // Opening again changes nothing.
+        assert_eq!(SessionStore::open(&path).unwrap().all().unwrap()[0].token_hash, want);
     }
 
     #[test]

@@ -22,6 +22,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use proto::agent::MacAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +145,42 @@ impl LeaseStore for MemoryStore {
     }
 }
 
+/// The bound leases as the other services of the same process see them (the broker binds an
+/// agent's hello to the lease of its address): address to MAC and expiry, kept up to date by
+/// the lease table that [`LeaseTable::publish_to`] was given it. Read-only for everyone else,
+/// and in memory: nobody has to read `leases.json` behind the DHCP service's back.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseView(Arc<RwLock<HashMap<Ipv4Addr, (MacAddr, u64)>>>);
+
+impl LeaseView {
+    /// The MAC that holds a bound, unexpired lease of `ip` at `now` (Unix seconds).
+    pub fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).filter(|(_, expires)| *expires > now).map(|(mac, _)| *mac)
+    }
+
+    /// A view of fixed bindings, for tests of its readers.
+    #[cfg(test)]
+    pub(crate) fn of(bound: &[(Ipv4Addr, MacAddr, u64)]) -> LeaseView {
+        let v = LeaseView::default();
+        v.write().extend(bound.iter().map(|(ip, mac, expires)| (*ip, (*mac, *expires))));
+        v
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ipv4Addr, (MacAddr, u64)>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Mirrors `lease` (or its absence) for `ip`: only bindings count.
+    fn mirror(&self, ip: Ipv4Addr, lease: Option<&Lease>) {
+        let bound = lease.filter(|l| l.state == LeaseState::Bound).and_then(|l| Some((l.mac.parse().ok()?, l.expires)));
+        match bound {
+            Some(entry) => self.write().insert(ip, entry),
+            None => self.write().remove(&ip),
+        };
+    }
+}
+
 /// The pool, the reservations and every lease, keyed by address.
 pub(crate) struct LeaseTable {
     first: u32,
@@ -156,6 +195,7 @@ pub(crate) struct LeaseTable {
     probing: HashSet<Ipv4Addr>,
     store: Box<dyn LeaseStore>,
     unsaved: Unsaved,
+    view: Option<LeaseView>,
 }
 
 impl LeaseTable {
@@ -176,7 +216,24 @@ impl LeaseTable {
             probing: HashSet::new(),
             store,
             unsaved: Unsaved::Clean,
+            view: None,
         })
+    }
+
+    /// Keeps `view` equal to this table's bindings from now on (a restarted DHCP service's new
+    /// table takes the view over, starting from what it loaded).
+    pub(crate) fn publish_to(&mut self, view: LeaseView) {
+        view.write().clear();
+        for (ip, l) in &self.leases {
+            view.mirror(*ip, Some(l));
+        }
+        self.view = Some(view);
+    }
+
+    fn sync(&self, ip: Ipv4Addr) {
+        if let Some(v) = &self.view {
+            v.mirror(ip, self.leases.get(&ip));
+        }
     }
 
     /// How soon the changes since the last save must be saved.
@@ -309,6 +366,7 @@ impl LeaseTable {
         });
         let lease = Lease { ip, client: key.into(), mac: mac.into(), state, expires, host_name };
         self.leases.insert(ip, lease);
+        self.sync(ip);
     }
 
     /// Holds `ip` for `key` until `until`. Any other offer to the same client is dropped.
@@ -361,6 +419,7 @@ impl LeaseTable {
                 l.state = LeaseState::Free;
                 l.expires = now;
                 self.touch(Unsaved::Soon);
+                self.sync(ip);
                 true
             }
             _ => false,
@@ -381,16 +440,19 @@ impl LeaseTable {
             },
         );
         self.touch(Unsaved::Soon);
+        self.sync(ip);
     }
 
     /// Turns ended offers, bindings and quarantines into free entries. Returns how many.
     pub(crate) fn expire(&mut self, now: u64) -> usize {
         let mut n = 0;
         let mut bound_changed = false;
-        self.leases.retain(|_, l| {
+        let mut ended = Vec::new();
+        self.leases.retain(|ip, l| {
             if l.state != LeaseState::Free && l.expires <= now {
                 n += 1;
                 bound_changed |= l.state != LeaseState::Offered;
+                ended.push(*ip);
                 if l.state == LeaseState::Declined {
                     return false;
                 }
@@ -398,6 +460,9 @@ impl LeaseTable {
             }
             true
         });
+        for ip in ended {
+            self.sync(ip);
+        }
         if bound_changed {
             self.touch(Unsaved::Soon);
         }
@@ -430,6 +495,33 @@ mod tests {
     fn table(store: MemoryStore) -> LeaseTable {
         let res = vec![("02:00:00:00:00:99".to_string(), ip(50))];
         LeaseTable::open((ip(100), ip(102)), vec![ip(1)], &res, Box::new(store)).unwrap()
+    }
+
+    #[test]
+    fn the_view_follows_bindings_only() {
+        let store = MemoryStore::default();
+        let mut t = table(store.clone());
+        t.bind(ip(100), A, MAC_A, None, 1000);
+        t.save().unwrap();
+        drop(t);
+        // A new table (a restarted service) fills the view with what it loaded.
+        let mut t = table(store);
+        let view = LeaseView::default();
+        t.publish_to(view.clone());
+        let mac_a: MacAddr = MAC_A.parse().unwrap();
+        assert_eq!(view.holder(ip(100), 10), Some(mac_a));
+        assert_eq!(view.holder(ip(100), 1000), None, "expired");
+        // An offer binds nothing; the binding that follows does.
+        t.offer(ip(101), B, MAC_B, 60);
+        assert_eq!(view.holder(ip(101), 10), None);
+        t.bind(ip(101), B, MAC_B, None, 2000);
+        assert_eq!(view.holder(ip(101), 10), Some(MAC_B.parse().unwrap()));
+        t.release(ip(101), B, 20);
+        assert_eq!(view.holder(ip(101), 30), None);
+        t.expire(1000);
+        assert_eq!(view.holder(ip(100), 10), None);
+        t.decline(ip(102), 500);
+        assert_eq!(view.holder(ip(102), 10), None);
     }
 
     #[test]

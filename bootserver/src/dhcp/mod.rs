@@ -22,6 +22,7 @@ use tokio::net::UdpSocket;
 use crate::config::Settings;
 use crate::http::ipxe::BootPlan;
 use crate::ratelimit::Rate;
+pub use lease::LeaseView;
 use lease::{FileStore, LeaseStore, LeaseTable, Unsaved};
 use ping::Pinger;
 use pxe::BootChoice;
@@ -202,10 +203,12 @@ enum Event {
 
 impl Service {
     /// Loads the lease table from the state dir and binds 0.0.0.0:67 (and :4011 in proxy mode)
-    /// on the configured interface only.
-    pub fn bind(s: &Settings, plan: &BootPlan) -> anyhow::Result<Service> {
+    /// on the configured interface only; `view` follows the table's bindings.
+    pub fn bind(s: &Settings, plan: &BootPlan, view: LeaseView) -> anyhow::Result<Service> {
         let store: Box<dyn LeaseStore> = Box::new(FileStore::new(&s.state_dir));
-        Self::bind_with(s, plan, store)
+        let mut service = Self::bind_with(s, plan, store)?;
+        service.server.leases.publish_to(view);
+        Ok(service)
     }
 
     pub(crate) fn bind_with(s: &Settings, plan: &BootPlan, store: Box<dyn LeaseStore>) -> anyhow::Result<Service> {

@@ -83,13 +83,17 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
     log::info!("viewer: {}", launch.describe());
     loop {
         match orders.recv_timeout(Duration::from_millis(100)) {
-            Ok(Order::Show(t)) => {
-                if target.as_ref() != Some(&t) {
+            Ok(Order::Show(t)) => match restart_for(target.as_ref(), &t) {
+                Restart::No => {}
+                // The broker rotates the token at every reconnect and handoff: the viewer
+                // connected with the old one stays connected, and its next start uses the new.
+                Restart::NewTokenOnly => target = Some(t),
+                Restart::Yes => {
                     stop(&mut running);
                     target = Some(t);
                     start_at = Some(Instant::now());
                 }
-            }
+            },
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 stop(&mut running);
@@ -165,6 +169,24 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Restart {
+    /// The same assignment again.
+    No,
+    /// The same desktop with a new token: keep the running viewer.
+    NewTokenOnly,
+    /// Another desktop (or the first): start the viewer anew.
+    Yes,
+}
+
+fn restart_for(current: Option<&Target>, new: &Target) -> Restart {
+    match current {
+        Some(c) if c == new => Restart::No,
+        Some(c) if c.vnc == new.vnc => Restart::NewTokenOnly,
+        _ => Restart::Yes,
+    }
+}
+
 /// Puts `password` into a pipe whose read end the viewer inherits as `--password-fd`: the
 /// password never shows in argv or the environment, and the pipe is empty once read.
 fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
@@ -201,6 +223,19 @@ fn stop(running: &mut Option<(u32, Receiver<WaitStatus>, Instant)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_token_keeps_the_viewer_and_another_desktop_restarts_it() {
+        let t = |port: u16, token: &str| Target {
+            vnc: SocketAddr::from(([10, 0, 0, 1], port)),
+            token: token.into(),
+            password: Some(token.into()),
+        };
+        assert_eq!(restart_for(None, &t(5900, "a")), Restart::Yes);
+        assert_eq!(restart_for(Some(&t(5900, "a")), &t(5900, "a")), Restart::No);
+        assert_eq!(restart_for(Some(&t(5900, "a")), &t(5900, "b")), Restart::NewTokenOnly);
+        assert_eq!(restart_for(Some(&t(5900, "a")), &t(5901, "b")), Restart::Yes);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets_after_a_stable_run() {

@@ -273,12 +273,18 @@ pub(crate) async fn run(
         if shared.quitting() {
             return Ok(());
         }
+        // The same password would be refused again: a session token that the broker has
+        // since replaced. Exit, so that whoever started us starts us with the current one.
+        let refused = matches!(
+            result.as_ref().err().and_then(|e| e.downcast_ref::<vnc::VncError>()),
+            Some(vnc::VncError::WrongPassword)
+        );
         let why = match result {
             Ok(()) => "the server closed the connection".to_string(),
             Err(e) => format!("{e:#}"),
         };
         warn!("{}: {why}", cfg.target);
-        if !cfg.reconnect {
+        if !cfg.reconnect || refused {
             shared.set_status(Some(format!("{}: {why}", cfg.target)));
             shared.request_quit();
             return Err(anyhow!("{}: {why}", cfg.target));

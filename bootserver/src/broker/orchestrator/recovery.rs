@@ -1,8 +1,9 @@
 //! Broker restart: the stored sessions come back, checked against what the hosts really run.
 //!
 //! At start every stored session is put back as it was (planner state at its level on its
-//! host, desktop, proxy token and VM backend), so the same token works again and a
-//! re-announce gets the same assignment. Each host is then asked for its VMs
+//! host, desktop, the hash of its proxy token and VM backend): a viewer that presents the
+//! whole token still gets in, and the PC's re-announce gets the same desktop with a new token
+//! (the store never held the old one, and VNC authentication needs it in clear). Each host is then asked for its VMs
 //! (`GET /v1/vms`): a session whose VM runs is adopted, one whose VM is gone is dropped (its
 //! user gets a fresh VM on the next announce), and a VM of the broker's naming that no session
 //! claims is stopped, so that the memory accounting says what really runs. A host that does not
@@ -79,7 +80,7 @@ impl Orchestrator {
                 vm: d.vm.clone(),
                 level: d.level,
                 memory_mib: d.memory_mib,
-                token: d.token.clone(),
+                token_hash: crate::broker::proxy::auth::hash_hex(&d.token_hash),
                 vnc: d.backend.addr.to_string(),
                 vnc_password: d.backend.password.clone(),
                 arrived: v.state.user(user).map_or(0, |u| u.arrived),
@@ -112,7 +113,7 @@ impl Orchestrator {
                 } else if let Err(e) = store.delete(&row.user) {
                     log::error!("broker: {e}");
                 }
-                steps.push(step(what, res.map(|()| json!({ "token_kept": true })), t0));
+                steps.push(step(what, res.map(|()| json!({ "token_hash_kept": true })), t0));
             }
             if self.recovery.store.set(store).is_err() {
                 bail!("the session store is already in use");
@@ -152,9 +153,11 @@ impl Orchestrator {
             return Err(format!("host {} has no room left for it (its memory_mib changed?)", row.host));
         }
         let addr: VncAddr = row.vnc.parse()?;
+        let token_hash = crate::broker::proxy::auth::parse_hash(&row.token_hash)
+            .ok_or_else(|| "its token hash is unreadable".to_string())?;
         let backend = Backend { addr, password: row.vnc_password.clone() };
         v.state.users.push(UserState { id: row.user.clone(), host: row.host.clone(), level, arrived: row.arrived });
-        self.proxy.restore_session(&row.token, &row.user, backend.clone());
+        self.proxy.restore_session(&row.user, token_hash, backend.clone());
         let d = Desktop {
             user: row.user.clone(),
             host: row.host.clone(),
@@ -162,7 +165,7 @@ impl Orchestrator {
             level,
             memory_mib: row.memory_mib,
             vnc: backend.describe(),
-            token: row.token.clone(),
+            token_hash,
             backend,
             since: row.since,
         };
@@ -222,7 +225,7 @@ impl Orchestrator {
                     let now = backend_of(&vm.vnc, d.backend.password.as_deref().unwrap_or_default());
                     if let Ok(backend) = now.map(|b| Backend { password: d.backend.password.clone(), ..b }) {
                         if backend != d.backend {
-                            self.proxy.restore_session(&d.token, &d.user, backend.clone());
+                            self.proxy.restore_session(&d.user, d.token_hash, backend.clone());
                             if let Some(mine) = self.view().desktops.get_mut(&d.user) {
                                 mine.vnc = backend.describe();
                                 mine.backend = backend;
@@ -240,7 +243,7 @@ impl Orchestrator {
                         v.desktops.remove(&d.user);
                         v.state.users.retain(|u| u.id != d.user);
                     }
-                    self.proxy.close_session(&d.token);
+                    self.proxy.close_session(&d.user);
                     self.persist(&d.user);
                     let what = format!(
                         "drop {}: VM {} no longer runs on {host}; a new desktop starts at the next announce",
@@ -309,7 +312,7 @@ mod tests {
             vm: format!("{}-1", host_user_name(user)),
             level: 0,
             memory_mib,
-            token: format!("tok{arrived}abc"),
+            token_hash: crate::broker::proxy::auth::hash_hex(&token_hash(&format!("tok{arrived}abc"))),
             vnc: "127.0.0.1:5901".into(),
             vnc_password: Some("pw".into()),
             arrived,
@@ -318,10 +321,11 @@ mod tests {
     }
 
     /// A host that does not answer (nothing listens on its port): its sessions come back
-    /// pending, hold their memory and keep their tokens; rows that no longer fit the config
-    /// are dropped from the store.
+    /// pending, hold their memory and their token hashes (the whole old token still opens the
+    /// session, until the PC's announce rotates it); rows that no longer fit the config are
+    /// dropped from the store.
     #[tokio::test]
-    async fn sessions_on_a_silent_host_stay_pending_with_their_tokens() {
+    async fn sessions_on_a_silent_host_stay_pending_with_their_token_hashes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.sqlite");
         let store = SessionStore::open(&path).unwrap();
@@ -351,10 +355,16 @@ mod tests {
         assert_eq!(orch.overview().state.users.len(), 1);
         assert_eq!(orch.desktops()[0].vm, stored("aa", 256, 0).vm);
         assert_eq!(proxy.sessions().len(), 1);
-        let again = orch.arrive("aa").await.unwrap();
-        assert_eq!(again, Outcome::Assigned { proxy: "127.0.0.1:5900".parse().unwrap(), token: "tok0abc".into() });
-        let kept: Vec<String> = SessionStore::open(&path).unwrap().all().unwrap().into_iter().map(|s| s.user).collect();
-        assert_eq!(kept, vec!["aa".to_string()]);
+        assert_eq!(proxy.authenticate_token("tok0abc").map(|(id, ..)| id).as_deref(), Some("aa"));
+        assert!(proxy.authenticate_token("tok1abc").is_none());
+        let Outcome::Assigned { proxy: at, token } = orch.arrive("aa").await.unwrap() else { panic!("not assigned") };
+        assert_eq!(at, "127.0.0.1:5900".parse().unwrap());
+        assert_ne!(token, "tok0abc", "the re-announce rotates the token");
+        assert!(proxy.authenticate_token("tok0abc").is_none(), "the old token still opens the session");
+        assert!(proxy.authenticate_token(&token).is_some());
+        let kept = SessionStore::open(&path).unwrap().all().unwrap();
+        assert_eq!(kept.iter().map(|s| s.user.as_str()).collect::<Vec<_>>(), vec!["aa"]);
+        assert_eq!(kept[0].token_hash, crate::broker::proxy::auth::hash_hex(&token_hash(&token)), "the store has the new hash");
         let decisions = orch.decisions();
         let failed: Vec<&str> =
             decisions[0].steps.iter().filter(|s| !s.ok).map(|s| s.error.as_deref().unwrap_or("")).collect();

@@ -2,6 +2,12 @@
 //! proxy holds their RFB session and talks RFB to their VM, so that a hard handoff swaps the VM
 //! under a live viewer connection.
 //!
+//! A session is known by its identity (the user it serves), not by its token: the broker
+//! rotates the token at every assignment and handoff, and a viewer that authenticated with an
+//! older one stays connected. The proxy keeps the current token in memory only (VNC
+//! authentication needs it in clear) and its SHA-256 for the session store; a session put back
+//! after a restart has only the hash until the broker issues it a new token.
+//!
 //! On a switch the proxy connects to the new VM, replays the viewer's pixel format and
 //! encodings, asks for a full update and waits until it has arrived; only then does it swap:
 //! an update still open from the old VM is closed with empty rectangles, a DesktopSize
@@ -56,7 +62,7 @@ pub struct SwitchReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("no session with that token")]
+    #[error("no such session")]
     UnknownSession,
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -101,6 +107,9 @@ pub(crate) enum Control {
 
 struct Slot {
     label: String,
+    /// The current token, in memory only; `None` for a session restored from its hash.
+    token: Option<String>,
+    token_hash: auth::TokenHash,
     backend: Backend,
     /// The connected viewer, if any: its connection id and its session task's mailbox.
     live: Option<(u64, mpsc::Sender<Control>)>,
@@ -124,7 +133,7 @@ pub struct SessionInfo {
     pub viewer_connections: u64,
 }
 
-/// The proxy's session table. Cheap to share: clone the `Arc`.
+/// The proxy's session table, by session identity. Cheap to share: clone the `Arc`.
 pub struct Proxy {
     slots: Mutex<HashMap<String, Slot>>,
     opts: ProxyOptions,
@@ -142,32 +151,81 @@ impl Proxy {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a session for `backend` and returns its fresh token (the viewer's VNC password).
+    /// Opens the session `label` (its identity) for `backend` and returns its first token (the
+    /// viewer's VNC password). An older session of the same identity is closed.
     pub fn open_session(&self, label: &str, backend: Backend) -> String {
+        self.close_session(label);
+        log::info!("proxy: session {label} opened for VM {}", backend.describe());
+        let slot = Slot {
+            label: label.to_string(),
+            token: None,
+            token_hash: [0; 32],
+            backend,
+            live: None,
+            recoded: Arc::default(),
+            connections: 0,
+        };
         let mut slots = self.slots();
+        slots.insert(label.to_string(), slot);
+        Self::rotate(&mut slots, label).expect("the slot was just inserted")
+    }
+
+    /// Gives the session `label` a fresh token and returns it; the old token stops opening
+    /// the session, while a viewer that authenticated with it stays connected.
+    pub fn issue_token(&self, label: &str) -> Option<String> {
+        Self::rotate(&mut self.slots(), label)
+    }
+
+    fn rotate(slots: &mut HashMap<String, Slot>, label: &str) -> Option<String> {
+        // VNC authentication uses only a token's first 8 bytes: those stay unique among live
+        // sessions, so that a DES response names one session.
         let token = loop {
             let t = auth::new_token();
-            if !slots.contains_key(&t) {
+            let prefix = &t.as_bytes()[..auth::VNC_KEY_LEN];
+            let taken = slots.iter().any(|(l, s)| {
+                l != label && s.token.as_ref().is_some_and(|o| &o.as_bytes()[..auth::VNC_KEY_LEN] == prefix)
+            });
+            if !taken {
                 break t;
             }
         };
-        log::info!("proxy: session {label} opened for VM {}", backend.describe());
-        slots.insert(
-            token.clone(),
-            Slot { label: label.to_string(), backend, live: None, recoded: Arc::default(), connections: 0 },
-        );
-        token
+        let slot = slots.get_mut(label)?;
+        slot.token_hash = auth::token_hash(&token);
+        slot.token = Some(token.clone());
+        Some(token)
     }
 
-    /// Re-registers a known token (after a broker restart, from the state store).
-    pub fn restore_session(&self, token: &str, label: &str, backend: Backend) {
-        let slot = Slot { label: label.to_string(), backend, live: None, recoded: Arc::default(), connections: 0 };
-        self.slots().insert(token.to_string(), slot);
+    /// The SHA-256 of the session's current token, for the session store.
+    pub fn token_hash(&self, label: &str) -> Option<auth::TokenHash> {
+        self.slots().get(label).map(|s| s.token_hash)
     }
 
-    /// Ends a session and disconnects its viewer.
-    pub fn close_session(&self, token: &str) {
-        if let Some(slot) = self.slots().remove(token) {
+    /// Puts back a session from the session store after a broker restart: only its token's
+    /// hash is known, so only a viewer that presents the whole token (not a DES response)
+    /// gets in until [`Proxy::issue_token`] gives it a new one.
+    pub fn restore_session(&self, label: &str, token_hash: auth::TokenHash, backend: Backend) {
+        let mut slots = self.slots();
+        match slots.get_mut(label) {
+            // Already there (a host's word on its VM's address changed): keep the live viewer.
+            Some(slot) => slot.backend = backend,
+            None => {
+                let slot = Slot {
+                    label: label.to_string(),
+                    token: None,
+                    token_hash,
+                    backend,
+                    live: None,
+                    recoded: Arc::default(),
+                    connections: 0,
+                };
+                slots.insert(label.to_string(), slot);
+            }
+        }
+    }
+
+    /// Ends a session and disconnects its viewer; its token dies with it.
+    pub fn close_session(&self, label: &str) {
+        if let Some(slot) = self.slots().remove(label) {
             log::info!("proxy: session {} closed", slot.label);
             if let Some((_, tx)) = slot.live {
                 let _ = tx.try_send(Control::Close);
@@ -194,10 +252,10 @@ impl Proxy {
     /// Moves a session to another VM. With a viewer connected, the swap happens under its live
     /// connection once the new VM's first full frame is in; without one, the new VM is probed
     /// for a first frame the same way and becomes the session's VM.
-    pub async fn switch(&self, token: &str, backend: Backend) -> Result<SwitchReport, ProxyError> {
+    pub async fn switch(&self, label: &str, backend: Backend) -> Result<SwitchReport, ProxyError> {
         let live = {
             let slots = self.slots();
-            let slot = slots.get(token).ok_or(ProxyError::UnknownSession)?;
+            let slot = slots.get(label).ok_or(ProxyError::UnknownSession)?;
             slot.live.as_ref().map(|(_, tx)| tx.clone())
         };
         if let Some(tx) = live {
@@ -210,7 +268,7 @@ impl Proxy {
             // The viewer left meanwhile: fall through to a probe.
         }
         let mut report = self.probe(&backend).await?;
-        self.set_backend(token, backend);
+        self.set_backend(label, backend);
         report.swapped_ms = report.first_frame_ms;
         Ok(report)
     }
@@ -230,26 +288,38 @@ impl Proxy {
         })
     }
 
-    fn set_backend(&self, token: &str, backend: Backend) {
-        if let Some(slot) = self.slots().get_mut(token) {
+    fn set_backend(&self, label: &str, backend: Backend) {
+        if let Some(slot) = self.slots().get_mut(label) {
             slot.backend = backend;
         }
     }
 
-    /// Finds the session whose token answers `challenge` with `response`.
+    /// Finds the session whose current token answers `challenge` with `response` (VNC
+    /// authentication). Returns its identity, label and VM.
     fn authenticate(&self, challenge: &[u8; 16], response: &[u8; 16]) -> Option<(String, String, Backend)> {
-        self.slots().iter().find_map(|(token, slot)| {
+        self.slots().iter().find_map(|(id, slot)| {
+            let token = slot.token.as_ref()?;
             auth::same(&auth::response(token.as_bytes(), challenge), response)
-                .then(|| (token.clone(), slot.label.clone(), slot.backend.clone()))
+                .then(|| (id.clone(), slot.label.clone(), slot.backend.clone()))
+        })
+    }
+
+    /// Finds the session whose current token is `token`, presented whole (as a VeNCrypt Plain
+    /// password is): its hash is compared in constant time, so this works for a session
+    /// restored from the store too. Returns the same as VNC authentication does.
+    pub fn authenticate_token(&self, token: &str) -> Option<(String, String, Backend)> {
+        let presented = auth::token_hash(token);
+        self.slots().iter().find_map(|(id, slot)| {
+            auth::same(&slot.token_hash, &presented).then(|| (id.clone(), slot.label.clone(), slot.backend.clone()))
         })
     }
 
     /// Registers a viewer connection, replacing (and closing) an older one of the same session.
     /// Returns the connection's id and the session's recoded-rectangle counter.
-    fn attach(&self, token: &str, tx: mpsc::Sender<Control>) -> Option<(u64, Arc<AtomicU64>)> {
+    fn attach(&self, session: &str, tx: mpsc::Sender<Control>) -> Option<(u64, Arc<AtomicU64>)> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.slots();
-        let slot = slots.get_mut(token)?;
+        let slot = slots.get_mut(session)?;
         slot.connections += 1;
         if let Some((_, old)) = slot.live.replace((id, tx)) {
             log::info!("proxy: session {}: a new viewer connection replaces the old one", slot.label);
@@ -258,8 +328,8 @@ impl Proxy {
         Some((id, slot.recoded.clone()))
     }
 
-    fn detach(&self, token: &str, id: u64) {
-        if let Some(slot) = self.slots().get_mut(token) {
+    fn detach(&self, session: &str, id: u64) {
+        if let Some(slot) = self.slots().get_mut(session) {
             if slot.live.as_ref().is_some_and(|(i, _)| *i == id) {
                 slot.live = None;
             }

@@ -73,7 +73,8 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
     // A viewer that connects and stalls would hold its place for ever.
     let limit = proxy.opts.handshake_timeout;
-    let (token, label, backend, _) = tokio::time::timeout(limit, handshake(&proxy, &mut sock))
+    // The session's identity, not its token: the token may be rotated under this connection.
+    let (session, label, backend, _) = tokio::time::timeout(limit, handshake(&proxy, &mut sock))
         .await
         .map_err(|_| anyhow::anyhow!("no complete RFB handshake within {limit:?}"))??;
     log::info!("proxy: viewer {peer} authenticated for session {label}, VM {}", backend.describe());
@@ -82,12 +83,12 @@ pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr
     log::info!("proxy: session {label}: VM answered in {} ms", t0.elapsed().as_millis());
     sock.write_all(&init.to_bytes()).await?;
     let (tx, rx) = mpsc::channel(4);
-    let Some((conn, recoded)) = proxy.attach(&token, tx) else {
+    let Some((conn, recoded)) = proxy.attach(&session, tx) else {
         bail!("session {label} closed during the handshake");
     };
     let mut relay = Relay {
         proxy: proxy.clone(),
-        token: token.clone(),
+        session: session.clone(),
         label: label.clone(),
         viewer: sock,
         vm: Some(vm),
@@ -104,7 +105,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr
         orphaned_at: None,
     };
     let res = relay.run(rx).await;
-    proxy.detach(&token, conn);
+    proxy.detach(&session, conn);
     log::info!("proxy: viewer {peer} of session {label} left after {:.1} s", t0.elapsed().as_secs_f64());
     res
 }
@@ -118,7 +119,7 @@ struct Pending {
 
 struct Relay {
     proxy: Arc<Proxy>,
-    token: String,
+    session: String,
     label: String,
     viewer: TcpStream,
     vm: Option<Stream>,
@@ -371,7 +372,7 @@ impl Relay {
             self.lose_vm().await?;
             return Err(err.into());
         }
-        self.proxy.set_backend(&self.token, p.backend.clone());
+        self.proxy.set_backend(&self.session, p.backend.clone());
         let report = SwitchReport {
             viewer_connected: true,
             connect_ms: ready.connected_in.as_millis() as u64,
