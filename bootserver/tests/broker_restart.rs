@@ -163,8 +163,11 @@ fn start_bootserver(dir: &Path, broker: SocketAddr, admin: SocketAddr) -> anyhow
     )
 }
 
-fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new("curl").args(["-sf", "-m", "30"]).arg(format!("http://{admin}{path}")).output()?;
+fn admin_get(dir: &Path, admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "30", "-H", &testkit::admin_auth(&dir.join("bs-state"))?])
+        .arg(format!("http://{admin}{path}"))
+        .output()?;
     if !out.status.success() {
         bail!("admin API {path}: curl {}", out.status);
     }
@@ -186,8 +189,8 @@ async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
 }
 
 /// The desktops the admin API lists, as (user, VM name).
-fn desktops(admin: SocketAddr) -> Vec<(String, String)> {
-    let Ok(v) = admin_get(admin, "/api/vms") else { return Vec::new() };
+fn desktops(dir: &Path, admin: SocketAddr) -> Vec<(String, String)> {
+    let Ok(v) = admin_get(dir, admin, "/api/vms") else { return Vec::new() };
     v.as_array()
         .map(|a| {
             a.iter()
@@ -237,7 +240,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         wait_for(600, "an assignment", || seen.lock().unwrap().assignments.first().cloned()).await?;
     assert_eq!(assignment.vnc, proxy);
     let token = assignment.session_token.clone();
-    let listed = desktops(admin);
+    let listed = desktops(dir, admin);
     let vm = match listed.as_slice() {
         [(user, vm)] if user == MAC => vm.clone(),
         other => bail!("admin API lists {other:?}"),
@@ -269,12 +272,12 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
 
     // The admin API lists the same desktop, adopted.
     let again = wait_for(120, "the desktop listed again", || {
-        let d = desktops(admin);
+        let d = desktops(dir, admin);
         (!d.is_empty()).then_some(d)
     })
     .await?;
     assert_eq!(again, vec![(MAC.to_string(), vm.clone())], "same user, same VM");
-    let decisions = admin_get(admin, "/api/decisions")?;
+    let decisions = admin_get(dir, admin, "/api/decisions")?;
     let steps = |prefix: &str, vm: &str| {
         decisions
             .as_array()

@@ -321,6 +321,14 @@ impl Drop for ServerHost {
     }
 }
 
+/// The header that authenticates a request to the admin API of the boot server whose state dir
+/// is `state_dir` (its `admin.token`, made at the server's first start).
+pub fn admin_auth(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("admin.token");
+    let token = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("Authorization: Bearer {}", token.trim()))
+}
+
 /// `bootserver ca init` in `state_dir`, with the `bootserver` binary at `bootserver`; the path of
 /// the CA certificate it prints, which boot images carry.
 pub fn ca_init(bootserver: &Path, state_dir: &Path) -> anyhow::Result<PathBuf> {

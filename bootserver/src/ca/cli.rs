@@ -24,7 +24,7 @@ pub struct Where {
 }
 
 impl Where {
-    fn resolve(&self) -> anyhow::Result<(PathBuf, FileConfig)> {
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, FileConfig)> {
         let file = match &self.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
