@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use broker_common::{connect_viewer, host_vms, start_server_host, wait_same, TOKEN};
+use broker_common::{connect_viewer, host_vms, start_server_host, wait_same};
 use proto::agent::{
     encode, Assignment, BrokerMessage, Decoder, Hello, Input, MacAddr, Output, Session, SessionConfig, PROTOCOL,
 };
@@ -227,11 +227,11 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         format!(
             "[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
              switch_timeout_secs = 400\nstop_deadline_secs = 20\n\
-             [[desktops.hosts]]\nname = \"h1\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\nmemory_mib = 512\n",
-            host.port
+             [[desktops.hosts]]\nname = \"h1\"\nurl = \"{}\"\nmemory_mib = 512\n",
+            host.url()
         ),
     )?;
-    wait_for(60, "server-host answering", || host_vms(host.port).ok()).await?;
+    wait_for(60, "server-host answering", || host_vms(&host).ok()).await?;
     let mut server = start_bootserver(dir, broker, admin)?;
     let (seen, agent) = spawn_agent(broker, dir.join("bs-state/ca/ca.pem"));
 
@@ -246,7 +246,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         other => bail!("admin API lists {other:?}"),
     };
     let viewer = connect_viewer(proxy, &token).await?;
-    wait_same(&viewer, host.port, &vm, "the desktop before the restart").await?;
+    wait_same(&viewer, &host, &vm, "the desktop before the restart").await?;
     drop(viewer);
 
     // Kill the boot server outright and start it again on the same state.
@@ -258,12 +258,13 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     // broker's naming that no session claims. The restarted broker must stop it.
     let orphan = "52-54-00-00-00-32-12345";
     let made = Command::new("curl")
-        .args(["-sf", "-m", "300", "-X", "POST", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-sf", "-m", "300", "-X", "POST"])
+        .args(host.pki.curl_args())
         .args(["-H", "Content-Type: application/json", "--data"])
         .arg(format!(
             r#"{{"name":"{orphan}","template":"desktop","memory_mib":128,"user":"52-54-00-00-00-32"}}"#
         ))
-        .arg(format!("http://127.0.0.1:{}/v1/vms", host.port))
+        .arg(format!("{}/v1/vms", host.url()))
         .output()?;
     if !made.status.success() {
         bail!("making the orphan VM: curl {}", made.status);
@@ -291,7 +292,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
 
     // The old token opens the same VM through the restarted proxy.
     let viewer = connect_viewer(proxy, &token).await?;
-    wait_same(&viewer, host.port, &vm, "the desktop after the restart").await?;
+    wait_same(&viewer, &host, &vm, "the desktop after the restart").await?;
     eprintln!("desktop shown again {:?} after the restart", t_restart.elapsed());
 
     // The client reconnected by itself and was told the same assignment.
@@ -307,7 +308,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     // One VM, the same one, runs on the host: no second VM, and the orphan is gone (its stop
     // runs in the background and may wait out the guest's power-off deadline).
     let running = || -> Vec<String> {
-        let vms = host_vms(host.port).unwrap_or_default();
+        let vms = host_vms(&host).unwrap_or_default();
         vms.into_iter().filter(|v| v.state == proto::host::VmState::Running).map(|v| v.name).collect()
     };
     let only = wait_for(120, "the orphan VM stopped", || {

@@ -63,6 +63,15 @@ pub enum CaCommand {
         #[arg(long)]
         name: Vec<String>,
     },
+    /// Issue the broker's client certificate, which the hosts' APIs and their VMs' VNC take
+    /// (`bootserver serve` does it by itself when it has none); prints its path, with the key
+    /// beside it (client.key).
+    ///
+    /// Example: curl --cacert ca/ca.pem --cert ca/client.pem --key ca/client.key https://10.0.0.11:8470/v1/host
+    IssueClient {
+        #[command(flatten)]
+        at: Where,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +121,12 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no address to issue the certificate for: give --address (or a config with `address`)");
             }
             let (cert, _) = open(&state)?.issue_server(&names)?;
+            println!("{}", cert.display());
+            Ok(())
+        }
+        CaCommand::IssueClient { at } => {
+            let (state, _) = at.resolve()?;
+            let (cert, _) = open(&state)?.issue_client()?;
             println!("{}", cert.display());
             Ok(())
         }
