@@ -28,7 +28,6 @@ use clap::{Parser, Subcommand};
 use proto::host::{CreateVm, VncAddress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "desktop-bench-host-token";
 /// The desktop template's screen size (scripts/build-desktop-template).
 const DESKTOP: (u16, u16) = (1280, 800);
 
@@ -64,13 +63,18 @@ struct Host {
 impl Host {
     fn start(bin: &Path, templates: &Path) -> anyhow::Result<Host> {
         let dir = tempfile::tempdir()?;
-        let sh = testkit::ServerHost::start(bin, dir.path(), TOKEN, templates)
+        let sh = testkit::ServerHost::start(bin, dir.path(), templates)
             .with_context(|| format!("running {}", bin.display()))?;
         Ok(Host { sh, _dir: dir })
     }
 
     fn url(&self) -> String {
         self.sh.url()
+    }
+
+    /// The broker's side of mutual TLS with this host.
+    fn tls(&self) -> anyhow::Result<std::sync::Arc<proto::tls::rustls::ClientConfig>> {
+        bootserver::broker::flow::host_tls(&self.sh.pki.state)
     }
 }
 
@@ -229,12 +233,12 @@ async fn broker(host: &Host, pool: usize, balloon: bool) -> anyhow::Result<Broke
         stop_deadline_secs: 20,
         balloon,
         pool,
-        hosts: vec![HostConfig { name: "h1".into(), url: host.url(), token: TOKEN.into(), token_file: None, memory_mib: 512 }],
+        hosts: vec![HostConfig { name: "h1".into(), url: host.url(), memory_mib: 512 }],
         ..Default::default()
     }
     .validate()
     .map_err(anyhow::Error::msg)?;
-    let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+    let hosts = HostRegistry::new(&cfg.hosts, host.tls()?, cfg.health_interval(), cfg.health_failures)?;
     let t0 = Instant::now();
     while hosts.status()[0].last_ok_ms_ago.is_none() || hosts.status()[0].accel.is_none() {
         hosts.check_all().await;
@@ -353,7 +357,7 @@ async fn handoff_proxy(cli: &Cli, balloon: bool) -> anyhow::Result<(Duration, Du
 /// once it shows the desktop the viewer disconnects and connects to it.
 async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
     let host = Host::start(&cli.server_host, &cli.templates)?;
-    let c = HostClient::new("h1", &host.url(), TOKEN);
+    let c = HostClient::new("h1", &host.url(), host.tls()?).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     while c.facts(Duration::from_secs(5)).await.map(|f| f.accel.is_none()).unwrap_or(true) {
         if t0.elapsed() > Duration::from_secs(120) {

@@ -55,9 +55,8 @@ enum Command {
         /// Print the admin API's JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Admin API address.
-        #[arg(long, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
-        admin: std::net::SocketAddr,
+        #[command(flatten)]
+        api: AdminArgs,
     },
     /// Tell one PC to reboot, power off, or show a message on its screen.
     ///
@@ -67,9 +66,8 @@ enum Command {
         mac: String,
         #[command(subcommand)]
         action: ClientAction,
-        /// Admin API address.
-        #[arg(long, global = true, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
-        admin: std::net::SocketAddr,
+        #[command(flatten)]
+        api: AdminArgs,
     },
     /// Show what the memory algorithm does as users arrive (the paper's Table 3 by default).
     Plan(bootserver::broker::explain::PlanArgs),
@@ -87,6 +85,27 @@ enum Command {
         #[command(subcommand)]
         command: bootserver::ca::cli::HostCommand,
     },
+}
+
+/// Where the admin API is and the token it wants.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API address.
+    #[arg(long, global = true, env = bootserver::admin::ADMIN_ENV, default_value = bootserver::admin::DEFAULT_ADMIN)]
+    admin: std::net::SocketAddr,
+    /// The admin token file. Default: admin.token in the state dir.
+    #[arg(long, global = true, env = "BOOTSERVER_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    at: bootserver::ca::cli::Where,
+}
+
+impl AdminArgs {
+    fn endpoint(self) -> anyhow::Result<bootserver::admin::Endpoint> {
+        let (state, _) = self.at.resolve()?;
+        let path = bootserver::admin::token_path(self.token_file, &state);
+        Ok(bootserver::admin::Endpoint { addr: self.admin, token: bootserver::admin::read_token(&path)? })
+    }
 }
 
 /// What `bootserver client MAC` asks the PC to do.
@@ -129,15 +148,15 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => return bootserver::broker::explain::run(&args),
         Command::Ca { command } => return bootserver::ca::cli::ca(command),
         Command::Host { command } => return bootserver::ca::cli::host(command),
-        Command::Clients { json, admin } => return bootserver::admin::print_clients(admin, json),
-        Command::Client { mac, action, admin } => {
+        Command::Clients { json, api } => return bootserver::admin::print_clients(&api.endpoint()?, json),
+        Command::Client { mac, action, api } => {
             use bootserver::admin::Action;
             let action = match action {
                 ClientAction::Reboot => Action::Reboot,
                 ClientAction::Poweroff => Action::Poweroff,
                 ClientAction::Message { text } => Action::Message { text: text.join(" ") },
             };
-            return bootserver::admin::send_action(admin, &mac, &action);
+            return bootserver::admin::send_action(&api.endpoint()?, &mac, &action);
         }
         Command::Serve { config, args } => {
             let file = match &config {

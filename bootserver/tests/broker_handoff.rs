@@ -14,7 +14,7 @@ use bootserver::broker::memory::Action;
 use bootserver::broker::orchestrator::{Orchestrator, Outcome};
 use bootserver::broker::proxy::{Proxy, ProxyOptions};
 use bootserver::broker::settings::{BrokerConfig, HostConfig};
-use broker_common::{connect_viewer, start_server_host, vm_screen, wait_same, ServerHost, TOKEN};
+use broker_common::{connect_viewer, host_tls, start_server_host, vm_screen, wait_same, ServerHost};
 
 /// The broker on `host` (one 512 MiB host, levels 256/128 MiB) with its proxy on loopback.
 async fn broker(
@@ -30,15 +30,13 @@ async fn broker(
         hosts: vec![HostConfig {
             name: "h1".into(),
             url: host.url(),
-            token: TOKEN.into(),
-            token_file: None,
             memory_mib: 512,
         }],
         ..Default::default()
     }
     .validate()
     .map_err(anyhow::Error::msg)?;
-    let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+    let hosts = HostRegistry::new(&cfg.hosts, host_tls(host)?, cfg.health_interval(), cfg.health_failures)?;
     let t0 = Instant::now();
     while hosts.check_all().await.is_empty() && hosts.status()[0].last_ok_ms_ago.is_none() {
         if t0.elapsed() > Duration::from_secs(60) {
@@ -68,7 +66,7 @@ async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Resu
     let first = orch.desktops()[0].clone();
     assert_eq!((first.host.as_str(), first.memory_mib), ("h1", 256));
     let viewer = connect_viewer(proxy_addr, &token).await?;
-    wait_same(&viewer, host.port, &first.vm, "first user's desktop").await?;
+    wait_same(&viewer, &host, &first.vm, "first user's desktop").await?;
     // A token opens only its own VM: a made-up one is refused.
     assert!(connect_viewer(proxy_addr, "notmine1").await.is_err());
 
@@ -94,7 +92,7 @@ async fn second_user_hands_the_first_off_under_its_live_viewer() -> anyhow::Resu
     let moved = orch.desktops().into_iter().find(|d| d.user == "52:54:00:00:00:01").context("first user")?;
     assert_eq!(moved.memory_mib, 128);
     assert_ne!(moved.vm, first.vm);
-    wait_same(&viewer, host.port, &moved.vm, "first user's desktop after the handoff").await?;
+    wait_same(&viewer, &host, &moved.vm, "first user's desktop after the handoff").await?;
     {
         let s = viewer.state.lock().unwrap();
         assert!(!s.closed && s.error.is_none(), "viewer connection dropped: {:?}", s.error);
@@ -133,9 +131,9 @@ async fn arrival_takes_the_pre_booted_vm_with_its_data_disk_and_name() -> anyhow
     testkit::wait_for_text(&console, "TC-DATA-MOUNTED", Duration::from_secs(120))?;
     testkit::wait_for_text(&console, "TC-ASSIGNED user=52-54-00-00-00-01", Duration::from_secs(120))?;
     let viewer = connect_viewer(proxy_addr, &token).await?;
-    wait_same(&viewer, host.port, &d.vm, "the pool VM's desktop").await?;
+    wait_same(&viewer, &host, &d.vm, "the pool VM's desktop").await?;
     // The strip: one 16-pixel grey block per byte of the user's name, '5' first.
-    let screen = vm_screen(host.port, &d.vm)?;
+    let screen = vm_screen(&host, &d.vm)?;
     assert_eq!(&screen.rgb[..3], &[b'5'; 3]);
     let last = (16 * "52-54-00-00-00-01".len() - 1) * 3;
     assert_eq!(&screen.rgb[last..last + 3], &[b'1'; 3]);

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use broker_common::{connect_viewer, host_vms, start_server_host, wait_same, TOKEN};
+use broker_common::{connect_viewer, host_vms, start_server_host, wait_same};
 use proto::agent::{
     encode, Assignment, BrokerMessage, Decoder, Hello, Input, MacAddr, Output, Session, SessionConfig, PROTOCOL,
 };
@@ -166,8 +166,11 @@ fn start_bootserver(dir: &Path, broker: SocketAddr, admin: SocketAddr) -> anyhow
     )
 }
 
-fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new("curl").args(["-sf", "-m", "30"]).arg(format!("http://{admin}{path}")).output()?;
+fn admin_get(dir: &Path, admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "30", "-H", &testkit::admin_auth(&dir.join("bs-state"))?])
+        .arg(format!("http://{admin}{path}"))
+        .output()?;
     if !out.status.success() {
         bail!("admin API {path}: curl {}", out.status);
     }
@@ -189,8 +192,8 @@ async fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
 }
 
 /// The desktops the admin API lists, as (user, VM name).
-fn desktops(admin: SocketAddr) -> Vec<(String, String)> {
-    let Ok(v) = admin_get(admin, "/api/vms") else { return Vec::new() };
+fn desktops(dir: &Path, admin: SocketAddr) -> Vec<(String, String)> {
+    let Ok(v) = admin_get(dir, admin, "/api/vms") else { return Vec::new() };
     v.as_array()
         .map(|a| {
             a.iter()
@@ -227,11 +230,11 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         format!(
             "[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
              switch_timeout_secs = 400\nstop_deadline_secs = 20\n\
-             [[desktops.hosts]]\nname = \"h1\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\nmemory_mib = 512\n",
-            host.port
+             [[desktops.hosts]]\nname = \"h1\"\nurl = \"{}\"\nmemory_mib = 512\n",
+            host.url()
         ),
     )?;
-    wait_for(60, "server-host answering", || host_vms(host.port).ok()).await?;
+    wait_for(60, "server-host answering", || host_vms(&host).ok()).await?;
     let mut server = start_bootserver(dir, broker, admin)?;
     let (seen, agent) = spawn_agent(broker, dir.join("bs-state/ca/ca.pem"));
 
@@ -240,13 +243,13 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         wait_for(600, "an assignment", || seen.lock().unwrap().assignments.first().cloned()).await?;
     assert_eq!(assignment.vnc, proxy);
     let token = assignment.session_token.clone();
-    let listed = desktops(admin);
+    let listed = desktops(dir, admin);
     let vm = match listed.as_slice() {
         [(user, vm)] if user == MAC => vm.clone(),
         other => bail!("admin API lists {other:?}"),
     };
     let viewer = connect_viewer(proxy, &token).await?;
-    wait_same(&viewer, host.port, &vm, "the desktop before the restart").await?;
+    wait_same(&viewer, &host, &vm, "the desktop before the restart").await?;
     drop(viewer);
 
     // Kill the boot server outright and start it again on the same state.
@@ -258,12 +261,13 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     // broker's naming that no session claims. The restarted broker must stop it.
     let orphan = "52-54-00-00-00-32-12345";
     let made = Command::new("curl")
-        .args(["-sf", "-m", "300", "-X", "POST", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-sf", "-m", "300", "-X", "POST"])
+        .args(host.pki.curl_args())
         .args(["-H", "Content-Type: application/json", "--data"])
         .arg(format!(
             r#"{{"name":"{orphan}","template":"desktop","memory_mib":128,"user":"52-54-00-00-00-32"}}"#
         ))
-        .arg(format!("http://127.0.0.1:{}/v1/vms", host.port))
+        .arg(format!("{}/v1/vms", host.url()))
         .output()?;
     if !made.status.success() {
         bail!("making the orphan VM: curl {}", made.status);
@@ -272,12 +276,12 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
 
     // The admin API lists the same desktop, adopted.
     let again = wait_for(120, "the desktop listed again", || {
-        let d = desktops(admin);
+        let d = desktops(dir, admin);
         (!d.is_empty()).then_some(d)
     })
     .await?;
     assert_eq!(again, vec![(MAC.to_string(), vm.clone())], "same user, same VM");
-    let decisions = admin_get(admin, "/api/decisions")?;
+    let decisions = admin_get(dir, admin, "/api/decisions")?;
     let steps = |prefix: &str, vm: &str| {
         decisions
             .as_array()
@@ -305,14 +309,14 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
 
     // The new token opens the same VM through the restarted proxy; the old one nothing.
     let viewer = connect_viewer(proxy, &second.session_token).await?;
-    wait_same(&viewer, host.port, &vm, "the desktop after the restart").await?;
+    wait_same(&viewer, &host, &vm, "the desktop after the restart").await?;
     eprintln!("desktop shown again {:?} after the restart", t_restart.elapsed());
     assert!(connect_viewer(proxy, &token).await.is_err(), "the old token still opens the desktop");
 
     // One VM, the same one, runs on the host: no second VM, and the orphan is gone (its stop
     // runs in the background and may wait out the guest's power-off deadline).
     let running = || -> Vec<String> {
-        let vms = host_vms(host.port).unwrap_or_default();
+        let vms = host_vms(&host).unwrap_or_default();
         vms.into_iter().filter(|v| v.state == proto::host::VmState::Running).map(|v| v.name).collect()
     };
     let only = wait_for(120, "the orphan VM stopped", || {

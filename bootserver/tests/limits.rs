@@ -260,7 +260,8 @@ registry_flush_ms = 200
         worst = worst.max(took);
         let api = sh({
             let mut c = lab.cmd("curl");
-            c.args(["-sf", "-m", "10", "http://127.0.0.1:7001/api/clients"]);
+            c.args(["-sf", "-m", "10", "-H", &testkit::admin_auth(&dir.path().join("main-state")).unwrap()]);
+            c.arg("http://127.0.0.1:7001/api/clients");
             c
         });
         assert!(api.status.success(), "the admin API did not answer during the flood");
@@ -283,7 +284,7 @@ registry_flush_ms = 200
     let state = dir.path().join("main-state");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&state), 0o700);
-    for f in ["clients.sqlite", "sessions.sqlite", "boot.ipxe"] {
+    for f in ["clients.sqlite", "sessions.sqlite", "boot.ipxe", "admin.token"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
     assert!(!std::fs::read_to_string(&log).unwrap().contains("Too many open files"));

@@ -27,7 +27,7 @@ const MAC: &str = "52:54:00:4e:46:01";
 /// The desktop template's screen size; the PC's console gets the same (`video=`).
 const MODE: &str = "1280x800";
 const ADMIN: &str = "127.0.0.1:7001";
-const HOST_API: &str = "http://127.0.0.1:8470";
+const HOST_API: &str = "https://127.0.0.1:8470";
 
 fn sibling_bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_bootserver")).with_file_name(name);
@@ -116,7 +116,7 @@ fn ppm_complete(d: &[u8]) -> bool {
 /// template, in a lab with one tap for the PC and `hosts` other hosts.
 struct Rig {
     dir: tempfile::TempDir,
-    token: String,
+    pki: testkit::HostPki,
     _root: tempfile::TempDir,
     _server: KillOnDrop,
     _host: KillOnDrop,
@@ -134,11 +134,17 @@ impl Rig {
         // The PC boots by QEMU's -kernel: the boot dir serves nothing, but it must not hold
         // the state dir.
         std::fs::create_dir(dir.path().join("boot")).unwrap();
-        let token = format!("nfsroot-test-{}", std::process::id());
+        let pki = testkit::host_pki(
+            Path::new(env!("CARGO_BIN_EXE_bootserver")),
+            &dir.path().join("bootserver"),
+            "h1",
+            &["127.0.0.1"],
+        )
+        .unwrap();
 
         std::fs::write(
             dir.path().join("server-host.toml"),
-            testkit::server_host_config(&token, "127.0.0.1:8470", &dir.path().join("server-host"), &templates),
+            testkit::server_host_config(&pki.tls_dir, "127.0.0.1:8470", &dir.path().join("server-host"), &templates),
         )
         .unwrap();
         let host = KillOnDrop::spawn(
@@ -176,7 +182,6 @@ health_interval_secs = 1
 [[desktops.hosts]]
 name = "h1"
 url = "{HOST_API}"
-token = "{token}"
 memory_mib = 512
 "#,
                 root.path().display()
@@ -194,7 +199,7 @@ memory_mib = 512
                 .stderr(std::fs::File::create(&log).unwrap()),
         )
         .unwrap();
-        let rig = Rig { dir, token, _root: root, _server: server, _host: host, lab };
+        let rig = Rig { dir, pki, _root: root, _server: server, _host: host, lab };
         let deadline = Instant::now() + Duration::from_secs(120);
         while !rig.get(&format!("http://{ADMIN}/api/hosts"), false).is_some_and(|b| b.contains("\"up\":true")) {
             assert!(Instant::now() < deadline, "the broker never saw server-host up:\n{}", rig.logs());
@@ -204,12 +209,15 @@ memory_mib = 512
         rig
     }
 
-    /// GET through curl inside the lab, with server-host's token if `auth`.
+    /// GET through curl inside the lab, as the broker (its client certificate) to server-host
+    /// if `auth`, else with the admin API's token.
     fn curl(&self, url: &str, auth: bool) -> Command {
         let mut cmd = self.lab.cmd("curl");
         cmd.args(["-sf", "-m", "30"]);
         if auth {
-            cmd.arg("-H").arg(format!("Authorization: Bearer {}", self.token));
+            cmd.args(self.pki.curl_args());
+        } else if let Ok(h) = testkit::admin_auth(&self.dir.path().join("bootserver")) {
+            cmd.arg("-H").arg(h);
         }
         cmd.arg(url).stderr(Stdio::null());
         cmd

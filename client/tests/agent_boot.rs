@@ -55,11 +55,17 @@ fn start_server(lab: &Lab, dir: &Path, image: &Path) -> KillOnDrop {
     .expect("bootserver")
 }
 
+/// The admin token `bootserver serve` made in its state dir.
+fn token_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("state").join("admin.token")
+}
+
 /// `bootserver clients --json`, parsed; None while the server is not answering.
-fn clients(lab: &Lab) -> Option<serde_json::Value> {
+fn clients(lab: &Lab, dir: &Path) -> Option<serde_json::Value> {
     let out = lab
         .cmd(sibling_bin("bootserver"))
-        .args(["clients", "--json", "--admin", ADMIN])
+        .args(["clients", "--json", "--admin", ADMIN, "--token-file"])
+        .arg(token_file(dir))
         .stderr(Stdio::null())
         .output()
         .ok()?;
@@ -69,15 +75,15 @@ fn clients(lab: &Lab) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-fn our_pc(lab: &Lab) -> Option<serde_json::Value> {
-    clients(lab)?.as_array()?.iter().find(|c| c["mac"] == MAC).cloned()
+fn our_pc(lab: &Lab, dir: &Path) -> Option<serde_json::Value> {
+    clients(lab, dir)?.as_array()?.iter().find(|c| c["mac"] == MAC).cloned()
 }
 
 /// Polls the registry until `pred` holds for our PC.
 fn wait_pc(lab: &Lab, what: &str, timeout: Duration, dir: &Path, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(pc) = our_pc(lab) {
+        if let Some(pc) = our_pc(lab, dir) {
             if pred(&pc) {
                 return pc;
             }
@@ -87,7 +93,7 @@ fn wait_pc(lab: &Lab, what: &str, timeout: Duration, dir: &Path, pred: impl Fn(&
             let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
             let server = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
             let tail = |s: &str| s.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect::<String>();
-            panic!("{what}: not within {timeout:?}; registry {:?}\nserial:\n{}\nserver:\n{}", our_pc(lab), tail(&serial), tail(&server));
+            panic!("{what}: not within {timeout:?}; registry {:?}\nserial:\n{}\nserver:\n{}", our_pc(lab, dir), tail(&serial), tail(&server));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -128,7 +134,8 @@ fn pc_boots_announces_reboots_on_command_and_survives_a_broker_restart() {
     // Reboot from the admin side: the PC goes away and announces a second boot.
     let st = lab
         .cmd(sibling_bin("bootserver"))
-        .args(["client", MAC, "reboot", "--admin", ADMIN])
+        .args(["client", MAC, "reboot", "--admin", ADMIN, "--token-file"])
+        .arg(token_file(dir.path()))
         .status()
         .unwrap();
     assert!(st.success());
@@ -149,7 +156,8 @@ fn pc_boots_announces_reboots_on_command_and_survives_a_broker_restart() {
     // An unknown PC is refused by the admin command with a clear error.
     let out = lab
         .cmd(sibling_bin("bootserver"))
-        .args(["client", "52:54:00:00:00:99", "poweroff", "--admin", ADMIN])
+        .args(["client", "52:54:00:00:00:99", "poweroff", "--admin", ADMIN, "--token-file"])
+        .arg(token_file(dir.path()))
         .output()
         .unwrap();
     assert!(!out.status.success());

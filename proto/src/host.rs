@@ -120,6 +120,10 @@ pub enum VncAddress {
     Unix(String),
     /// A host-local TCP address, `IP:PORT`.
     Tcp(String),
+    /// A TCP address `IP:PORT` on the LAN whose VNC is inside TLS only (VeNCrypt X509None or
+    /// X509Vnc): the host's certificate is made for that IP, and the client must show a
+    /// certificate of the deployment's CA.
+    Tls(String),
 }
 
 /// Life of a VM as the host sees it.

@@ -189,6 +189,16 @@ mod imp {
         verifier.verify_server_cert(leaf, rest, name, &[], UnixTime::now()).map(|_| ())
     }
 
+    /// Checks, as a server taking client certificates of `roots` would, that the chain `certs`
+    /// (leaf first) is a valid client certificate now.
+    pub fn verify_client_chain(roots: RootCertStore, certs: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let (leaf, rest) = certs.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        verifier.verify_client_cert(leaf, rest, UnixTime::now()).map(|_| ())
+    }
+
     /// Runs a whole handshake between a client of `client` dialling `name` and a server of
     /// `server`, in memory; the first error of either side. For checking a pair of configs (the
     /// certificates and keys behind them) without a network.

@@ -1,14 +1,14 @@
-//! The HTTP API (axum) the broker uses; see `proto::host` for the contract.
+//! The HTTP API (axum) the broker uses; see `proto::host` for the contract. It is served over
+//! TLS to clients with a certificate of the deployment's CA only (see `crate::serve`): whoever
+//! completes the handshake is the broker.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +22,6 @@ use crate::manager::Manager;
 
 struct AppState {
     mgr: Arc<Manager>,
-    token: String,
 }
 
 type St = State<Arc<AppState>>;
@@ -44,8 +43,8 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
     b.map(|Json(v)| v).map_err(|e| Error::BadRequest(format!("bad request body: {}", e.body_text())))
 }
 
-pub fn router(mgr: Arc<Manager>, token: String) -> Router {
-    let state = Arc::new(AppState { mgr, token });
+pub fn router(mgr: Arc<Manager>) -> Router {
+    let state = Arc::new(AppState { mgr });
     let api = Router::new()
         .route("/host", get(host))
         .route("/templates", get(templates))
@@ -62,28 +61,8 @@ pub fn router(mgr: Arc<Manager>, token: String) -> Router {
         .route("/users/:user/restore", post(restore))
         .route("/history", get(history))
         .route("/events", get(events))
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     Router::new().nest(API_PREFIX, api)
-}
-
-async fn auth(State(st): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), st.token.as_bytes())) {
-        log::warn!(
-            "401 for {peer}: {} {} ({} token)",
-            req.method(),
-            req.uri().path(),
-            if given.is_some() { "wrong" } else { "no" }
-        );
-        return (StatusCode::UNAUTHORIZED, Json(ApiError { error: "missing or wrong bearer token".into() })).into_response();
-    }
-    next.run(req).await
-}
-
-/// Token comparison whose time does not depend on where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn host(State(st): St) -> Result<Json<HostFacts>, Error> {
@@ -216,16 +195,4 @@ async fn events(State(st): St, Query(q): Query<EventsQuery>) -> Result<Sse<impl 
         Ok(SseEvent::default().id(ev.id.to_string()).event("vm").json_data(&ev).unwrap_or_else(|_| SseEvent::default()))
     });
     Ok(Sse::new(all).keep_alive(KeepAlive::default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_compare() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
-    }
 }

@@ -22,13 +22,16 @@ struct Cli {
 enum Cmd {
     /// Serve the HTTP API (see server-host/README.md). Flags override the config file.
     Serve {
-        /// TOML config: token, state_dir, templates_dir, and optionally listen, qemu, qemu_img,
+        /// TOML config: tls_dir, state_dir, templates_dir, and optionally listen, qemu, qemu_img,
         /// mkfs_ext4, accel, kvm_probe_secs, data_disk_mib, reserved_memory_mib, vnc_tcp_host.
         #[arg(long)]
         config: PathBuf,
         /// Address of the API (default 127.0.0.1:8470).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// The folder of `bootserver host enrol` (host.pem, host.key, ca.pem).
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
         #[arg(long)]
         state_dir: Option<PathBuf>,
         #[arg(long)]
@@ -43,10 +46,13 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().cmd {
-        Cmd::Serve { config, listen, state_dir, templates_dir, accel } => {
+        Cmd::Serve { config, listen, tls_dir, state_dir, templates_dir, accel } => {
             let mut cfg = Config::load(&config)?;
             if let Some(v) = listen {
                 cfg.listen = v;
+            }
+            if let Some(v) = tls_dir {
+                cfg.tls_dir = Some(v);
             }
             if let Some(v) = state_dir {
                 cfg.state_dir = v;

@@ -50,6 +50,10 @@ impl Manager {
             images::private_dir(&p).with_context(|| format!("creating {}", p.display()))?;
         }
         tidy_users(&cfg.state_dir.join("users"));
+        if cfg.vnc_tls() {
+            let dir = cfg.vnc_tls_dir();
+            qemu::vnc_tls_dir(&dir, &cfg.tls()?).with_context(|| format!("QEMU's TLS credentials in {}", dir.display()))?;
+        }
         let store = Store::open(&cfg.state_dir.join("state.db"))?;
         let (accel_tx, accel_rx) = watch::channel(None);
         let probe_kernel = images::templates(&cfg.templates_dir)
@@ -137,9 +141,12 @@ impl Manager {
             vcpus: r.vcpus,
             state: r.state,
             pid: r.pid,
-            vnc: match r.vnc.strip_prefix("tcp:") {
-                Some(a) => VncAddress::Tcp(a.to_owned()),
-                None => VncAddress::Unix(r.vnc.trim_start_matches("unix:").to_owned()),
+            vnc: if let Some(a) = r.vnc.strip_prefix("tcp:") {
+                VncAddress::Tcp(a.to_owned())
+            } else if let Some(a) = r.vnc.strip_prefix("tls:") {
+                VncAddress::Tls(a.to_owned())
+            } else {
+                VncAddress::Unix(r.vnc.trim_start_matches("unix:").to_owned())
             },
             data_disk: r.data_disk,
             os_overlay_temporary: r.os_temporary,
@@ -285,6 +292,7 @@ impl Manager {
             (os, true, data, DataDisk::Attached)
         };
         let vnc = match &self.cfg.vnc_tcp_host {
+            Some(h) if self.cfg.vnc_tls() => Vnc::Tls(h.clone(), qemu::free_vnc_display(h)?, self.cfg.vnc_tls_dir()),
             Some(h) => Vnc::Tcp(h.clone(), qemu::free_vnc_display(h)?),
             None => Vnc::Unix(files.vnc()),
         };
@@ -313,6 +321,7 @@ impl Manager {
             vnc: match &vnc {
                 Vnc::Unix(p) => format!("unix:{}", p.display()),
                 Vnc::Tcp(h, d) => format!("tcp:{h}:{}", 5900 + d),
+                Vnc::Tls(h, d, _) => format!("tls:{h}:{}", 5900 + d),
             },
             data_disk,
             os_disk: os_disk.to_string_lossy().into_owned(),

@@ -33,6 +33,38 @@ pub(crate) enum Vnc {
     Unix(PathBuf),
     /// Host-local address and display number (port - 5900).
     Tcp(String, u16),
+    /// Address, display number and QEMU's x509 credentials folder (see [`vnc_tls_dir`]): VNC
+    /// only inside TLS (VeNCrypt X509), and only for clients with a certificate of the CA.
+    Tls(String, u16, PathBuf),
+}
+
+/// The id of the TLS credentials object on QEMU's command line.
+const VNC_TLS_ID: &str = "vnc-tls";
+
+/// Makes `dir` QEMU's x509 credentials folder from the host's certificate files: the names
+/// QEMU looks for (`ca-cert.pem`, `server-cert.pem`, `server-key.pem`), the folder and the key
+/// owner-only. Written at every start, so that a host enrolled again serves its new
+/// certificate to the VMs started after.
+pub(crate) fn vnc_tls_dir(dir: &Path, tls: &crate::config::TlsFiles) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::images::private_dir(dir)?;
+    for (from, to, mode) in
+        [(&tls.ca, "ca-cert.pem", 0o644), (&tls.cert, "server-cert.pem", 0o644), (&tls.key, "server-key.pem", 0o600)]
+    {
+        let data = std::fs::read(from)?;
+        let path = dir.join(to);
+        let tmp = dir.join(format!(".{to}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            f.write_all(&data)?;
+        }
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
 }
 
 pub(crate) struct Launch<'a> {
@@ -84,6 +116,7 @@ pub(crate) fn args(l: &Launch) -> Vec<String> {
         match l.vnc {
             Vnc::Unix(p) => format!("unix:{},password=on", opt_path(p)),
             Vnc::Tcp(host, display) => format!("{host}:{display},password=on"),
+            Vnc::Tls(host, display, _) => format!("{host}:{display},tls-creds={VNC_TLS_ID},password=on"),
         },
         "-chardev".into(),
         format!(
@@ -100,6 +133,11 @@ pub(crate) fn args(l: &Launch) -> Vec<String> {
         "-device".into(),
         "virtio-balloon-pci,id=balloon0".into(),
     ];
+    if let Vnc::Tls(_, _, dir) = l.vnc {
+        // verify-peer: a client without a certificate of the CA gets no VNC at all.
+        a.push("-object".into());
+        a.push(format!("tls-creds-x509,id={VNC_TLS_ID},dir={},endpoint=server,verify-peer=on", opt_path(dir)));
+    }
     if let Some(d) = l.data_disk {
         a.extend(data_disk_args(d).map(String::from));
     }
@@ -245,6 +283,16 @@ mod tests {
         assert!(a.contains(&"console=ttyS0 tc.user=u tc.vm=a".to_string()));
         assert!(!a.iter().any(|x| x.contains("id=data")), "no data disk asked for");
         assert!(a.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"));
+        assert!(!a.iter().any(|x| x.contains("tls-creds")), "{a:?}");
+
+        let vnc = Vnc::Tls("10.0.0.11".into(), 3, "/s/vnc,tls".into());
+        let a = args(&Launch { vnc: &vnc, ..l });
+        assert!(a.contains(&"10.0.0.11:3,tls-creds=vnc-tls,password=on".to_string()), "{a:?}");
+        assert!(
+            a.windows(2).any(|w| w[0] == "-object"
+                && w[1] == "tls-creds-x509,id=vnc-tls,dir=/s/vnc,,tls,endpoint=server,verify-peer=on"),
+            "{a:?}"
+        );
     }
 
     #[test]

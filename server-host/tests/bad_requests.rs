@@ -20,10 +20,18 @@ fn bad_requests_get_reasons_and_leave_nothing() {
     // "false" stands in for QEMU so that creation fails after the disks were made.
     let h = Host::start("accel = \"tcg\"\nqemu = \"false\"\ndata_disk_mib = 16");
 
-    // Auth: no token and a wrong token are 401.
-    assert_eq!(h.call("GET", "/host", None, None).0, 401);
-    assert_eq!(h.call("GET", "/vms", None, Some("wrong-token-xx")).0, 401);
-    assert!(h.log().contains("401 for 127.0.0.1"), "401s are logged");
+    // Only the broker's certificate opens the API: no client certificate, a client
+    // certificate of another CA, and the host's own (server) certificate get no HTTP answer.
+    let ca = ["--cacert".into(), h.pki.ca.clone().into_os_string()];
+    assert_eq!(h.call_with("GET", "/host", None, &ca).0, 0);
+    let other = testkit::host_pki(&bootserver_bin(), &h.dir.path().join("other-ca"), "local", &["127.0.0.1"]).unwrap();
+    let mut foreign = ca.to_vec();
+    foreign.extend(other.curl_args().into_iter().skip(2));
+    assert_eq!(h.call_with("GET", "/vms", None, &foreign).0, 0);
+    let host_cert = ["--cert".into(), h.pki.tls_dir.join("host.pem").into(), "--key".into(), h.pki.tls_dir.join("host.key").into()];
+    assert_eq!(h.call_with("GET", "/vms", None, &[ca.to_vec(), host_cert.to_vec()].concat()).0, 0);
+    assert!(h.log().contains("TLS handshake with 127.0.0.1"), "refusals are logged");
+    assert_eq!(h.get("/host").0, 200);
 
     let cases: &[(&str, u16, &str)] = &[
         (r#"{"name":"a","template":"nope","memory_mib":128,"user":"u"}"#, 404, "unknown template"),

@@ -104,7 +104,9 @@ fn desktops_screens_balloon_restart_crash_and_user_disks() {
 
     // Watch the event stream while bob's QEMU is killed by PID: a crash event.
     let mut sse = std::process::Command::new("curl")
-        .args(["-s", "-N", "-H", &format!("Authorization: Bearer {TOKEN}"), &h.url("/events")])
+        .args(["-s", "-N"])
+        .args(h.pki.curl_args())
+        .arg(h.url("/events"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -258,17 +258,79 @@ pub fn free_port() -> u16 {
     p
 }
 
-/// The lines of a `server-host` config for tests and benchmarks: bearer `token`, API on
-/// `listen`, state in `state`, templates from `templates`, this machine's accelerator, small
-/// data disks and no memory held back (the guests are scaled down).
-pub fn server_host_config(token: &str, listen: &str, state: &Path, templates: &Path) -> String {
+/// The lines of a `server-host` config for tests and benchmarks: its certificates in `tls_dir`
+/// (see [`host_pki`]), API on `listen`, state in `state`, templates from `templates`, this
+/// machine's accelerator, small data disks and no memory held back (the guests are scaled
+/// down).
+pub fn server_host_config(tls_dir: &Path, listen: &str, state: &Path, templates: &Path) -> String {
     format!(
-        "token = \"{token}\"\nlisten = \"{listen}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
+        "tls_dir = \"{}\"\nlisten = \"{listen}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n\
          accel = \"{}\"\ndata_disk_mib = 16\nreserved_memory_mib = 0\n",
+        tls_dir.display(),
         state.display(),
         templates.display(),
         accel(),
     )
+}
+
+/// The certificates of a `server-host` and of the broker that calls it, all from the CA of a
+/// boot server's state dir.
+#[derive(Debug, Clone)]
+pub struct HostPki {
+    /// The boot server's state dir, with the CA in `ca/`.
+    pub state: PathBuf,
+    /// What `bootserver host enrol` made: the host's `tls_dir`.
+    pub tls_dir: PathBuf,
+    pub ca: PathBuf,
+    /// The broker's client certificate and key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl HostPki {
+    /// curl's arguments for calling the host as the broker does.
+    pub fn curl_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a = Vec::new();
+        for (flag, path) in [("--cacert", &self.ca), ("--cert", &self.client_cert), ("--key", &self.client_key)] {
+            a.push(flag.into());
+            a.push(path.clone().into_os_string());
+        }
+        a
+    }
+}
+
+/// `bootserver ca init` (unless `state` has a CA), `bootserver host enrol NAME --ip ...` and
+/// `bootserver ca issue-client`, with the `bootserver` binary at `bootserver`.
+pub fn host_pki(bootserver: &Path, state: &Path, name: &str, ips: &[&str]) -> anyhow::Result<HostPki> {
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(bootserver)
+            .args(args)
+            .arg("--state-dir")
+            .arg(state)
+            .env("RUST_LOG", "warn")
+            .output()
+            .with_context(|| format!("running {} {args:?}", bootserver.display()))?;
+        if !out.status.success() {
+            bail!("bootserver {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    if !state.join("ca/ca.pem").exists() {
+        run(&["ca", "init"])?;
+    }
+    let mut enrol = vec!["host", "enrol", name, "--force"];
+    for ip in ips {
+        enrol.extend(["--ip", ip]);
+    }
+    let tls_dir = PathBuf::from(run(&enrol)?);
+    let client_cert = PathBuf::from(run(&["ca", "issue-client"])?);
+    Ok(HostPki {
+        state: state.to_path_buf(),
+        ca: tls_dir.join("ca.pem"),
+        tls_dir,
+        client_key: client_cert.with_file_name("client.key"),
+        client_cert,
+    })
 }
 
 /// PIDs of the QEMU processes of a `server-host` state folder that are still alive: the VM
@@ -289,21 +351,25 @@ pub fn server_host_qemu_pids(state: &Path) -> Vec<u32> {
 }
 
 /// `server-host serve` (the binary `bin`) on loopback with its config and state in `dir` and
-/// its log in `dir/server-host.log`. QEMU daemonizes, so killing server-host leaves its guests
-/// running: dropping this kills server-host and every QEMU of its state folder.
+/// its log in `dir/server-host.log`, enrolled as host `h1` by the CA of the boot server state
+/// dir `dir/bs-state` (made by the `bootserver` binary beside `bin`). QEMU daemonizes, so
+/// killing server-host leaves its guests running: dropping this kills server-host and every
+/// QEMU of its state folder.
 #[derive(Debug)]
 pub struct ServerHost {
     proc: KillOnDrop,
     pub state: PathBuf,
     pub port: u16,
+    pub pki: HostPki,
 }
 
 impl ServerHost {
-    pub fn start(bin: &Path, dir: &Path, token: &str, templates: &Path) -> anyhow::Result<ServerHost> {
+    pub fn start(bin: &Path, dir: &Path, templates: &Path) -> anyhow::Result<ServerHost> {
         let port = free_port();
         let state = dir.join("state");
+        let pki = host_pki(&bin.with_file_name("bootserver"), &dir.join("bs-state"), "h1", &["127.0.0.1"])?;
         let cfg = dir.join("server-host.toml");
-        std::fs::write(&cfg, server_host_config(token, &format!("127.0.0.1:{port}"), &state, templates))
+        std::fs::write(&cfg, server_host_config(&pki.tls_dir, &format!("127.0.0.1:{port}"), &state, templates))
             .with_context(|| format!("writing {}", cfg.display()))?;
         let log = std::fs::File::create(dir.join("server-host.log"))?;
         let proc = KillOnDrop::spawn(
@@ -315,12 +381,12 @@ impl ServerHost {
                 .stderr(log)
                 .stdin(Stdio::null()),
         )?;
-        Ok(ServerHost { proc, state, port })
+        Ok(ServerHost { proc, state, port, pki })
     }
 
-    /// The API's base URL, e.g. `http://127.0.0.1:8470`.
+    /// The API's base URL, e.g. `https://127.0.0.1:8470`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -335,6 +401,14 @@ impl Drop for ServerHost {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
+}
+
+/// The header that authenticates a request to the admin API of the boot server whose state dir
+/// is `state_dir` (its `admin.token`, made at the server's first start).
+pub fn admin_auth(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("admin.token");
+    let token = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("Authorization: Bearer {}", token.trim()))
 }
 
 /// `bootserver ca init` in `state_dir`, with the `bootserver` binary at `bootserver`; the path of

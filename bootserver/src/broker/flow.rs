@@ -31,6 +31,13 @@ pub struct Desktops {
     pub recovered: Vec<String>,
 }
 
+/// The broker's side of mutual TLS with the hosts and their VMs: the CA of `state_dir` and the
+/// broker's client certificate from it (issued when missing).
+pub fn host_tls(state_dir: &Path) -> anyhow::Result<Arc<proto::tls::rustls::ClientConfig>> {
+    let (ca, cert, key) = crate::ca::ensure_client(state_dir)?;
+    Ok(proto::tls::mtls_client_config(&ca, &cert, &key)?)
+}
+
 /// Binds the proxy on `proxy_addr` (within `limits`), puts back the sessions of the store in
 /// `state_dir`, starts health checks and the orchestrator's follower.
 pub async fn start(
@@ -61,7 +68,10 @@ pub async fn start(
         let (l, p, limiter) = (listener.bound(), p.clone(), limiter.clone());
         async move { p.serve(l.await?, limiter).await.context("VNC proxy") }
     });
-    let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+    // One identity towards the hosts: their APIs and their VMs' VNC on other machines.
+    let tls = host_tls(state_dir)?;
+    super::proxy::backend::set_vm_tls(tls.clone());
+    let hosts = HostRegistry::new(&cfg.hosts, tls, cfg.health_interval(), cfg.health_failures)?;
     let (orchestrator, notices) = Orchestrator::new(cfg.clone(), hosts.clone(), proxy.clone(), proxy_addr)?;
     let store_path = state_dir.join(&cfg.sessions_file);
     let store = SessionStore::open(&store_path).context("key `desktops.sessions_file`")?;

@@ -1,13 +1,19 @@
 //! The virtualization hosts: a client for each `server-host` API (see `proto::host`), and the
 //! registry that health-checks them and reports a host that stops answering.
+//!
+//! Every call is HTTPS with mutual TLS: the broker shows its client certificate of the
+//! deployment's CA and takes only a host certificate of that CA made for the address or name
+//! in the host's `url`. One connection per call (a health check every few seconds, a VM
+//! start now and then); rustls resumes the session, so most handshakes skip the signatures.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use proto::host::{self, ApiError, CreateVm, CreatedVm, HostFacts, StopVm, VmInfo};
+use proto::tls::rustls::pki_types::ServerName;
+use proto::tls::rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -26,20 +32,66 @@ pub enum HostError {
     Decode { host: String, method: &'static str, path: String, detail: String },
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a host's API is, from its `url` (`https://HOST:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostUrl {
+    /// `HOST:PORT`, for connecting and the Host header.
+    pub authority: String,
+    /// What the host's certificate must be made for.
+    pub server_name: ServerName<'static>,
+}
+
+impl HostUrl {
+    pub fn parse(url: &str) -> Result<HostUrl, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("url {url:?} must start with https:// (hosts are reached over mutual TLS)"));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(format!("url {url:?}: give only https://HOST:PORT"));
+        }
+        let auth = uri.authority().ok_or_else(|| format!("url {url:?} names no host"))?;
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_string()).map_err(|e| format!("url {url:?}: {e}"))?;
+        let authority = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(443));
+        Ok(HostUrl { authority, server_name })
+    }
+}
+
 /// One `server-host`'s API.
 #[derive(Clone)]
 pub struct HostClient {
     pub name: String,
-    base: String,
-    token: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    url: HostUrl,
+    tls: tokio_rustls::TlsConnector,
 }
 
 impl HostClient {
-    pub fn new(name: &str, url: &str, token: &str) -> Self {
-        let http = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        let base = format!("{}{}", url.trim_end_matches('/'), host::API_PREFIX);
-        HostClient { name: name.to_string(), base, token: token.to_string(), http }
+    /// A client of the host at `url` (checked by [`HostUrl::parse`] when the config was read).
+    pub fn new(name: &str, url: &str, tls: Arc<ClientConfig>) -> Result<Self, String> {
+        let url = HostUrl::parse(url).map_err(|e| format!("desktops.hosts {name:?}: {e}"))?;
+        Ok(HostClient { name: name.to_string(), url, tls: tls.into() })
+    }
+
+    /// One request on a connection of its own: TCP, the TLS handshake, HTTP/1.
+    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Result<(u16, Bytes), BoxError> {
+        let tcp = tokio::net::TcpStream::connect(&self.url.authority).await?;
+        let _ = tcp.set_nodelay(true);
+        let stream = self.tls.connect(self.url.server_name.clone(), tcp).await.map_err(|e| -> BoxError {
+            match e.get_ref().and_then(|i| i.downcast_ref::<proto::tls::rustls::Error>()) {
+                Some(t) => format!("TLS: {}", proto::tls::explain(t)).into(),
+                None => e.into(),
+            }
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        // Ends when the answer is read and `sender` dropped.
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -50,7 +102,7 @@ impl HostClient {
         timeout: Duration,
     ) -> Result<T, HostError> {
         let (host, p) = (self.name.clone(), path.to_string());
-        let transport = |e: Box<dyn std::error::Error + Send + Sync>| HostError::Transport {
+        let transport = |e: BoxError| HostError::Transport {
             host: host.clone(),
             method,
             path: p.clone(),
@@ -62,20 +114,15 @@ impl HostClient {
         };
         let req = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {}", self.token))
+            .uri(format!("{}{path}", host::API_PREFIX))
+            .header("host", &self.url.authority)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| transport(e.into()))?;
-        let work = async {
-            let resp = self.http.request(req).await.map_err(|e| transport(e.into()))?;
-            let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.map_err(|e| transport(e.into()))?.to_bytes();
-            Ok::<_, HostError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(timeout, work)
+        let (status, bytes) = tokio::time::timeout(timeout, self.send(req))
             .await
-            .map_err(|_| HostError::Timeout { host: host.clone(), method, path: p.clone(), timeout })??;
+            .map_err(|_| HostError::Timeout { host: host.clone(), method, path: p.clone(), timeout })?
+            .map_err(transport)?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<ApiError>(&bytes)
                 .map(|e| e.error)
@@ -166,18 +213,26 @@ pub struct HostRegistry {
 }
 
 impl HostRegistry {
-    /// Hosts start as up: the first failed checks mark them down.
-    pub fn new(hosts: &[HostConfig], interval: Duration, failures_to_down: u32) -> Arc<Self> {
+    /// Hosts start as up: the first failed checks mark them down. `tls` holds the CA and the
+    /// broker's client certificate.
+    pub fn new(
+        hosts: &[HostConfig],
+        tls: Arc<ClientConfig>,
+        interval: Duration,
+        failures_to_down: u32,
+    ) -> anyhow::Result<Arc<Self>> {
         let entries = hosts
             .iter()
-            .map(|h| Entry {
-                client: HostClient::new(&h.name, &h.url, &h.token),
-                url: h.url.clone(),
-                capacity_mib: h.memory_mib,
-                health: Mutex::new(Health { up: true, ..Default::default() }),
+            .map(|h| {
+                Ok(Entry {
+                    client: HostClient::new(&h.name, &h.url, tls.clone()).map_err(anyhow::Error::msg)?,
+                    url: h.url.clone(),
+                    capacity_mib: h.memory_mib,
+                    health: Mutex::new(Health { up: true, ..Default::default() }),
+                })
             })
-            .collect();
-        Arc::new(HostRegistry { entries, interval, failures_to_down: failures_to_down.max(1) })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Arc::new(HostRegistry { entries, interval, failures_to_down: failures_to_down.max(1) }))
     }
 
     fn entry(&self, name: &str) -> Option<&Entry> {
@@ -274,4 +329,25 @@ impl HostRegistry {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every update is a few field writes: a poisoned lock still holds consistent data.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_urls_are_https_with_a_name_to_check() {
+        let u = HostUrl::parse("https://10.0.0.11:8470").unwrap();
+        assert_eq!(u.authority, "10.0.0.11:8470");
+        assert_eq!(u.server_name, ServerName::try_from("10.0.0.11").unwrap());
+        let u = HostUrl::parse("https://h1.lab/").unwrap();
+        assert_eq!(u.authority, "h1.lab:443");
+        assert_eq!(u.server_name, ServerName::try_from("h1.lab").unwrap());
+        let u = HostUrl::parse("https://[fd00::11]:8470").unwrap();
+        assert_eq!(u.authority, "[fd00::11]:8470");
+        assert_eq!(u.server_name, ServerName::try_from("fd00::11").unwrap());
+        assert!(HostUrl::parse("http://10.0.0.11:8470").unwrap_err().contains("https://"));
+        assert!(HostUrl::parse("https://10.0.0.11:8470/v1").unwrap_err().contains("only"));
+        assert!(HostUrl::parse("10.0.0.11:8470").is_err());
+    }
 }

@@ -452,10 +452,13 @@ pub async fn start(
     })
     .await?;
     let limiter = ConnLimiter::new("admin", "limits.admin", limits.admin.clone(), 1, budget.clone());
+    let token = crate::admin::ensure_token(&settings.state_dir)?;
+    let own: Vec<String> = names.ips.iter().map(|i| i.to_string()).chain(names.dns.iter().cloned()).collect();
+    let gate = Arc::new(crate::admin::Guard::new(token, admin_addr, &own));
     let b = broker.clone();
     sup.add("admin", move || {
-        let (l, b, limiter, extra) = (admin.bound(), b.clone(), limiter.clone(), extra.clone());
-        async move { crate::admin::run(l.await?, b, extra, limiter).await }
+        let (l, b, limiter, extra, gate) = (admin.bound(), b.clone(), limiter.clone(), extra.clone(), gate.clone());
+        async move { crate::admin::run(l.await?, b, extra, limiter, gate).await }
     });
     Ok(broker)
 }

@@ -151,6 +151,7 @@ pub fn backend_of(vnc: &VncAddress, password: &str) -> anyhow::Result<Backend> {
     let addr = match vnc {
         VncAddress::Unix(p) => VncAddr::Unix(p.into()),
         VncAddress::Tcp(a) => a.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        VncAddress::Tls(a) => format!("tls:{a}").parse().map_err(|e: String| anyhow::anyhow!(e))?,
     };
     Ok(Backend { addr, password: Some(password.to_string()) })
 }

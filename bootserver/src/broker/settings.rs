@@ -19,8 +19,7 @@
 //!
 //! [[desktops.hosts]]
 //! name = "h1"
-//! url = "http://10.0.0.11:8470"
-//! token = "change-me-long-token"   # or token_file = "/etc/bootserver/h1.token"
+//! url = "https://10.0.0.11:8470"  # its certificate (bootserver host enrol) names this address
 //! memory_mib = 6144                # memory the broker may give to desktops on this host
 //! ```
 //!
@@ -39,10 +38,6 @@ use super::memory::Levels;
 pub struct HostConfig {
     pub name: String,
     pub url: String,
-    #[serde(default)]
-    pub token: String,
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
     pub memory_mib: u64,
 }
 
@@ -92,7 +87,7 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     /// Checks the table and reads token files; every error names its key.
-    pub fn validate(mut self) -> Result<Self, String> {
+    pub fn validate(self) -> Result<Self, String> {
         self.levels()?;
         if self.proxy_port == 0 {
             return Err("desktops.proxy_port: 0 is not a port; use e.g. 5900".into());
@@ -116,22 +111,11 @@ impl BrokerConfig {
             return Err("desktops.health_interval_secs: must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
-        for h in &mut self.hosts {
+        for h in &self.hosts {
             if !names.insert(h.name.clone()) {
                 return Err(format!("desktops.hosts: host {:?} is listed twice", h.name));
             }
-            if !(h.url.starts_with("http://")) {
-                return Err(format!("desktops.hosts {:?}: url {:?} must start with http://", h.name, h.url));
-            }
-            if let Some(f) = &h.token_file {
-                h.token = std::fs::read_to_string(f)
-                    .map_err(|e| format!("desktops.hosts {:?}: token_file {}: {e}", h.name, f.display()))?
-                    .trim()
-                    .to_string();
-            }
-            if h.token.is_empty() {
-                return Err(format!("desktops.hosts {:?}: set token or token_file", h.name));
-            }
+            super::hosts::HostUrl::parse(&h.url).map_err(|e| format!("desktops.hosts {:?}: {e}", h.name))?;
             if h.memory_mib == 0 {
                 return Err(format!("desktops.hosts {:?}: memory_mib must be more than 0", h.name));
             }
@@ -159,8 +143,7 @@ mod tests {
             r#"levels_mib = [512, 256]
                [[hosts]]
                name = "h1"
-               url = "http://127.0.0.1:8470"
-               token = "t"
+               url = "https://127.0.0.1:8470"
                memory_mib = 1024"#,
         )
         .unwrap();
@@ -173,9 +156,9 @@ mod tests {
         let mut dup = c.clone();
         dup.hosts.push(dup.hosts[0].clone());
         assert!(dup.validate().unwrap_err().contains("twice"));
-        let mut no_token = c.clone();
-        no_token.hosts[0].token.clear();
-        assert!(no_token.validate().unwrap_err().contains("token"));
+        let mut plain = c.clone();
+        plain.hosts[0].url = "http://127.0.0.1:8470".into();
+        assert!(plain.validate().unwrap_err().contains("https://"));
         let bad = BrokerConfig { levels_mib: vec![256, 512], ..c };
         assert!(bad.validate().unwrap_err().contains("levels_mib"));
         assert!(toml::from_str::<BrokerConfig>("levls_mib = [1]").is_err());

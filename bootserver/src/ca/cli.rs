@@ -24,7 +24,7 @@ pub struct Where {
 }
 
 impl Where {
-    fn resolve(&self) -> anyhow::Result<(PathBuf, FileConfig)> {
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, FileConfig)> {
         let file = match &self.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
@@ -62,6 +62,15 @@ pub enum CaCommand {
         /// A DNS name of this server; repeatable. Default: this machine's host name.
         #[arg(long)]
         name: Vec<String>,
+    },
+    /// Issue the broker's client certificate, which the hosts' APIs and their VMs' VNC take
+    /// (`bootserver serve` does it by itself when it has none); prints its path, with the key
+    /// beside it (client.key).
+    ///
+    /// Example: curl --cacert ca/ca.pem --cert ca/client.pem --key ca/client.key https://10.0.0.11:8470/v1/host
+    IssueClient {
+        #[command(flatten)]
+        at: Where,
     },
 }
 
@@ -112,6 +121,12 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no address to issue the certificate for: give --address (or a config with `address`)");
             }
             let (cert, _) = open(&state)?.issue_server(&names)?;
+            println!("{}", cert.display());
+            Ok(())
+        }
+        CaCommand::IssueClient { at } => {
+            let (state, _) = at.resolve()?;
+            let (cert, _) = open(&state)?.issue_client()?;
             println!("{}", cert.display());
             Ok(())
         }

@@ -31,6 +31,13 @@ impl CaFiles {
     pub fn server_key(&self) -> PathBuf {
         self.dir.join("server.key")
     }
+    /// The broker's client certificate: what it shows the hosts' APIs and their VMs' VNC.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
     pub fn host_dir(&self, name: &str) -> PathBuf {
         self.dir.join("hosts").join(name)
     }

@@ -1,7 +1,9 @@
 //! The deployment's certificate authority, kept in `<state_dir>/ca/`.
 //!
 //! It signs the certificate of the broker and the VNC proxy (`server.pem`, one for both: they
-//! listen on the same address) and one per virtualization host (`hosts/NAME/`). The boot images
+//! listen on the same address), the client certificate they show the virtualization hosts
+//! (`client.pem`), and one per host (`hosts/NAME/`), which only serves: a host cannot pass for
+//! the broker with another host. The boot images
 //! carry `ca.pem` (see `initramfs build --ca-cert`), so an agent trusts this boot server and
 //! nothing else on the LAN.
 //!
@@ -148,7 +150,7 @@ pub fn init(state_dir: &Path, force: bool) -> Result<CaFiles, CaError> {
     files::write(&files.ca_cert(), cert.pem().as_bytes(), 0o644)?;
     // Certificates of the old CA are of no use any more.
     if force {
-        for p in [files.server_cert(), files.server_key()] {
+        for p in [files.server_cert(), files.server_key(), files.client_cert(), files.client_key()] {
             files::remove(&p)?;
         }
     }
@@ -200,9 +202,24 @@ impl Ca {
         Ok((cert_path, key_path))
     }
 
-    /// Issues host `name` a certificate for both ends of its link with the broker (it serves
-    /// its API with it and the broker's proxy will present its own client certificate), with
-    /// its key and the CA's certificate beside it in `hosts/NAME/`. Returns that folder.
+    /// Issues the broker's client certificate into `client.pem` and `client.key`: the hosts'
+    /// APIs and their VMs' VNC take it, and nothing but certificates of this CA.
+    pub fn issue_client(&self) -> Result<(PathBuf, PathBuf), CaError> {
+        let mut params = base_params(&format!("thinclient broker {}", files::hostname().unwrap_or_default()));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (cert, key) = self.issue(params, "the broker's client certificate")?;
+        let (cert_path, key_path) = (self.files.client_cert(), self.files.client_key());
+        files::write(&key_path, key.as_bytes(), 0o600)?;
+        files::write(&cert_path, cert.as_bytes(), 0o644)?;
+        log::info!("issued the broker's client certificate {}", cert_path.display());
+        Ok((cert_path, key_path))
+    }
+
+    /// Issues host `name` the certificate it serves with (its API, its VMs' VNC), with its key
+    /// and the CA's certificate beside it in `hosts/NAME/`. Returns that folder. Server use
+    /// only: the hosts take client certificates of this CA, and one host's must not open
+    /// another's API.
     pub fn enrol_host(&self, name: &str, ips: &[IpAddr], force: bool) -> Result<PathBuf, CaError> {
         check_name(name)?;
         let dir = self.files.host_dir(name);
@@ -214,8 +231,10 @@ impl Ca {
         let names = ServerNames { ips: ips.to_vec(), dns: vec![name.to_string()] };
         let mut params = base_params(name);
         params.subject_alt_names = names.sans()?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        // QEMU (GnuTLS) refuses a server certificate whose critical key usage lacks key
+        // encipherment, whatever the key type; rustls does not look at it.
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let (cert, key) = self.issue(params, &format!("host {name}"))?;
         files::write(&key_path, key.as_bytes(), 0o600)?;
         files::write(&cert_path, cert.as_bytes(), 0o644)?;
@@ -236,14 +255,7 @@ fn describe(names: &ServerNames) -> String {
 /// that clients dialling every address of `names` accept. A certificate of another CA or for
 /// other addresses is issued anew. Returns the certificate and key paths.
 pub fn ensure_server(state_dir: &Path, names: &ServerNames) -> Result<(PathBuf, PathBuf), CaError> {
-    let files = CaFiles::new(state_dir);
-    if !files.ca_cert().exists() && !files.ca_key().exists() {
-        init(state_dir, false)?;
-        log::warn!(
-            "this state dir had no CA: made one; boot images must carry {} (initramfs build --ca-cert) for their agents to trust this server",
-            files.ca_cert().display()
-        );
-    }
+    let files = ensure_ca(state_dir)?;
     let ca = Ca::open(state_dir)?;
     match server_cert_fits(&files, names) {
         Ok(()) => {
@@ -255,6 +267,36 @@ pub fn ensure_server(state_dir: &Path, names: &ServerNames) -> Result<(PathBuf, 
             ca.issue_server(names)
         }
     }
+}
+
+/// The CA of `state_dir`, made when it has none (so that `bootserver boot` still needs nothing
+/// else).
+fn ensure_ca(state_dir: &Path) -> Result<CaFiles, CaError> {
+    let files = CaFiles::new(state_dir);
+    if !files.ca_cert().exists() && !files.ca_key().exists() {
+        init(state_dir, false)?;
+        log::warn!(
+            "this state dir had no CA: made one; boot images must carry {} (initramfs build --ca-cert) for their agents to trust this server",
+            files.ca_cert().display()
+        );
+    }
+    Ok(files)
+}
+
+/// The broker's client certificate (issued when there is none, or one of another CA) with the
+/// CA's certificate: what the broker needs to reach the hosts. Returns (CA, cert, key).
+pub fn ensure_client(state_dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), CaError> {
+    let files = ensure_ca(state_dir)?;
+    let fits = files.client_key().exists()
+        && proto::tls::load_certs(&files.client_cert()).ok().zip(proto::tls::load_ca(&files.ca_cert()).ok()).is_some_and(
+            |(chain, roots)| proto::tls::verify_client_chain(roots, &chain).is_ok(),
+        );
+    if fits {
+        files::warn_if_readable_by_others(&files.client_key());
+        return Ok((files.ca_cert(), files.client_cert(), files.client_key()));
+    }
+    let (cert, key) = Ca::open(state_dir)?.issue_client()?;
+    Ok((files.ca_cert(), cert, key))
 }
 
 /// Whether the current server certificate chains to the CA and is valid for every address.

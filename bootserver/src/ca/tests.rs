@@ -112,16 +112,29 @@ fn an_enrolled_host_and_the_broker_authenticate_each_other() {
     assert!(matches!(e, CaError::Enrolled { .. }), "{e}");
     ca.enrol_host("h1", &["10.77.0.11".parse().unwrap()], true).unwrap();
 
-    // Mutual TLS in memory: the host serves with its certificate and asks for the client's; a
-    // second enrolled certificate plays the broker's side.
-    let proxy = ca.enrol_host("proxy", &[], false).unwrap();
+    // Mutual TLS in memory: the host serves with its certificate and asks for the broker's.
+    let (ca_pem, cert, key) = ensure_client(d.path()).unwrap();
+    assert_eq!(mode(&key), 0o600);
     let server =
         proto::tls::mtls_server_config(&dir.join("host.pem"), &dir.join("host.key"), &files.ca_cert()).unwrap();
-    let client =
-        proto::tls::mtls_client_config(&files.ca_cert(), &proxy.join("host.pem"), &proxy.join("host.key")).unwrap();
+    let client = proto::tls::mtls_client_config(&ca_pem, &cert, &key).unwrap();
     let name = proto::tls::server_name("10.77.0.11".parse().unwrap());
     proto::tls::handshake_in_memory(client, server.clone(), &name).unwrap();
-    // Without a client certificate the host refuses.
+    // Kept while it fits.
+    let first = std::fs::read(&cert).unwrap();
+    ensure_client(d.path()).unwrap();
+    assert_eq!(std::fs::read(&cert).unwrap(), first);
+    // Without a client certificate the host refuses, and another host's certificate is no
+    // client certificate.
     let anonymous = proto::tls::client_config(&files.ca_cert()).unwrap();
-    assert!(proto::tls::handshake_in_memory(anonymous, server, &name).is_err());
+    assert!(proto::tls::handshake_in_memory(anonymous, server.clone(), &name).is_err());
+    let other = ca.enrol_host("h2", &[], false).unwrap();
+    let as_host =
+        proto::tls::mtls_client_config(&files.ca_cert(), &other.join("host.pem"), &other.join("host.key")).unwrap();
+    let e = proto::tls::handshake_in_memory(as_host, server.clone(), &name).unwrap_err();
+    assert!(format!("{e:?}").contains("Purpose") || format!("{e:?}").contains("Usage"), "{e:?}");
+    // A new CA: the old client certificate is replaced by one of the new CA.
+    init(d.path(), true).unwrap();
+    let (_, cert, _) = ensure_client(d.path()).unwrap();
+    assert_ne!(std::fs::read(&cert).unwrap(), first);
 }

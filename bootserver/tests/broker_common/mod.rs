@@ -190,8 +190,6 @@ impl Drop for Viewer {
     }
 }
 
-pub const TOKEN: &str = "broker-handoff-test-token";
-
 pub use testkit::ServerHost;
 
 fn server_host_bin() -> anyhow::Result<PathBuf> {
@@ -211,14 +209,20 @@ pub fn start_server_host(dir: &Path) -> anyhow::Result<ServerHost> {
     if !st.success() {
         bail!("scripts/build-desktop-template failed");
     }
-    ServerHost::start(&server_host_bin()?, dir, TOKEN, &testkit::cache_dir().join("templates"))
+    ServerHost::start(&server_host_bin()?, dir, &testkit::cache_dir().join("templates"))
 }
 
-/// `GET /v1{path}` from the server-host on `port`, with its token.
-fn host_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
+/// The broker's side of mutual TLS with `host` (the CA that enrolled it, the client certificate).
+pub fn host_tls(host: &ServerHost) -> anyhow::Result<std::sync::Arc<proto::tls::rustls::ClientConfig>> {
+    bootserver::broker::flow::host_tls(&host.pki.state)
+}
+
+/// `GET /v1{path}` from `host`, with the broker's client certificate.
+pub fn host_get(host: &ServerHost, path: &str) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("curl")
-        .args(["-sf", "-m", "60", "-H", &format!("Authorization: Bearer {TOKEN}")])
-        .arg(format!("http://127.0.0.1:{port}/v1{path}"))
+        .args(["-sf", "-m", "60"])
+        .args(host.pki.curl_args())
+        .arg(format!("{}/v1{path}", host.url()))
         .output()?;
     if !out.status.success() {
         bail!("curl server-host {path}: {}", out.status);
@@ -227,15 +231,15 @@ fn host_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The VM's screen from server-host (`GET /v1/vms/NAME/screen`, PPM).
-pub fn vm_screen(port: u16, vm: &str) -> anyhow::Result<Screen> {
-    parse_ppm(&host_get(port, &format!("/vms/{vm}/screen"))?)
+pub fn vm_screen(host: &ServerHost, vm: &str) -> anyhow::Result<Screen> {
+    parse_ppm(&host_get(host, &format!("/vms/{vm}/screen"))?)
 }
 
 /// Waits until the viewer shows exactly what the VM shows (both change while the VM boots).
-pub async fn wait_same(viewer: &Viewer, port: u16, vm: &str, what: &str) -> anyhow::Result<()> {
+pub async fn wait_same(viewer: &Viewer, host: &ServerHost, vm: &str, what: &str) -> anyhow::Result<()> {
     let t0 = Instant::now();
     loop {
-        let vm_now = vm_screen(port, vm)?;
+        let vm_now = vm_screen(host, vm)?;
         {
             let s = viewer.state.lock().unwrap();
             if s.closed {
@@ -253,6 +257,6 @@ pub async fn wait_same(viewer: &Viewer, port: u16, vm: &str, what: &str) -> anyh
 }
 
 /// The VMs server-host runs (`GET /v1/vms`).
-pub fn host_vms(port: u16) -> anyhow::Result<Vec<proto::host::VmInfo>> {
-    serde_json::from_slice(&host_get(port, "/vms")?).context("server-host VM list")
+pub fn host_vms(host: &ServerHost) -> anyhow::Result<Vec<proto::host::VmInfo>> {
+    serde_json::from_slice(&host_get(host, "/vms")?).context("server-host VM list")
 }

@@ -1,15 +1,16 @@
-//! Test support: a real `server-host` process on 127.0.0.1, the desktop template, curl as the
-//! HTTP client, the guests' serial shells, and cleanup of every QEMU even when a test fails.
+//! Test support: a real `server-host` process on 127.0.0.1, enrolled by the CA of `bootserver`
+//! (the workspace's binary beside this one), the desktop template, curl with the broker's
+//! client certificate as the HTTPS client, the guests' serial shells, and cleanup of every QEMU
+//! even when a test fails.
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-pub const TOKEN: &str = "test-token-0123";
 
 pub use testkit::{free_port, repo_root as repo};
 
@@ -25,14 +26,24 @@ pub fn templates() -> PathBuf {
 pub struct Host {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    pub pki: testkit::HostPki,
     child: Option<Child>,
     extra: String,
+}
+
+/// The `bootserver` binary, which makes the certificates.
+pub fn bootserver_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_server-host")).with_file_name("bootserver");
+    assert!(p.exists(), "{} is missing: build the workspace binaries (scripts/setup)", p.display());
+    p
 }
 
 impl Host {
     pub fn start(extra_config: &str) -> Host {
         let dir = tempfile::Builder::new().prefix("server-host-test").tempdir().unwrap();
-        let mut h = Host { dir, port: free_port(), child: None, extra: extra_config.to_owned() };
+        let pki = testkit::host_pki(&bootserver_bin(), &dir.path().join("bs-state"), "local", &["127.0.0.1"])
+            .expect("certificates");
+        let mut h = Host { dir, port: free_port(), pki, child: None, extra: extra_config.to_owned() };
         h.spawn();
         h
     }
@@ -46,7 +57,8 @@ impl Host {
         std::fs::write(
             &cfg,
             format!(
-                "token = \"{TOKEN}\"\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n{}\n",
+                "tls_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ntemplates_dir = \"{}\"\n{}\n",
+                self.pki.tls_dir.display(),
                 self.port,
                 self.state().display(),
                 templates().display(),
@@ -85,16 +97,20 @@ impl Host {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/v1{path}", self.port)
+        format!("https://127.0.0.1:{}/v1{path}", self.port)
     }
 
-    /// (status, body) of one request made with curl.
-    pub fn call(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, Vec<u8>) {
+    /// (status, body) of one request made with curl as the broker (its client certificate).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
+        self.call_with(method, path, body, &self.pki.curl_args())
+    }
+
+    /// (status, body) of one request made with curl and `tls` (its certificate arguments);
+    /// status 0 when there was no HTTP answer.
+    pub fn call_with(&self, method: &str, path: &str, body: Option<&str>, tls: &[OsString]) -> (u16, Vec<u8>) {
         let mut c = Command::new("curl");
         c.args(["-s", "-m", "600", "-X", method, "-o", "-", "-w", "\n%{http_code}"]);
-        if let Some(t) = token {
-            c.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
+        c.args(tls);
         if let Some(b) = body {
             c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
         }
@@ -107,11 +123,11 @@ impl Host {
     }
 
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        self.call("GET", path, None, Some(TOKEN))
+        self.call("GET", path, None)
     }
 
     pub fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let (c, b) = self.call(method, path, body, Some(TOKEN));
+        let (c, b) = self.call(method, path, body);
         (c, serde_json::from_slice(&b).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&b).into())))
     }
 

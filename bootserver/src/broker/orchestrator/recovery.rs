@@ -339,14 +339,13 @@ mod tests {
             levels_mib: vec![256, 128],
             hosts: vec![crate::broker::settings::HostConfig {
                 name: "h1".into(),
-                url: format!("http://127.0.0.1:{closed}"),
-                token: "t".into(),
-                token_file: None,
+                url: format!("https://127.0.0.1:{closed}"),
                 memory_mib: 512,
             }],
             ..Default::default()
         };
-        let hosts = HostRegistry::new(&cfg.hosts, cfg.health_interval(), cfg.health_failures);
+        let tls = crate::broker::flow::host_tls(dir.path()).unwrap();
+        let hosts = HostRegistry::new(&cfg.hosts, tls, cfg.health_interval(), cfg.health_failures).unwrap();
         let proxy = crate::broker::proxy::Proxy::new(Default::default());
         let (orch, _notices) = Orchestrator::new(cfg, hosts, proxy.clone(), "127.0.0.1:5900".parse().unwrap()).unwrap();
         let back = orch.recover(SessionStore::open(&path).unwrap()).await.unwrap();

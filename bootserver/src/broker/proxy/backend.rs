@@ -1,10 +1,19 @@
 //! The proxy as an RFB client of a VM: address, handshake, and the "first frame" that tells a
 //! freshly connected VM is ready to take over a viewer.
+//!
+//! A VM on another machine than the proxy's is reached over TCP inside TLS (`tls:IP:PORT`):
+//! QEMU with `tls-creds-x509` offers VeNCrypt only, the proxy picks X509Vnc (or X509None for a
+//! VM without a password), checks the host's certificate against the deployment's CA for that
+//! IP and shows the broker's client certificate, which QEMU's `verify-peer=on` requires.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use proto::tls::rustls::pki_types::ServerName;
+use proto::tls::rustls::ClientConfig;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -12,12 +21,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::auth;
 use super::rfb::{self, PixelFormat, ServerFramer, ServerInit, ServerItem};
 
-/// Where a VM's VNC server listens: `unix:/path` or `host:port`.
+/// Where a VM's VNC server listens: `unix:/path`, `host:port`, or `tls:host:port` (VeNCrypt
+/// X509, the host's certificate made for `host`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum VncAddr {
     Tcp(String),
     Unix(PathBuf),
+    Tls(String),
+}
+
+fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse::<u16>().ok()?;
+    (!h.is_empty()).then_some((h, port))
 }
 
 impl FromStr for VncAddr {
@@ -29,9 +46,15 @@ impl FromStr for VncAddr {
             }
             return Ok(VncAddr::Unix(p.into()));
         }
-        match s.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(VncAddr::Tcp(s.to_string())),
-            _ => Err(format!("{s:?} is neither unix:PATH nor HOST:PORT")),
+        if let Some(a) = s.strip_prefix("tls:") {
+            let (h, _) = host_port(a).ok_or_else(|| format!("{s:?}: tls: needs HOST:PORT"))?;
+            ServerName::try_from(h.trim_start_matches('[').trim_end_matches(']'))
+                .map_err(|e| format!("{s:?}: {e}"))?;
+            return Ok(VncAddr::Tls(a.to_string()));
+        }
+        match host_port(s) {
+            Some(_) => Ok(VncAddr::Tcp(s.to_string())),
+            None => Err(format!("{s:?} is neither unix:PATH nor HOST:PORT")),
         }
     }
 }
@@ -54,6 +77,7 @@ impl fmt::Display for VncAddr {
         match self {
             VncAddr::Tcp(a) => f.write_str(a),
             VncAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            VncAddr::Tls(a) => write!(f, "tls:{a}"),
         }
     }
 }
@@ -118,12 +142,21 @@ impl Conn<'_> {
     }
 }
 
+/// The broker's TLS client identity for VMs behind `tls:` addresses: one per process, set
+/// once at start (see `flow::start`).
+static VM_TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Sets the CA and client certificate the proxy uses for `tls:` VMs; the first call wins.
+pub fn set_vm_tls(config: Arc<ClientConfig>) {
+    let _ = VM_TLS.set(config);
+}
+
 /// Connects to a VM's VNC server (or the proxy itself) and runs the RFB handshake as a shared
 /// client.
 pub async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> {
     let io_err = |source| BackendError::Io { addr: b.addr.to_string(), source };
     let s: Stream = match &b.addr {
-        VncAddr::Tcp(a) => {
+        VncAddr::Tcp(a) | VncAddr::Tls(a) => {
             let t = tokio::net::TcpStream::connect(a).await.map_err(io_err)?;
             let _ = t.set_nodelay(true);
             Box::new(t)
@@ -131,6 +164,61 @@ pub async fn connect(b: &Backend) -> Result<(Stream, ServerInit), BackendError> 
         VncAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(io_err)?),
     };
     handshake(b, s).await
+}
+
+/// VeNCrypt's security type and the subtypes the proxy takes (RFB's registry).
+const VENCRYPT: u8 = 19;
+const X509_NONE: u32 = 260;
+const X509_VNC: u32 = 261;
+
+/// Which VeNCrypt subtype to take of `offered`: X509Vnc with a password, X509None without; no
+/// subtype without X509 (the host's certificate is what the proxy trusts).
+pub(super) fn pick_subtype(offered: &[u32], password: bool) -> Result<u32, String> {
+    let want = if password { X509_VNC } else { X509_NONE };
+    if offered.contains(&want) {
+        Ok(want)
+    } else {
+        Err(format!("VeNCrypt offers subtypes {offered:?}, the proxy needs {want} ({})", if password { "X509Vnc" } else { "X509None" }))
+    }
+}
+
+/// The VeNCrypt 0.2 negotiation on `c` after security type 19 was chosen, then the TLS
+/// handshake. Returns the connection inside TLS and the subtype.
+async fn vencrypt<'a>(mut c: Conn<'a>, b: &Backend) -> Result<(Conn<'a>, u32), BackendError> {
+    let VncAddr::Tls(addr) = c.addr else {
+        return Err(c.proto("offers only VeNCrypt, which the proxy speaks to tls: addresses only"));
+    };
+    let [major, minor] = c.read_exact::<2>().await?;
+    if (major, minor) < (0, 2) {
+        return Err(c.proto(format!("VeNCrypt {major}.{minor}; the proxy speaks 0.2")));
+    }
+    c.write(&[0, 2]).await?;
+    if c.read_exact::<1>().await? != [0] {
+        return Err(c.proto("refused VeNCrypt 0.2"));
+    }
+    let [n] = c.read_exact::<1>().await?;
+    let mut offered = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        offered.push(c.read_u32().await?);
+    }
+    let sub = pick_subtype(&offered, b.password.is_some()).map_err(|e| c.proto(e))?;
+    c.write(&sub.to_be_bytes()).await?;
+    if c.read_exact::<1>().await? != [1] {
+        return Err(c.proto(format!("refused VeNCrypt subtype {sub}")));
+    }
+    let Some(config) = VM_TLS.get() else {
+        return Err(c.proto("no client certificate for VMs over TLS (the broker's CA is not loaded)"));
+    };
+    let host = host_port(addr).map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(addr);
+    let name = ServerName::try_from(host.to_string()).map_err(|e| c.proto(e.to_string()))?;
+    let Conn { addr: at, s: plain } = c;
+    let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, plain).await.map_err(|e| {
+        match e.get_ref().and_then(|i| i.downcast_ref::<proto::tls::rustls::Error>()) {
+            Some(t) => BackendError::Protocol { addr: at.to_string(), message: format!("TLS: {}", proto::tls::explain(t)) },
+            None => BackendError::Io { addr: at.to_string(), source: e },
+        }
+    })?;
+    Ok((Conn { addr: at, s: Box::new(tls) }, sub))
 }
 
 /// The client half of the handshake on an open stream, up to and including ServerInit.
@@ -153,15 +241,37 @@ pub(super) async fn handshake(b: &Backend, s: Stream) -> Result<(Stream, ServerI
         }
         let mut types = vec![0u8; n as usize];
         c.s.read_exact(&mut types).await.map_err(|e| c.io(e))?;
-        let want = if b.password.is_some() { 2 } else { 1 };
+        let want = if matches!(b.addr, VncAddr::Tls(_)) {
+            VENCRYPT
+        } else if b.password.is_some() {
+            2
+        } else {
+            1
+        };
         if !types.contains(&want) {
             return Err(c.proto(format!(
                 "offers security types {types:?}, the proxy needs {want} ({})",
-                if want == 2 { "VNC authentication" } else { "None: the VM has a password the broker does not know" }
+                match want {
+                    VENCRYPT => "VeNCrypt: a VM on another machine is reached inside TLS only",
+                    2 => "VNC authentication",
+                    _ => "None: the VM has a password the broker does not know",
+                }
             )));
         }
         c.write(&[want]).await?;
         want as u32
+    };
+    let vencrypted = chosen == VENCRYPT as u32;
+    let chosen = if vencrypted {
+        let (inside, sub) = vencrypt(c, b).await?;
+        c = inside;
+        if sub == X509_VNC {
+            2
+        } else {
+            1
+        }
+    } else {
+        chosen
     };
     match chosen {
         1 => {}
@@ -179,7 +289,8 @@ pub(super) async fn handshake(b: &Backend, s: Stream) -> Result<(Stream, ServerI
         t => return Err(c.proto(format!("security type {t} is not supported"))),
     }
     // SecurityResult: after VNC authentication, and in 3.8 after None too.
-    if (chosen == 2 || minor == 8) && c.read_u32().await? != 0 {
+    // QEMU sends it after every VeNCrypt subtype, whatever the RFB version.
+    if (chosen == 2 || minor == 8 || vencrypted) && c.read_u32().await? != 0 {
         let reason = if minor == 8 { c.read_reason().await? } else { "no reason".into() };
         return Err(c.proto(format!("authentication failed: {reason}")));
     }
@@ -407,5 +518,80 @@ mod tests {
         let (buffered, _, asked) = prepare_scripted(false, Duration::ZERO).await;
         assert_eq!(buffered, raw_update(4, 2));
         assert!(!asked, "a probe asked for more than its first frame");
+    }
+
+    #[test]
+    fn tls_addresses_and_subtypes() {
+        assert_eq!("tls:10.0.0.11:5901".parse(), Ok(VncAddr::Tls("10.0.0.11:5901".into())));
+        assert_eq!("tls:10.0.0.11:5901".parse::<VncAddr>().unwrap().to_string(), "tls:10.0.0.11:5901");
+        assert!("tls:10.0.0.11".parse::<VncAddr>().is_err());
+        assert!("tls:bad name:5901".parse::<VncAddr>().is_err());
+        assert_eq!(pick_subtype(&[260, 261], true), Ok(X509_VNC));
+        assert_eq!(pick_subtype(&[260, 261], false), Ok(X509_NONE));
+        // Anonymous TLS (257, 258) or plain (256) would not check the host: never taken.
+        assert!(pick_subtype(&[256, 257, 258], true).unwrap_err().contains("X509Vnc"));
+    }
+
+    /// The server side of QEMU's VNC with tls-creds-x509 and a password, scripted: VeNCrypt
+    /// 0.2 offering X509None and X509Vnc, TLS with `server`, VNC authentication inside. Returns
+    /// the password's DES response it got.
+    async fn vencrypt_vm(
+        l: tokio::net::TcpListener,
+        server: Arc<proto::tls::rustls::ServerConfig>,
+    ) -> std::io::Result<[u8; 16]> {
+        let (mut s, _) = l.accept().await?;
+        s.write_all(b"RFB 003.008\n").await?;
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).await?;
+        s.write_all(&[1, VENCRYPT]).await?;
+        s.read_exact(&mut b[..1]).await?;
+        s.write_all(&[0, 2]).await?;
+        s.read_exact(&mut b[..2]).await?;
+        s.write_all(&[0, 2]).await?;
+        s.write_all(&X509_NONE.to_be_bytes()).await?;
+        s.write_all(&X509_VNC.to_be_bytes()).await?;
+        s.read_exact(&mut b[..4]).await?;
+        assert_eq!(u32::from_be_bytes(b[..4].try_into().unwrap()), X509_VNC);
+        s.write_all(&[1]).await?;
+        let mut t = tokio_rustls::TlsAcceptor::from(server).accept(s).await?;
+        t.write_all(&[7u8; 16]).await?;
+        let mut response = [0u8; 16];
+        t.read_exact(&mut response).await?;
+        t.write_all(&0u32.to_be_bytes()).await?;
+        t.read_exact(&mut b[..1]).await?; // shared
+        let init = ServerInit { width: 4, height: 2, format: PixelFormat::rgb888(), name: b"t".to_vec() };
+        t.write_all(&init.to_bytes()).await?;
+        t.flush().await?;
+        Ok(response)
+    }
+
+    /// The proxy reaches a `tls:` VM through VeNCrypt X509Vnc with the broker's client
+    /// certificate, and refuses a VM whose certificate another CA made.
+    #[tokio::test]
+    async fn vencrypt_x509_with_a_client_certificate() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = crate::ca::init(d.path(), false).unwrap();
+        let host = crate::ca::Ca::open(d.path()).unwrap().enrol_host("h1", &["127.0.0.1".parse().unwrap()], false).unwrap();
+        set_vm_tls(crate::broker::flow::host_tls(d.path()).unwrap());
+        let server =
+            proto::tls::mtls_server_config(&host.join("host.pem"), &host.join("host.key"), &ca.ca_cert()).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = Backend { addr: VncAddr::Tls(l.local_addr().unwrap().to_string()), password: Some("pw".into()) };
+        let vm = tokio::spawn(vencrypt_vm(l, server));
+        let (_stream, init) = connect(&b).await.unwrap();
+        assert_eq!((init.width, init.height), (4, 2));
+        assert_eq!(vm.await.unwrap().unwrap(), auth::response(b"pw", &[7u8; 16]));
+
+        // A VM whose host another CA enrolled.
+        let other = tempfile::tempdir().unwrap();
+        let other_ca = crate::ca::init(other.path(), false).unwrap();
+        let o = crate::ca::Ca::open(other.path()).unwrap().enrol_host("h1", &["127.0.0.1".parse().unwrap()], false).unwrap();
+        let server =
+            proto::tls::mtls_server_config(&o.join("host.pem"), &o.join("host.key"), &other_ca.ca_cert()).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = Backend { addr: VncAddr::Tls(l.local_addr().unwrap().to_string()), password: Some("pw".into()) };
+        let _vm = tokio::spawn(vencrypt_vm(l, server));
+        let e = connect(&b).await.err().unwrap().to_string();
+        assert!(e.contains("not signed by this boot server's CA"), "{e}");
     }
 }
