@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match parse(data) {
         Ok(Packet::Rrq(req)) | Ok(Packet::Wrq(req)) => {
-            let n = negotiate(&req, Limits { max_blksize: 1468, max_windowsize: 16 }, 4096);
+            let n = negotiate(&req, Limits { max_blksize: 1468, max_windowsize: 16, max_timeout_secs: 10, max_window_bytes: 256 << 10 }, 4096);
             let _ = n.oack();
         }
         Ok(Packet::Oack(opts)) => {
@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         timeout: std::time::Duration::from_secs(1),
         max_timeout: std::time::Duration::from_secs(4),
         retries: 2,
+        retries_before_ack: 1,
     };
     let mut t = Transfer::new(&file[..], p, None);
     let _ = t.start();
