@@ -197,6 +197,8 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
         "PC 1 shows the new VM",
         "/data/demo-note in",
         "still on its first connection",
+        // tcpdump on the lab's bridge for the whole run: no token or agent message in clear.
+        "none of the 5 secrets in clear",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
