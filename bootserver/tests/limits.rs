@@ -172,8 +172,7 @@ health_interval_secs = 60
 
 [[desktops.hosts]]
 name = "h1"
-url = "http://127.0.0.1:9"
-token = "unused"
+url = "https://127.0.0.1:9"
 memory_mib = 512
 
 [limits]
