@@ -101,9 +101,14 @@ fuzz_target!(|data: &[u8]| {
     let base = scratch();
     let out = base.join("out");
     let before = snapshot(base);
-    let _ = initramfs::extract::extract(&img, &out);
+    // Both ways: the safe defaults, and everything an admin may turn on (devices, owners,
+    // setuid bits), which takes the riskier paths.
+    let all = initramfs::extract::Options { devices: true, same_owner: true, preserve_setuid: true };
+    for opts in [initramfs::extract::Options::default(), all] {
+        let _ = initramfs::extract::extract(&img, &out, &opts);
+        wipe(&out);
+    }
     let after = snapshot(base);
-    wipe(&out);
     if before != after {
         let changed: Vec<_> = before
             .keys()
