@@ -71,6 +71,13 @@ pub fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
         .map_err(|e| CaError::Io { path: e.path, source: e.source })
 }
 
+/// Writes a certificate and its private key (0600), the key first: a certificate found
+/// without its key would pass for one that cannot be used.
+pub fn write_pair(cert_path: &Path, cert_pem: &str, key_path: &Path, key_pem: &str) -> Result<(), CaError> {
+    write(key_path, key_pem.as_bytes(), 0o600)?;
+    write(cert_path, cert_pem.as_bytes(), 0o644)
+}
+
 pub fn remove(path: &Path) -> Result<(), CaError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),

@@ -145,9 +145,7 @@ pub fn init(state_dir: &Path, force: bool) -> Result<CaFiles, CaError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let cert = params.self_signed(&key).map_err(rcgen_err("signing the CA certificate"))?;
-    // The key first: a certificate without its key would pass for a CA that cannot issue.
-    files::write(&files.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
-    files::write(&files.ca_cert(), cert.pem().as_bytes(), 0o644)?;
+    files::write_pair(&files.ca_cert(), &cert.pem(), &files.ca_key(), &key.serialize_pem())?;
     // Certificates of the old CA are of no use any more.
     if force {
         for p in [files.server_cert(), files.server_key(), files.client_cert(), files.client_key()] {
@@ -196,8 +194,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let (cert, key) = self.issue(params, "the server certificate")?;
         let (cert_path, key_path) = (self.files.server_cert(), self.files.server_key());
-        files::write(&key_path, key.as_bytes(), 0o600)?;
-        files::write(&cert_path, cert.as_bytes(), 0o644)?;
+        files::write_pair(&cert_path, &cert, &key_path, &key)?;
         log::info!("issued the server certificate {} for {}", cert_path.display(), describe(names));
         Ok((cert_path, key_path))
     }
@@ -210,8 +207,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let (cert, key) = self.issue(params, "the broker's client certificate")?;
         let (cert_path, key_path) = (self.files.client_cert(), self.files.client_key());
-        files::write(&key_path, key.as_bytes(), 0o600)?;
-        files::write(&cert_path, cert.as_bytes(), 0o644)?;
+        files::write_pair(&cert_path, &cert, &key_path, &key)?;
         log::info!("issued the broker's client certificate {}", cert_path.display());
         Ok((cert_path, key_path))
     }
@@ -236,8 +232,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let (cert, key) = self.issue(params, &format!("host {name}"))?;
-        files::write(&key_path, key.as_bytes(), 0o600)?;
-        files::write(&cert_path, cert.as_bytes(), 0o644)?;
+        files::write_pair(&cert_path, &cert, &key_path, &key)?;
         files::write(&dir.join("ca.pem"), files::read_text(&self.files.ca_cert())?.as_bytes(), 0o644)?;
         log::info!("enrolled host {name} ({})", describe(&names));
         Ok(dir)
