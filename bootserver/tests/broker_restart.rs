@@ -1,7 +1,8 @@
 //! Broker restart end to end on loopback: a real `server-host` with the desktop template, the
 //! real `bootserver serve` with only the broker, a client driven by the agent's own session
 //! core (`proto::agent::Session`) over TLS, checking the broker against the CA `serve` made,
-//! and a vnc-rs viewer through the proxy. The boot server is
+//! and a vnc-rs viewer through the proxy (that release speaks VNC authentication only, which
+//! the config turns on with `legacy_vnc_auth`). The boot server is
 //! killed (SIGKILL, no chance to tidy up) and started again on the same state dir: the same
 //! desktop is listed, the old token opens the same VM, the client reconnects by itself and gets
 //! the same token again, and no second VM was made; a VM of the broker's naming that no session
@@ -223,7 +224,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         dir.join("bootserver.toml"),
         format!(
             "[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
-             switch_timeout_secs = 400\nstop_deadline_secs = 20\n\
+             switch_timeout_secs = 400\nstop_deadline_secs = 20\nlegacy_vnc_auth = true\n\
              [[desktops.hosts]]\nname = \"h1\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\nmemory_mib = 512\n",
             host.port
         ),
