@@ -104,7 +104,12 @@ pub struct ViewerTls(pub tokio_rustls::TlsAcceptor);
 
 impl ViewerTls {
     pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, proto::tls::TlsError> {
-        Ok(ViewerTls(tokio_rustls::TlsAcceptor::from(proto::tls::server_config(cert, key)?)))
+        let mut config = (*proto::tls::server_config(cert, key)?).clone();
+        // TigerVNC 1.12 (GnuTLS) stalls, in most connections, when TLS 1.3 session tickets
+        // arrive just after the handshake: it never sends its Plain credentials. Viewers do
+        // not resume sessions anyway; each connection does a full handshake.
+        config.send_tls13_tickets = 0;
+        Ok(ViewerTls(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))))
     }
 }
 
