@@ -247,7 +247,7 @@ async fn broker(host: &Host, pool: usize, balloon: bool) -> anyhow::Result<Broke
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let proxy = Proxy::new(ProxyOptions { switch_timeout: Duration::from_secs(600), ..Default::default() });
+    let proxy = Proxy::new(ProxyOptions { switch_timeout: Duration::from_secs(600), legacy_vnc_auth: true, ..Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = listener.local_addr()?;
     let limiter = ConnLimiter::unbounded("proxy", Limits::default().proxy);

@@ -136,7 +136,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     } else {
         let proxy_addr = SocketAddr::new(settings.address.into(), settings.desktops.proxy_port);
         let limits = &settings.limits.proxy;
-        Some(crate::broker::flow::start(&settings.desktops, state, proxy_addr, limits, &budget, &mut sup).await?)
+        // Viewers get the same certificate as agents (issued here first when it is missing).
+        let (cert, key) = crate::ca::ensure_server(&settings.state_dir, &crate::broker::listener::server_names(&settings))?;
+        let tls = crate::broker::proxy::ViewerTls::from_files(&cert, &key)?;
+        Some(crate::broker::flow::start(&settings.desktops, state, proxy_addr, limits, &budget, &mut sup, tls).await?)
     };
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {

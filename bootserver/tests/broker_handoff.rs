@@ -44,7 +44,7 @@ async fn broker(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let proxy = Proxy::new(ProxyOptions::default());
+    let proxy = Proxy::new(ProxyOptions { legacy_vnc_auth: true, ..Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = listener.local_addr()?;
     let server = tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", bootserver::net::limits::Limits::default().proxy)));

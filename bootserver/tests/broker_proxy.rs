@@ -4,6 +4,10 @@
 //! ZRLE's single zlib stream, which the proxy re-compresses), a wrong token is refused and a
 //! token opens only its own VM.
 //!
+//! The vnc-rs release these tests drive speaks VNC authentication only, so the proxies here
+//! allow it (`legacy_vnc_auth`); VeNCrypt is covered by the proxy's handshake tests, by
+//! `proxy_vencrypt` (TigerVNC) and by the client's lab tests (the vendored vnc-rs).
+//!
 //! VM A is a QEMU held at reset (`-S`): QEMU draws a fixed 640x480 notice. VM B runs its BIOS,
 //! which finds nothing to boot, says so on the 720x400 VGA text console and halts (no kernel
 //! boot: a few seconds under TCG). Both are still, apart from B's blinking text cursor, so each
@@ -140,7 +144,7 @@ async fn proxy_switches_backends_under_a_live_viewer() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let Vms { a: vm_a, b: vm_b, screen_a, screen_b } = start_vms(dir.path())?;
 
-    let proxy = Proxy::new(ProxyOptions { auth_fail_delay: Duration::from_millis(10), ..Default::default() });
+    let proxy = Proxy::new(ProxyOptions { auth_fail_delay: Duration::from_millis(10), legacy_vnc_auth: true, ..Default::default() });
     let token_a = proxy.open_session("user-a", vm_a.backend());
     let token_b = proxy.open_session("user-b", vm_b.backend());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -201,7 +205,7 @@ async fn zrle_passes_through_switches() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let vms = start_vms(dir.path())?;
 
-    let proxy = Proxy::new(ProxyOptions::default());
+    let proxy = Proxy::new(ProxyOptions { legacy_vnc_auth: true, ..Default::default() });
     let token = proxy.open_session("user-z", vms.a.backend());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -1,7 +1,8 @@
 //! Broker restart end to end on loopback: a real `server-host` with the desktop template, the
 //! real `bootserver serve` with only the broker, a client driven by the agent's own session
 //! core (`proto::agent::Session`) over TLS, checking the broker against the CA `serve` made,
-//! and a vnc-rs viewer through the proxy. The boot server is
+//! and a vnc-rs viewer through the proxy (that release speaks VNC authentication only, which
+//! the config turns on with `legacy_vnc_auth`). The boot server is
 //! killed (SIGKILL, no chance to tidy up) and started again on the same state dir: the same
 //! desktop is listed, the client reconnects by itself and gets a new token (the store kept only
 //! the old one's hash), which opens the same VM while the old one opens nothing, and no second
@@ -229,7 +230,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
         dir.join("bootserver.toml"),
         format!(
             "[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
-             switch_timeout_secs = 400\nstop_deadline_secs = 20\n\
+             switch_timeout_secs = 400\nstop_deadline_secs = 20\nlegacy_vnc_auth = true\n\
              [[desktops.hosts]]\nname = \"h1\"\nurl = \"{}\"\nmemory_mib = 512\n",
             host.url()
         ),

@@ -456,19 +456,7 @@ fn a_spoofed_hello_from_another_host_is_refused_and_the_pc_keeps_its_desktop() {
     let attacker_mac = String::from_utf8(rig.lab.host_cmd(1, "cat").arg("/sys/class/net/eth0/address").output().unwrap().stdout).unwrap().trim().to_string();
 
     // Its hello carries the PC's MAC; everything else is what an agent would send.
-    let hello = proto::agent::Hello {
-        version: proto::agent::PROTOCOL,
-        mac: MAC.parse().unwrap(),
-        ipv4: attacker_ip.parse().unwrap(),
-        cpu_model: "QEMU Virtual CPU".into(),
-        cpu_count: 1,
-        ram_bytes: 768 << 20,
-        display_modes: Vec::new(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        boot_ms: 5000,
-        boot_phases: Vec::new(),
-        resume_token: None,
-    };
+    let hello = proto::agent::Hello { ram_bytes: 768 << 20, ..testkit::agent_hello(MAC, &attacker_ip) };
     let broker: std::net::SocketAddr = format!("{}:7000", rig.lab.server_addr()).parse().unwrap();
     let ca = rig.dir.path().join("bootserver/ca/ca.pem");
     let (got, answered_in) = rig.lab.on_host(1, move || send_hello(broker, &ca, hello));

@@ -9,7 +9,8 @@
 //! what the demo left behind (the admin API's JSON, the screens) on its own, and, while the
 //! demo holds the lab up, looks into it: the note through the new VM's console, and the proxy
 //! with a token for PC 2's desktop from the admin API (it must show PC 2's VM, pixel for pixel,
-//! and not user 1's) and with a made-up token (refused).
+//! and not user 1's) and with a made-up token (refused), both over VeNCrypt X509Plain checked
+//! against the demo's CA, with VNC authentication refused.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -56,8 +57,9 @@ fn read_json(path: &Path) -> serde_json::Value {
 /// What a viewer sees through the proxy with `token`: the first full frame, as RGB, with Raw
 /// encoding only, so that it can be compared with the VM's own screen exactly. The connection
 /// is made from a thread inside the lab's network namespace, where the proxy listens.
-fn view_through_proxy(lab: &str, proxy: &str, token: &str) -> Result<image::RgbImage, String> {
+fn view_through_proxy(lab: &str, proxy: &str, token: &str, ca: &Path) -> Result<image::RgbImage, String> {
     let (lab, proxy, token) = (lab.to_string(), proxy.to_string(), token.to_string());
+    let tls = proto::tls::client_config(ca).map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
         let ns = std::fs::File::open(format!("/run/netns/{lab}")).map_err(|e| format!("lab {lab}: {e}"))?;
         // SAFETY: setns(2) moves only this thread, which owns its runtime and sockets.
@@ -65,18 +67,25 @@ fn view_through_proxy(lab: &str, proxy: &str, token: &str) -> Result<image::RgbI
             return Err(format!("setns into {lab}: {}", std::io::Error::last_os_error()));
         }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(300), first_frame(&proxy, &token)).await })
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(300), first_frame(&proxy, &token, tls)).await })
             .map_err(|_| "no full frame within 300 s".to_string())?
     })
     .join()
     .expect("viewer thread")
 }
 
-async fn first_frame(proxy: &str, token: &str) -> Result<image::RgbImage, String> {
+async fn first_frame(
+    proxy: &str,
+    token: &str,
+    tls: std::sync::Arc<proto::tls::rustls::ClientConfig>,
+) -> Result<image::RgbImage, String> {
     let tcp = tokio::net::TcpStream::connect(proxy).await.map_err(|e| format!("connect {proxy}: {e}"))?;
+    let ip: std::net::SocketAddr = proxy.parse().map_err(|e| format!("{proxy}: {e}"))?;
     let password = token.to_string();
     let client = vnc::VncConnector::new(tcp)
         .set_auth_method(async move { Ok(password) })
+        .set_vencrypt(vnc::VencryptConfig { tls, server_name: proto::tls::server_name(ip.ip()) })
+        .allow_vnc_auth(false)
         .add_encoding(vnc::VncEncoding::Raw)
         .allow_shared(true)
         .set_pixel_format(vnc::PixelFormat::bgra())
@@ -250,13 +259,14 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
 
     // A token opens its own VM and nothing else.
     let (lab, proxy) = (get("lab"), get("proxy"));
-    let seen2 = view_through_proxy(&lab, &proxy, &get("pc2.token")).expect("viewing with PC 2's token");
+    let ca = work.join("bootserver/ca/ca.pem");
+    let seen2 = view_through_proxy(&lab, &proxy, &get("pc2.token"), &ca).expect("viewing with PC 2's token");
     let want2 = read_ppm(&out.path().join("vm-pc2.ppm"));
     let user1_screen = read_ppm(&out.path().join("vm-pc1.ppm"));
     assert_eq!(seen2.dimensions(), want2.dimensions());
     assert!(seen2 == want2, "PC 2's token does not show PC 2's VM {vm2}");
     assert!(seen2 != user1_screen, "PC 2's token shows user 1's screen");
-    let refused = view_through_proxy(&lab, &proxy, "made-up-token");
+    let refused = view_through_proxy(&lab, &proxy, "made-up-token", &ca);
     assert!(refused.is_err(), "a made-up token was let in");
     eprintln!("made-up token: {}", refused.err().unwrap());
     drop(demo);

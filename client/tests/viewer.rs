@@ -166,15 +166,20 @@ fn vnc_password_from_file_and_from_fd() {
     };
     let good = dir.path().join("good");
     std::fs::write(&good, "secret\n").unwrap();
+    // VNC authentication alone gives the password away to anyone who records the exchange:
+    // refused unless allowed, and the reason says how to allow it.
     let o = run(&["--password-file", good.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("offers only VNC authentication") && err.contains("--allow-vnc-auth"), "{err}");
+    let o = run(&["--allow-vnc-auth", "--password-file", good.to_str().unwrap()], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let img = image::open(dir.path().join("pw.png")).unwrap().into_rgb8();
     assert_eq!(img.get_pixel(10, 10).0, [0x33, 0x66, 0x99]);
-    let o = run(&["--password-fd", "3"], Some("secret\n"));
+    let o = run(&["--allow-vnc-auth", "--password-fd", "3"], Some("secret\n"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bad = dir.path().join("bad");
     std::fs::write(&bad, "wrong\n").unwrap();
-    let o = run(&["--password-file", bad.to_str().unwrap()], None);
+    let o = run(&["--allow-vnc-auth", "--password-file", bad.to_str().unwrap()], None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.to_lowercase().contains("authentication failure"), "{err}");
 }

@@ -403,6 +403,24 @@ impl Drop for ServerHost {
     }
 }
 
+/// A hello as our agent sends it from a 1-CPU, 256 MiB QEMU PC with `mac` and `ip`, for
+/// tests and benchmarks that speak the agent protocol themselves.
+pub fn agent_hello(mac: &str, ip: &str) -> proto::agent::Hello {
+    proto::agent::Hello {
+        version: proto::agent::PROTOCOL,
+        mac: mac.parse().expect("a MAC address"),
+        ipv4: ip.parse().expect("an IPv4 address"),
+        cpu_model: "QEMU Virtual CPU".into(),
+        cpu_count: 1,
+        ram_bytes: 256 << 20,
+        display_modes: Vec::new(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        boot_ms: 5000,
+        boot_phases: Vec::new(),
+        resume_token: None,
+    }
+}
+
 /// The header that authenticates a request to the admin API of the boot server whose state dir
 /// is `state_dir` (its `admin.token`, made at the server's first start).
 pub fn admin_auth(state_dir: &Path) -> anyhow::Result<String> {

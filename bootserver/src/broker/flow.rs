@@ -16,7 +16,7 @@ use crate::supervise::{Rebind, Supervisor};
 
 use super::hosts::HostRegistry;
 use super::orchestrator::{Notice, Orchestrator, Outcome};
-use super::proxy::{Proxy, ProxyOptions};
+use super::proxy::{Proxy, ProxyOptions, ViewerTls};
 use super::sessions::SessionStore;
 use super::settings::BrokerConfig;
 
@@ -47,12 +47,15 @@ pub async fn start(
     limits: &ServiceLimits,
     budget: &Arc<FdBudget>,
     sup: &mut Supervisor,
+    tls: ViewerTls,
 ) -> anyhow::Result<Desktops> {
     let proxy = Proxy::new(ProxyOptions {
         switch_timeout: std::time::Duration::from_secs(cfg.switch_timeout_secs),
         switch_settle: std::time::Duration::from_millis(cfg.switch_settle_ms),
         orphan_timeout: std::time::Duration::from_secs(cfg.orphan_timeout_secs),
         handshake_timeout: limits.handshake_timeout,
+        tls: Some(tls),
+        legacy_vnc_auth: cfg.legacy_vnc_auth,
         ..Default::default()
     });
     let mut listener = Rebind::new(move || async move {

@@ -374,6 +374,11 @@ async fn session(
     }
 }
 
+/// The names the boot server's certificate is issued for: what agents and viewers dial.
+pub(crate) fn server_names(settings: &crate::config::Settings) -> crate::ca::ServerNames {
+    crate::ca::ServerNames::of_this_machine(&[settings.broker.ip(), settings.address.into()])
+}
+
 /// Opens the registry in the state dir and starts the agent listener on the broker address
 /// and the admin API on [`crate::admin::admin_addr`]; with `desktops`, announced PCs get their
 /// desktops and the orchestrator's notices reach their screens. Both listeners are bound here,
@@ -393,7 +398,7 @@ pub async fn start(
     broker.hello_timeout = limits.broker.handshake_timeout;
     broker.messages_per_sec = limits.agent_messages_per_sec;
     broker.message_burst = limits.agent_message_burst;
-    let names = crate::ca::ServerNames::of_this_machine(&[settings.broker.ip(), settings.address.into()]);
+    let names = server_names(settings);
     let (cert, key) = crate::ca::ensure_server(&settings.state_dir, &names)?;
     broker.tls = Some(AgentTls {
         acceptor: tokio_rustls::TlsAcceptor::from(proto::tls::server_config(&cert, &key)?),

@@ -16,6 +16,7 @@
 //! balloon = false                  # shrink in place where host and guest can, no handoff
 //! sessions_file = "sessions.sqlite" # running desktops, kept across restarts (in state_dir)
 //! pool = 0                         # desktop VMs booted ahead for the next arrivals
+//! legacy_vnc_auth = false          # also offer VNC authentication to viewers without VeNCrypt
 //!
 //! [[desktops.hosts]]
 //! name = "h1"
@@ -61,6 +62,9 @@ pub struct BrokerConfig {
     pub sessions_file: PathBuf,
     /// Pre-booted VMs kept for the next arrivals (see `broker::pool`).
     pub pool: usize,
+    /// Offer viewers VNC authentication after VeNCrypt, for old viewers: one recorded exchange
+    /// gives their token away.
+    pub legacy_vnc_auth: bool,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -80,6 +84,7 @@ impl Default for BrokerConfig {
             balloon: false,
             sessions_file: PathBuf::from("sessions.sqlite"),
             pool: 0,
+            legacy_vnc_auth: false,
             hosts: Vec::new(),
         }
     }

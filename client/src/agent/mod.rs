@@ -325,7 +325,13 @@ fn boot(
             }
         }
     };
-    let plan = viewer::plan(mode, &viewer_program, root).map_err(anyhow::Error::msg)?;
+    let mut plan = viewer::plan(mode, &viewer_program, root).map_err(anyhow::Error::msg)?;
+    // The viewer checks the proxy (VeNCrypt) against the same CA as the broker.
+    let ca_pem = std::fs::read_to_string(ca_cert).with_context(|| format!("reading {}", ca_cert.display()))?;
+    plan.env.push((crate::viewer::CA_PEM_ENV.into(), ca_pem));
+    if let Some(v) = extra(params, viewer::KEY_ALLOW_VNC_AUTH) {
+        plan.env.push(("TC_ALLOW_VNC_AUTH".into(), v.into()));
+    }
 
     show(Screen::Booting { step: format!("Announcing this PC to the broker at {broker}") });
     let hello = build_hello(sys, mac, lease.address, phases)?;

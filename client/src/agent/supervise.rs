@@ -72,7 +72,7 @@ fn describe(status: &WaitStatus) -> String {
 
 /// The supervisor's loop; returns when `orders` is closed.
 pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Report)) {
-    let Plan { first: mut launch, mut fallback } = plan;
+    let Plan { first: mut launch, mut fallback, env } = plan;
     // Under TCG, Mesa's first frame alone takes seconds: only a viewer gone within 20 s of
     // its start, three times in a row, counts as one that cannot start.
     let mut give_up = GiveUp::new(3, Duration::from_secs(20));
@@ -129,6 +129,7 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                 let spawned = launch.command(t.vnc).and_then(|mut cmd| {
                     // In the environment rather than argv: /proc/PID/cmdline is world-readable.
                     cmd.env("TC_SESSION_TOKEN", &t.token);
+                    cmd.envs(env.iter().map(|(k, v)| (k, v)));
                     let password = match &t.password {
                         Some(p) => match password_pipe(&mut cmd, p) {
                             Ok(fd) => Some(fd),

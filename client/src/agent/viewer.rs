@@ -24,6 +24,9 @@ use nix::mount::{mount, MsFlags};
 
 /// Kernel command-line key: `tc.viewer=auto|nfs|builtin`.
 pub(crate) const KEY_VIEWER: &str = "tc.viewer";
+/// Kernel command-line key: `tc.allow_vnc_auth=1` lets the viewer answer a proxy that offers
+/// only VNC authentication (off: such a proxy is refused, the token stays secret).
+pub(crate) const KEY_ALLOW_VNC_AUTH: &str = "tc.allow_vnc_auth";
 /// The viewer inside the NFS root (a `thinclient` built with SDL2, dynamically linked against
 /// the root's libraries: `scripts/build-client-root --install-bin`).
 pub(crate) const ROOT_VIEWER: &str = "usr/bin/thinclient";
@@ -183,6 +186,9 @@ impl GiveUp {
 pub(crate) struct Plan {
     pub first: Launch,
     pub fallback: Option<Launch>,
+    /// Environment for every viewer started (the CA's PEM, whether VNC authentication is
+    /// allowed): the chrooted viewer sees nothing of the initramfs.
+    pub env: Vec<(String, String)>,
 }
 
 /// Picks the viewers for `mode`. `root` is the mounted NFS root, or why there is none (not
@@ -191,7 +197,7 @@ pub(crate) fn plan(mode: Mode, builtin: &Path, root: Result<&Path, String>) -> R
     let builtin = Launch::Builtin { program: builtin.to_path_buf() };
     if mode == Mode::Builtin {
         log::info!("{KEY_VIEWER}=builtin: {}", builtin.describe());
-        return Ok(Plan { first: builtin, fallback: None });
+        return Ok(Plan { first: builtin, fallback: None, env: Vec::new() });
     }
     let usable = root.and_then(|r| {
         check_root(r)?;
@@ -199,12 +205,12 @@ pub(crate) fn plan(mode: Mode, builtin: &Path, root: Result<&Path, String>) -> R
         Ok(r)
     });
     match (usable, mode) {
-        (Ok(r), Mode::Nfs) => Ok(Plan { first: Launch::Root { root: r.to_path_buf() }, fallback: None }),
-        (Ok(r), _) => Ok(Plan { first: Launch::Root { root: r.to_path_buf() }, fallback: Some(builtin) }),
+        (Ok(r), Mode::Nfs) => Ok(Plan { first: Launch::Root { root: r.to_path_buf() }, fallback: None, env: Vec::new() }),
+        (Ok(r), _) => Ok(Plan { first: Launch::Root { root: r.to_path_buf() }, fallback: Some(builtin), env: Vec::new() }),
         (Err(why), Mode::Nfs) => Err(format!("{KEY_VIEWER}=nfs, but {why}")),
         (Err(why), _) => {
             log::warn!("{why}: using {}", builtin.describe());
-            Ok(Plan { first: builtin, fallback: None })
+            Ok(Plan { first: builtin, fallback: None, env: Vec::new() })
         }
     }
 }

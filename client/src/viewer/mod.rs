@@ -35,6 +35,16 @@ pub(crate) struct ViewArgs {
     /// This is how the agent hands over the broker's session password.
     #[arg(long, env = "TC_VNC_PASSWORD_FD")]
     pub password_fd: Option<i32>,
+    /// The certificate authority a VeNCrypt server's certificate must come from (the boot
+    /// image's by default). A viewer the agent starts gets the CA's PEM text in
+    /// `TC_VNC_CA_PEM` instead, which also reaches a viewer chrooted into the NFS root.
+    #[arg(long, default_value = proto::tls::IMAGE_CA_PATH)]
+    pub ca_cert: PathBuf,
+    /// Also answer servers that offer only VNC authentication (old proxies, VNC servers with a
+    /// password): its exchange gives the password away to anyone who records it. Kernel
+    /// command line: `tc.allow_vnc_auth=1`.
+    #[arg(long, env = "TC_ALLOW_VNC_AUTH", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub allow_vnc_auth: bool,
     /// Where to draw: `auto` tries SDL2 (window system or KMS/DRM) then /dev/fb0.
     #[arg(long, value_enum, default_value_t = presenter::Choice::Auto)]
     pub presenter: presenter::Choice,
@@ -124,12 +134,32 @@ fn tune_allocator() {
     }
 }
 
+/// The environment variable that carries the CA's PEM text from the agent.
+pub(crate) const CA_PEM_ENV: &str = "TC_VNC_CA_PEM";
+
+/// The TLS config VeNCrypt servers are checked with: the CA of `TC_VNC_CA_PEM` or of
+/// `--ca-cert`; none when neither exists (a server that requires VeNCrypt is then refused).
+fn vencrypt_tls(args: &ViewArgs) -> anyhow::Result<Option<session::Tls>> {
+    if let Ok(pem) = std::env::var(CA_PEM_ENV) {
+        let config = proto::tls::client_config_from_pem(pem.as_bytes(), CA_PEM_ENV)?;
+        return Ok(Some(session::Tls { config, origin: CA_PEM_ENV.into() }));
+    }
+    if !args.ca_cert.exists() {
+        info!("no CA certificate at {}: VeNCrypt servers cannot be checked", args.ca_cert.display());
+        return Ok(None);
+    }
+    let config = proto::tls::client_config(&args.ca_cert)?;
+    Ok(Some(session::Tls { config, origin: args.ca_cert.display().to_string() }))
+}
+
 pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
     tune_allocator();
     let target = session::Target::parse(&args.server)?;
     let cfg = session::SessionConfig {
         target,
         password: read_password(&args)?,
+        tls: vencrypt_tls(&args)?,
+        allow_vnc_auth: args.allow_vnc_auth,
         encoding: args.encoding,
         jpeg_quality: args.jpeg_quality,
         compress_level: args.compress_level,

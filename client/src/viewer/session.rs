@@ -71,10 +71,28 @@ pub(crate) enum Encoding {
     Raw,
 }
 
+/// What VeNCrypt servers are checked against.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub config: Arc<vnc::rustls::ClientConfig>,
+    /// Where the CA came from, for messages.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls(CA of {})", self.origin)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
     pub target: Target,
     pub password: Option<String>,
+    /// VeNCrypt X509Plain is used whenever the server offers it and this is set.
+    pub tls: Option<Tls>,
+    /// Answer VNC authentication when the server offers nothing better.
+    pub allow_vnc_auth: bool,
     pub encoding: Encoding,
     pub jpeg_quality: u8,
     pub compress_level: Option<u8>,
@@ -319,11 +337,11 @@ async fn connect_and_run(
                 .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT:?}"))?
                 .context("connecting")?;
             s.set_nodelay(true).ok();
-            handshake(s, cfg, shared).await?
+            handshake(s, cfg, server_name(addr), shared).await?
         }
         Target::Unix(p) => {
             let s = tokio::net::UnixStream::connect(p).await.context("connecting")?;
-            handshake(s, cfg, shared).await?
+            handshake(s, cfg, None, shared).await?
         }
     };
     let result = drive(&client, shared, input).await;
@@ -334,16 +352,54 @@ async fn connect_and_run(
     result
 }
 
-async fn handshake<S>(stream: S, cfg: &SessionConfig, shared: &Arc<Shared>) -> anyhow::Result<VncClient>
+/// The name a TCP server's certificate must carry: its address as dialled (the boot server's
+/// certificate names its addresses and its host name).
+fn server_name(addr: &str) -> Option<vnc::rustls::pki_types::ServerName<'static>> {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    vnc::rustls::pki_types::ServerName::try_from(host.to_string()).ok()
+}
+
+/// Why a handshake failed, in words for the status line: a certificate the CA does not vouch
+/// for, or a server that offers only VNC authentication.
+fn explain(e: vnc::VncError, cfg: &SessionConfig) -> anyhow::Error {
+    match e {
+        vnc::VncError::VncAuthRefused => anyhow!(
+            "{} (allow it with --allow-vnc-auth, or tc.allow_vnc_auth=1 on the kernel command line)",
+            vnc::VncError::VncAuthRefused
+        ),
+        vnc::VncError::IoError(io) => {
+            let origin = cfg.tls.as_ref().map_or("", |t| t.origin.as_str());
+            match io.get_ref().and_then(|i| i.downcast_ref::<vnc::rustls::Error>()) {
+                Some(tls) => anyhow!("the server is not trusted (CA of {origin}): {}", proto::tls::explain(tls)),
+                None => anyhow::Error::new(io),
+            }
+        }
+        e => anyhow::Error::new(e),
+    }
+}
+
+async fn handshake<S>(
+    stream: S,
+    cfg: &SessionConfig,
+    name: Option<vnc::rustls::pki_types::ServerName<'static>>,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<VncClient>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let password = cfg.password.clone();
     let mut c = VncConnector::new(stream)
         .set_auth_method(async move { password.ok_or(vnc::VncError::NoPassword) })
+        .allow_vnc_auth(cfg.allow_vnc_auth)
         .allow_shared(true)
         .set_pixel_format(PixelFormat::bgra())
         .set_sink(Arc::clone(shared) as Arc<dyn vnc::PixelSink>);
+    if let (Some(tls), Some(server_name)) = (&cfg.tls, name) {
+        c = c.set_vencrypt(vnc::VencryptConfig { tls: tls.config.clone(), server_name });
+    }
     for e in cfg.encodings() {
         c = c.add_encoding(e);
     }
@@ -352,6 +408,7 @@ where
     })
     .await
     .map_err(|_| anyhow!("RFB handshake did not finish within {CONNECT_TIMEOUT:?}"))?
+    .map_err(|e| explain(e, cfg))
     .context("RFB handshake")?;
     Ok(client)
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::backend::{self, Backend, Stream, VncAddr};
 use super::recode::{self, ZStreams};
 use super::rfb::{self, PixelFormat, ServerFramer, ServerItem};
-use super::{session, Proxy, ProxyOptions};
+use super::{session, vencrypt, Proxy, ProxyOptions, ViewerTls};
+use proto::tls::rustls;
 
 /// The viewer's pixel format, picked by one input byte: the framing lengths depend on it.
 fn format(sel: u8) -> PixelFormat {
@@ -105,21 +106,72 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// A server certificate for the VeNCrypt side, made once: its TLS handshake with fuzz bytes
+/// fails early, but the negotiation before it runs for real.
+fn viewer_tls() -> ViewerTls {
+    static TLS: OnceLock<ViewerTls> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .and_then(|p| p.self_signed(&key))
+            .expect("a self-signed certificate");
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(proto::tls::provider())
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert.der().clone()], der.into()))
+            .expect("a server config");
+        ViewerTls(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+    })
+    .clone()
+}
+
 /// Both handshakes from the input: the proxy as the server a viewer connects to, and as the
-/// client of a VM (with a VNC password when `data[0]` is odd). The challenge is random, so a
-/// viewer's response never matches; the VM side runs through to ServerInit.
+/// client of a VM (with a VNC password when `data[0]` is odd). `data[0] >> 1` picks what the
+/// proxy offers: VeNCrypt, VNC authentication, both, or neither. The challenge is random and
+/// the TLS handshake cannot complete from fixed bytes, so a viewer never gets in; the VM side
+/// runs through to ServerInit. The VeNCrypt messages that follow TLS go through their parser.
 #[doc(hidden)]
 pub fn rfb_handshake(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else { return };
-    let opts = ProxyOptions { auth_fail_delay: Duration::ZERO, ..ProxyOptions::default() };
+    let opts = ProxyOptions {
+        auth_fail_delay: Duration::ZERO,
+        tls: (sel & 2 != 0).then(viewer_tls),
+        legacy_vnc_auth: sel & 4 != 0,
+        ..ProxyOptions::default()
+    };
     let proxy = Proxy::new(opts);
     let vm = Backend { addr: VncAddr::Tcp("vm.invalid:5900".into()), password: (sel & 1 == 1).then(|| "secret".into()) };
-    proxy.open_session("fuzz", vm.clone());
+    let token = proxy.open_session("fuzz", vm.clone());
     runtime().block_on(async {
-        let mut viewer = scripted(rest);
-        assert!(session::handshake(&proxy, &mut viewer).await.is_err(), "a viewer authenticated without the token");
+        assert!(session::handshake(&proxy, scripted(rest)).await.is_err(), "a viewer authenticated without the token");
         if let Ok((_, init)) = backend::handshake(&vm, scripted(rest)).await {
             assert!(init.name.len() <= 4096);
         }
     });
+    vencrypt_messages(rest);
+    // What a parsed password opens is the token's session only.
+    if let Ok(Some((password, _))) = vencrypt::parse_plain(rest) {
+        assert_eq!(proxy.authenticate_token(&password).is_some(), password == token);
+    }
+}
+
+/// The VeNCrypt messages a viewer sends, parsed from the input: every answer is bounded, and a
+/// Plain message round-trips.
+fn vencrypt_messages(data: &[u8]) {
+    if let Some(v) = data.first_chunk::<2>() {
+        let _ = vencrypt::version_reply(*v);
+    }
+    if let Some(p) = data.first_chunk::<4>() {
+        let _ = vencrypt::subtype_reply(*p);
+    }
+    match vencrypt::parse_plain(data) {
+        Ok(Some((password, len))) => {
+            assert!(len <= data.len() && len <= 8 + 2 * vencrypt::MAX_CREDENTIAL as usize);
+            let (user, _) = vencrypt::plain_lengths(*data.first_chunk::<8>().expect("parsed")).expect("parsed");
+            let again = vencrypt::plain_message(&"u".repeat(user), &password);
+            assert_eq!(vencrypt::parse_plain(&again), Ok(Some((password, len))), "Plain round trip");
+        }
+        Ok(None) => assert!(data.len() < 8 + 2 * vencrypt::MAX_CREDENTIAL as usize),
+        Err(_) => {}
+    }
 }

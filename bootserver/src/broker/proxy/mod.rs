@@ -1,4 +1,5 @@
-//! The VNC proxy: viewers connect only here, with their session token as VNC password; the
+//! The VNC proxy: viewers connect only here, with their session token as password (inside
+//! VeNCrypt's TLS, see [`vencrypt`]; VNC authentication only where an admin allows it); the
 //! proxy holds their RFB session and talks RFB to their VM, so that a hard handoff swaps the VM
 //! under a live viewer connection.
 //!
@@ -29,6 +30,9 @@ pub mod fuzz;
 mod recode;
 pub mod rfb;
 mod session;
+pub mod vencrypt;
+#[cfg(test)]
+mod handshake_tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +90,33 @@ pub struct ProxyOptions {
     /// Longest time a viewer may take over the RFB handshake, up to its ClientInit
     /// (`limits.proxy.handshake_timeout_secs`).
     pub handshake_timeout: Duration,
+    /// The certificate viewers get for VeNCrypt; without it VeNCrypt is not offered.
+    pub tls: Option<ViewerTls>,
+    /// Also offer VNC authentication (after VeNCrypt), for viewers without VeNCrypt
+    /// (`desktops.legacy_vnc_auth`): their token can be cracked from one sniffed exchange.
+    pub legacy_vnc_auth: bool,
+}
+
+/// The TLS server side of VeNCrypt: the certificate the deployment's CA issued to the boot
+/// server, which viewers check against that CA.
+#[derive(Clone)]
+pub struct ViewerTls(pub tokio_rustls::TlsAcceptor);
+
+impl ViewerTls {
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, proto::tls::TlsError> {
+        let mut config = (*proto::tls::server_config(cert, key)?).clone();
+        // TigerVNC 1.12 (GnuTLS) stalls, in most connections, when TLS 1.3 session tickets
+        // arrive just after the handshake: it never sends its Plain credentials. Viewers do
+        // not resume sessions anyway; each connection does a full handshake.
+        config.send_tls13_tickets = 0;
+        Ok(ViewerTls(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))))
+    }
+}
+
+impl std::fmt::Debug for ViewerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewerTls")
+    }
 }
 
 impl Default for ProxyOptions {
@@ -96,6 +127,8 @@ impl Default for ProxyOptions {
             orphan_timeout: Duration::from_secs(600),
             auth_fail_delay: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
+            legacy_vnc_auth: false,
         }
     }
 }
@@ -314,6 +347,18 @@ impl Proxy {
         })
     }
 
+    /// The security types offered to viewers, most preferred first.
+    fn security_types(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        if self.opts.tls.is_some() {
+            v.push(vencrypt::SECURITY_TYPE);
+        }
+        if self.opts.legacy_vnc_auth {
+            v.push(vencrypt::VNC_AUTH);
+        }
+        v
+    }
+
     /// Registers a viewer connection, replacing (and closing) an older one of the same session.
     /// Returns the connection's id and the session's recoded-rectangle counter.
     fn attach(&self, session: &str, tx: mpsc::Sender<Control>) -> Option<(u64, Arc<AtomicU64>)> {
@@ -338,7 +383,10 @@ impl Proxy {
 
     /// Accepts viewers for ever, within `limiter`'s caps.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, limiter: Arc<ConnLimiter>) -> anyhow::Result<()> {
-        log::info!("proxy: listening on {}", listener.local_addr()?);
+        log::info!("proxy: listening on {} (security types {:?})", listener.local_addr()?, self.security_types());
+        if self.opts.legacy_vnc_auth {
+            log::warn!("proxy: legacy_vnc_auth = true: viewers may use VNC authentication, whose exchange gives their token away to anyone who records it");
+        }
         accept_loop(listener, limiter, move |sock, peer| {
             let me = self.clone();
             async move {

@@ -15,8 +15,25 @@ use tokio::task::JoinHandle;
 use super::backend::{self, BackendError, Ready, Stream};
 use super::recode::{self, RecodeError, ZStreams};
 use super::rfb::{self, enc, ClientMsg, PixelFormat, ServerFramer, ServerItem};
-use super::{auth, Backend, Control, Proxy, ProxyError, SwitchReport};
+use super::{auth, vencrypt, Backend, Control, Proxy, ProxyError, SwitchReport};
 
+/// What the relay talks to the viewer through: the TCP stream, or the TLS stream over it.
+pub(super) trait ViewerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ViewerIo for T {}
+pub(super) type Viewer = Box<dyn ViewerIo>;
+
+/// A viewer that passed the handshake: its session and how it got in.
+#[derive(Debug)]
+pub(super) struct Authed {
+    /// The session's identity (see [`Proxy::attach`]), not the token that opened it.
+    pub session: String,
+    pub label: String,
+    pub backend: Backend,
+    /// The security type it used.
+    pub security: u8,
+}
+
+/// Failed SecurityResult, with its reason from RFB 3.8 on.
 async fn refuse<S: AsyncWrite + Unpin>(sock: &mut S, minor: u8, reason: &str) {
     let mut v = 1u32.to_be_bytes().to_vec();
     if minor >= 8 {
@@ -24,15 +41,25 @@ async fn refuse<S: AsyncWrite + Unpin>(sock: &mut S, minor: u8, reason: &str) {
         v.extend_from_slice(reason.as_bytes());
     }
     let _ = sock.write_all(&v).await;
+    let _ = sock.flush().await;
 }
 
-/// The server half of the handshake: version, VNC authentication with the token (the only
-/// security type offered, so None is never possible), ClientInit. Generic over the stream so
-/// that the fuzz target can drive it from bytes.
-pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    proxy: &Proxy,
-    sock: &mut S,
-) -> anyhow::Result<(String, String, Backend, u8)> {
+/// No usable security type: an empty list (a zero type in 3.3) and the reason.
+async fn refuse_types<S: AsyncWrite + Unpin>(sock: &mut S, minor: u8, reason: &str) {
+    let mut v = if minor == 3 { 0u32.to_be_bytes().to_vec() } else { vec![0] };
+    v.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+    v.extend_from_slice(reason.as_bytes());
+    let _ = sock.write_all(&v).await;
+}
+
+/// The server half of the handshake: version, security type (VeNCrypt X509Plain with the token
+/// as password; VNC authentication with it where `legacy_vnc_auth` allows), ClientInit. Returns
+/// the stream the session goes on over (TLS after VeNCrypt). Generic over the stream so that
+/// the fuzz target can drive it from bytes.
+pub(super) async fn handshake<S>(proxy: &Proxy, mut sock: S) -> anyhow::Result<(Authed, Viewer)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     sock.write_all(b"RFB 003.008\n").await?;
     let mut v = [0u8; 12];
     sock.read_exact(&mut v).await.context("reading protocol version")?;
@@ -44,44 +71,127 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         (3, _) => 3,
         _ => bail!("unsupported RFB version {major}.{minor}"),
     };
-    if minor == 3 {
-        sock.write_all(&2u32.to_be_bytes()).await?;
+    let offered = proxy.security_types();
+    if offered.is_empty() {
+        refuse_types(&mut sock, minor, "this proxy has no certificate and VNC authentication is off").await;
+        bail!("no security type to offer: no TLS certificate, and legacy_vnc_auth is off");
+    }
+    let chosen = if minor == 3 {
+        // 3.3 lets the server pick, among None and VNC authentication only.
+        if !offered.contains(&vencrypt::VNC_AUTH) {
+            refuse_types(&mut sock, minor, "RFB 3.3 cannot do VeNCrypt, which this proxy requires").await;
+            bail!("RFB 3.3 viewer, and VNC authentication is off (legacy_vnc_auth)");
+        }
+        sock.write_all(&u32::from(vencrypt::VNC_AUTH).to_be_bytes()).await?;
+        vencrypt::VNC_AUTH
     } else {
-        sock.write_all(&[1, 2]).await?;
+        let mut list = vec![offered.len() as u8];
+        list.extend_from_slice(&offered);
+        sock.write_all(&list).await?;
         let mut chosen = [0u8; 1];
-        sock.read_exact(&mut chosen).await?;
-        if chosen[0] != 2 {
-            refuse(sock, minor, "only VNC authentication with the session token is accepted").await;
-            bail!("chose security type {}, only VNC authentication is offered", chosen[0]);
+        sock.read_exact(&mut chosen).await.context("reading the security type")?;
+        if !offered.contains(&chosen[0]) {
+            refuse(&mut sock, minor, "security type not offered").await;
+            bail!("chose security type {}, offered were {offered:?}", chosen[0]);
+        }
+        chosen[0]
+    };
+    if chosen == vencrypt::VNC_AUTH {
+        let found = vnc_auth(proxy, &mut sock).await?;
+        let authed = finish(proxy, &mut sock, minor, found, chosen).await?;
+        return Ok((authed, Box::new(sock)));
+    }
+    let Some(tls) = &proxy.opts.tls else { bail!("VeNCrypt chosen without a certificate") };
+    sock.write_all(&vencrypt::VERSION).await?;
+    exchange(&mut sock, "version", vencrypt::version_reply, &vencrypt::VERSION_REFUSED).await?;
+    exchange(&mut sock, "subtype", vencrypt::subtype_reply, &vencrypt::SUBTYPE_REFUSED).await?;
+    let mut tls = tls.0.accept(sock).await.context("TLS handshake")?;
+    let mut head = [0u8; 8];
+    tls.read_exact(&mut head).await.context("reading the Plain credentials")?;
+    let (user, pass) = vencrypt::plain_lengths(head)?;
+    let mut body = vec![0u8; user + pass];
+    tls.read_exact(&mut body).await.context("reading the Plain credentials")?;
+    let password = vencrypt::plain_password(&body, user)?;
+    let found = proxy.authenticate_token(&password);
+    let authed = finish(proxy, &mut tls, minor, found, chosen).await?;
+    Ok((authed, Box::new(tls)))
+}
+
+/// One VeNCrypt step before TLS: the viewer's `N` bytes, then the answer `reply` makes of
+/// them, or the refusal (after which the viewer is dropped).
+async fn exchange<S, const N: usize, R>(
+    sock: &mut S,
+    what: &str,
+    reply: impl FnOnce([u8; N]) -> Result<R, vencrypt::VencryptError>,
+    refusal: &[u8],
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsRef<[u8]>,
+{
+    let mut got = [0u8; N];
+    sock.read_exact(&mut got).await.with_context(|| format!("reading the VeNCrypt {what}"))?;
+    match reply(got) {
+        Ok(answer) => Ok(sock.write_all(answer.as_ref()).await?),
+        Err(e) => {
+            let _ = sock.write_all(refusal).await;
+            Err(e.into())
         }
     }
+}
+
+/// VNC authentication: a fresh challenge, and the session whose token answers it.
+async fn vnc_auth<S: AsyncRead + AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    sock: &mut S,
+) -> anyhow::Result<Option<(String, String, Backend)>> {
     let challenge = auth::new_challenge();
     sock.write_all(&challenge).await?;
     let mut response = [0u8; 16];
     sock.read_exact(&mut response).await.context("reading the authentication response")?;
-    let Some((token, label, backend)) = proxy.authenticate(&challenge, &response) else {
-        tokio::time::sleep(proxy.opts.auth_fail_delay).await;
-        refuse(sock, minor, "unknown or expired session token").await;
-        bail!("refused: no session has that token");
-    };
-    sock.write_all(&0u32.to_be_bytes()).await?;
-    let mut shared = [0u8; 1];
-    sock.read_exact(&mut shared).await.context("reading ClientInit")?;
-    Ok((token, label, backend, minor))
+    Ok(proxy.authenticate(&challenge, &response))
 }
 
-pub(crate) async fn run(proxy: Arc<Proxy>, mut sock: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
-    // A viewer that connects and stalls would hold its place for ever.
+/// SecurityResult for the session found (or not), then ClientInit.
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    sock: &mut S,
+    minor: u8,
+    found: Option<(String, String, Backend)>,
+    security: u8,
+) -> anyhow::Result<Authed> {
+    let Some((session, label, backend)) = found else {
+        tokio::time::sleep(proxy.opts.auth_fail_delay).await;
+        refuse(sock, minor, "unknown or expired session token").await;
+        bail!("refused: no session has that token (security type {security})");
+    };
+    sock.write_all(&0u32.to_be_bytes()).await?;
+    sock.flush().await?;
+    let mut shared = [0u8; 1];
+    sock.read_exact(&mut shared).await.context("reading ClientInit")?;
+    Ok(Authed { session, label, backend, security })
+}
+
+pub(crate) async fn run(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    // A viewer that connects and stalls would hold its place for ever; the TLS handshake
+    // counts too.
     let limit = proxy.opts.handshake_timeout;
+    let t_hs = Instant::now();
     // The session's identity, not its token: the token may be rotated under this connection.
-    let (session, label, backend, _) = tokio::time::timeout(limit, handshake(&proxy, &mut sock))
+    let (Authed { session, label, backend, security }, mut sock) = tokio::time::timeout(limit, handshake(&proxy, sock))
         .await
         .map_err(|_| anyhow::anyhow!("no complete RFB handshake within {limit:?}"))??;
-    log::info!("proxy: viewer {peer} authenticated for session {label}, VM {}", backend.describe());
+    let how = if security == vencrypt::SECURITY_TYPE { "VeNCrypt X509Plain" } else { "VNC authentication" };
+    log::info!(
+        "proxy: viewer {peer} authenticated for session {label} ({how}, handshake {:.1} ms), VM {}",
+        t_hs.elapsed().as_secs_f64() * 1000.0,
+        backend.describe()
+    );
     let t0 = Instant::now();
     let (vm, init) = backend::connect(&backend).await.with_context(|| format!("session {label}"))?;
     log::info!("proxy: session {label}: VM answered in {} ms", t0.elapsed().as_millis());
     sock.write_all(&init.to_bytes()).await?;
+    sock.flush().await?;
     let (tx, rx) = mpsc::channel(4);
     let Some((conn, recoded)) = proxy.attach(&session, tx) else {
         bail!("session {label} closed during the handshake");
@@ -121,7 +231,7 @@ struct Relay {
     proxy: Arc<Proxy>,
     session: String,
     label: String,
-    viewer: TcpStream,
+    viewer: Viewer,
     vm: Option<Stream>,
     /// The viewer's pixel format (ServerInit's until it sends SetPixelFormat).
     format: PixelFormat,
@@ -152,6 +262,12 @@ async fn read_some(s: &mut Option<Stream>, buf: &mut Vec<u8>) -> std::io::Result
 }
 
 impl Relay {
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        // TLS keeps records the socket could not take yet until the next write or a flush.
+        self.viewer.write_all(bytes).await.context("writing to the viewer")?;
+        self.viewer.flush().await.context("writing to the viewer")
+    }
+
     async fn run(&mut self, mut ctl: mpsc::Receiver<Control>) -> anyhow::Result<()> {
         let mut pending: Option<Pending> = None;
         loop {
@@ -274,7 +390,7 @@ impl Relay {
                             // VM is dropped (and the rest of its update closed).
                             out.truncate(start);
                             out.extend(rfb::close_update(Some(1)));
-                            self.viewer.write_all(&out).await.context("writing to the viewer")?;
+                            self.send(&out).await?;
                             return Err(e.into());
                         }
                         Err(RecodeError::Viewer(e)) => bail!("session {}: {e}", self.label),
@@ -295,12 +411,12 @@ impl Relay {
             at += len;
             // Flush big updates rectangle by rectangle rather than holding them.
             if out.len() > 1 << 20 {
-                self.viewer.write_all(&out).await.context("writing to the viewer")?;
+                self.send(&out).await?;
                 out.clear();
             }
         }
         self.vm_buf.drain(..at);
-        self.viewer.write_all(&out).await.context("writing to the viewer")?;
+        self.send(&out).await?;
         Ok(())
     }
 
@@ -309,7 +425,7 @@ impl Relay {
         self.vm = None;
         self.zstreams.new_vm();
         if let Some(open) = self.framer.open_update() {
-            self.viewer.write_all(&rfb::close_update(open)).await.context("writing to the viewer")?;
+            self.send(&rfb::close_update(open)).await?;
         }
         self.framer.reset();
         self.vm_buf.clear();
@@ -328,7 +444,7 @@ impl Relay {
         );
         // The old VM's partial update ends here, at a rectangle boundary.
         if let Some(open) = self.framer.open_update() {
-            self.viewer.write_all(&rfb::close_update(open)).await?;
+            self.send(&rfb::close_update(open)).await?;
         }
         self.vm = None;
         let resized = (ready.init.width, ready.init.height) != (self.width, self.height);
@@ -346,7 +462,7 @@ impl Relay {
                     self.height
                 );
             };
-            self.viewer.write_all(&msg).await?;
+            self.send(&msg).await?;
             (self.width, self.height) = (ready.init.width, ready.init.height);
         }
         // The viewer changed its format or encodings while the new VM was being prepared: the

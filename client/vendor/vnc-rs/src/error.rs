@@ -11,6 +11,8 @@ pub enum VncError {
     InvalidSecurityTyep(u8),
     #[error("Wrong password")]
     WrongPassword,
+    #[error("the server offers only VNC authentication, whose exchange gives the password away to anyone who records it; refused")]
+    VncAuthRefused,
     #[error("Connect error with unknown reason")]
     ConnectError,
     #[error("Unknown pixel format")]

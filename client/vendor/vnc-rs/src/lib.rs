@@ -219,6 +219,10 @@ pub use desktop::*;
 
 pub use client::VncClient;
 pub use client::VncConnector;
+#[cfg(not(target_arch = "wasm32"))]
+pub use client::VencryptConfig;
+#[cfg(not(target_arch = "wasm32"))]
+pub use tokio_rustls::rustls;
 pub use config::*;
 pub use error::*;
 pub use event::*;

@@ -434,6 +434,8 @@ where
 {
     trace!("Send shared flag: {}", shared);
     stream.write_u8(shared as u8).await?;
+    // Over TLS a write may stay in the session's buffer until a flush.
+    stream.flush().await?;
     Ok(())
 }
 
@@ -494,6 +496,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     ClientMsg::SetEncodings(encodings).write(stream).await?;
+    stream.flush().await?;
     Ok(())
 }
 
@@ -681,7 +684,11 @@ where
                 tokio::select! {
                     biased;
                     _ = &mut stop_ch => break,
-                    result = message.write(&mut stream) => result?,
+                    result = async {
+                        message.write(&mut stream).await?;
+                        // Over TLS a write may stay in the session's buffer until a flush.
+                        stream.flush().await.map_err(VncError::from)
+                    } => result?,
                 }
             }
         }

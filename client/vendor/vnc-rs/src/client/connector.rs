@@ -1,3 +1,5 @@
+#[cfg(not(target_arch = "wasm32"))]
+use super::vencrypt::{self, VencryptConfig};
 use super::{
     auth::{AuthHelper, AuthResult, SecurityType},
     connection::VncClient,
@@ -58,6 +60,15 @@ where
                         return Err(VncError::ConnectError);
                     }
 
+                    #[cfg(not(target_arch = "wasm32"))]
+                    if security_types.contains(&SecurityType::VeNCrypt)
+                        && connector.rfb_version != VncVersion::RFB33
+                    {
+                        if let Some(cfg) = connector.vencrypt.take() {
+                            return connector.vencrypt_x509plain(cfg).await;
+                        }
+                    }
+
                     if security_types.contains(&SecurityType::None) {
                         match connector.rfb_version {
                             VncVersion::RFB33 => {
@@ -93,6 +104,9 @@ where
                     } else {
                         // choose a auth method
                         if security_types.contains(&SecurityType::VncAuth) {
+                            if !connector.allow_vnc_auth {
+                                return Err(VncError::VncAuthRefused);
+                            }
                             if connector.rfb_version != VncVersion::RFB33 {
                                 // In the security handshake (Section 7.1.2), rather than a two-way
                                 // negotiation, the server decides the security type and sends a single
@@ -110,6 +124,9 @@ where
                                 SecurityType::write(&SecurityType::VncAuth, &mut connector.stream)
                                     .await?;
                             }
+                        } else if security_types.contains(&SecurityType::VeNCrypt) {
+                            let msg = "the server requires VeNCrypt, and no certificate authority was given to check it with";
+                            return Err(VncError::General(msg.to_owned()));
                         } else {
                             let msg = "Security type apart from Vnc Auth has not been implemented";
                             return Err(VncError::General(msg.to_owned()));
@@ -182,6 +199,9 @@ where
     pixel_format: Option<PixelFormat>,
     encodings: Vec<VncEncoding>,
     sink: Option<Arc<dyn PixelSink>>,
+    #[cfg(not(target_arch = "wasm32"))]
+    vencrypt: Option<VencryptConfig>,
+    allow_vnc_auth: bool,
 }
 
 impl<S, F> VncConnector<S, F>
@@ -225,7 +245,26 @@ where
             pixel_format: None,
             encodings: Vec::new(),
             sink: None,
+            #[cfg(not(target_arch = "wasm32"))]
+            vencrypt: None,
+            allow_vnc_auth: true,
         }
+    }
+
+    /// Speak VeNCrypt X509Plain where the server offers it (preferred over every other type):
+    /// the server must show a certificate `cfg` verifies, and the password goes inside TLS.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn set_vencrypt(mut self, cfg: VencryptConfig) -> Self {
+        self.vencrypt = Some(cfg);
+        self
+    }
+
+    /// Whether to answer VNC authentication (on by default). Its DES exchange, once recorded,
+    /// gives the password away offline; off, a server offering nothing better is refused with
+    /// [`VncError::VncAuthRefused`].
+    pub fn allow_vnc_auth(mut self, allow: bool) -> Self {
+        self.allow_vnc_auth = allow;
+        self
     }
 
     /// An async callback which is used to query credentials if the vnc server has set
@@ -329,6 +368,33 @@ where
     pub fn set_sink(mut self, sink: Arc<dyn PixelSink>) -> Self {
         self.sink = Some(sink);
         self
+    }
+
+    /// VeNCrypt X509Plain from the security type on; the session continues over TLS.
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn vencrypt_x509plain(self, cfg: VencryptConfig) -> Result<VncState<S, F>, VncError> {
+        let mut connector = self;
+        SecurityType::write(&SecurityType::VeNCrypt, &mut connector.stream).await?;
+        let mut tls = vencrypt::negotiate(connector.stream, &cfg).await?;
+        let password = match connector.auth_methond.take() {
+            Some(f) => f.await?,
+            None => return Err(VncError::NoPassword),
+        };
+        // The username means nothing to servers that take a token as the password.
+        vencrypt::send_plain(&mut tls, "", &password).await?;
+        let result: AuthResult = tls.read_u32().await?.try_into()?;
+        if let AuthResult::Failed = result {
+            if connector.rfb_version == VncVersion::RFB38 {
+                let reason = crate::limits::string(&mut tls, crate::limits::MAX_NAME).await?;
+                return Err(VncError::General(reason));
+            }
+            return Err(VncError::WrongPassword);
+        }
+        info!("VeNCrypt X509Plain done, client connected");
+        Ok(VncState::Connected(
+            VncClient::new(tls, connector.allow_shared, connector.pixel_format, connector.encodings, connector.sink)
+                .await?,
+        ))
     }
 
     /// Complete the client configuration
