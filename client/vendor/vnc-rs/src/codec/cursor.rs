@@ -1,8 +1,8 @@
 use crate::{PixelFormat, Rect, VncError, VncEvent};
 use std::future::Future;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
-use super::initialized_vec;
+use super::{initialized_vec, read_announced};
 
 pub struct Decoder {}
 
@@ -43,10 +43,8 @@ impl Decoder {
 
         let _bytes = pixels_length + mask_length;
 
-        let mut pixels = initialized_vec(pixels_length);
-        input.read_exact(&mut pixels).await?;
-        let mut mask = initialized_vec(mask_length);
-        input.read_exact(&mut mask).await?;
+        let pixels = read_announced(input, pixels_length).await?;
+        let mask = read_announced(input, mask_length).await?;
         let mut image = initialized_vec(pixels_length);
         let mut pix_idx = 0;
 

@@ -4,7 +4,8 @@ mod tight;
 mod trle;
 mod zlib;
 mod zrle;
-use crate::Rect;
+use crate::{Rect, VncError};
+use tokio::io::{AsyncRead, AsyncReadExt};
 pub(crate) use cursor::Decoder as CursorDecoder;
 pub(crate) use raw::Decoder as RawDecoder;
 pub(crate) use tight::Decoder as TightDecoder;
@@ -52,6 +53,29 @@ fn vec_with_capacity(cap: usize) -> Vec<u8> {
     let mut v = pooled();
     v.reserve(cap);
     v
+}
+
+/// Reads the `len` bytes a header announced. The buffer grows with the bytes that arrive, not
+/// with the header: sized from the header up front (and zeroed), four bytes of a hostile server
+/// cost the client up to [crate::limits::MAX_COMPRESSED] of memory before any data came.
+async fn read_announced<S: AsyncRead + Unpin>(input: &mut S, len: usize) -> Result<Vec<u8>, VncError> {
+    let mut v = pooled();
+    (&mut *input).take(len as u64).read_to_end(&mut v).await?;
+    if v.len() < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(v)
+}
+
+/// Inflates the `len` bytes a rectangle's header implies, growing with what the compressed data
+/// really yields (see [read_announced]).
+fn inflate_announced<R: std::io::Read>(reader: &mut R, len: usize) -> Result<Vec<u8>, VncError> {
+    let mut v = pooled();
+    std::io::Read::read_to_end(&mut std::io::Read::take(reader, len as u64), &mut v)?;
+    if v.len() < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(v)
 }
 
 /// Gives a buffer back for the next rectangle.

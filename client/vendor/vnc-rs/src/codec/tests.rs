@@ -128,3 +128,124 @@ async fn tight_rejects_component_widths_its_filters_cannot_decode() {
         .await;
     assert!(matches!(result, Err(VncError::WrongPixelFormat)));
 }
+
+/// Counts what the current thread has allocated and not freed, so a test can bound the memory
+/// one hostile message costs (the tests run side by side, so a process-wide count would not do).
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: isize) {
+        let _ = LIVE.try_with(|live| {
+            live.set(live.get() + bytes);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+        });
+    }
+
+    struct Counting;
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            System.alloc(layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// The most this thread had allocated at once, above what it held before, while running `f`.
+    pub(super) fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|peak| peak.set(base));
+        let out = f();
+        (out, (PEAK.with(Cell::get) - base).max(0) as usize)
+    }
+}
+
+/// Runs one decoder on `bytes` on this thread and returns its result and peak allocation.
+fn decode_peak(
+    decode: impl FnOnce(&mut &[u8]) -> Result<(), VncError>,
+    bytes: &[u8],
+) -> (Result<(), VncError>, usize) {
+    counting::peak_during(|| decode(&mut &bytes[..]))
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A header costs a server a few bytes; the memory behind it must cost it the data. Each input
+/// announces megabytes (a ZRLE/TRLE length, a Tight compact length, a cursor or a Tight
+/// rectangle's inflated size) and then ends: decoding must fail having allocated a small part
+/// of that, not the announced size zeroed up front.
+#[test]
+fn announced_lengths_without_data_cost_no_memory() {
+    const LIMIT: usize = 512 * 1024;
+    let big = Rect {
+        x: 0,
+        y: 0,
+        width: 1024,
+        height: 1024,
+    };
+    let format = PixelFormat::rgba();
+    let ignore = |_: VncEvent| async { Ok(()) };
+    let mut length_64m = (64_u32 << 20).to_be_bytes().to_vec();
+    length_64m.extend_from_slice(&[0x78, 0x9c, 0, 0]);
+    // Tight, stream 0 reset, explicit gradient filter, 2 bytes of zlib header for 3 MiB of pixels.
+    let tight_gradient = [0x41, 2, 2, 0x78, 0x9c];
+    // Tight, stream 0 reset, copy filter, a compact length of 4 MiB - 1, then 4 bytes.
+    let tight_long = [0x01, 0xff, 0xff, 0xff, 1, 2, 3, 4];
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut &[u8]) -> Result<(), VncError>>, &[u8])> = vec![
+        (
+            "zrle",
+            Box::new(|s| block_on(ZrleDecoder::new().decode(&format, &big, s, &ignore))),
+            &length_64m,
+        ),
+        (
+            "trle",
+            Box::new(|s| block_on(TrleDecoder::new().decode(&format, &big, s, &ignore))),
+            &length_64m,
+        ),
+        (
+            "tight gradient",
+            Box::new(|s| block_on(TightDecoder::new().decode(&format, &big, s, &ignore))),
+            &tight_gradient,
+        ),
+        (
+            "tight compact length",
+            Box::new(|s| block_on(TightDecoder::new().decode(&format, &big, s, &ignore))),
+            &tight_long,
+        ),
+        (
+            "cursor",
+            Box::new(|s| block_on(CursorDecoder::new().decode(&format, &big, s, &ignore))),
+            &[1, 2, 3, 4],
+        ),
+    ];
+    for (name, decode, bytes) in cases {
+        let (result, peak) = decode_peak(decode, bytes);
+        assert!(result.is_err(), "{name}: truncated input decoded");
+        assert!(peak < LIMIT, "{name}: {peak} bytes allocated for {} bytes of input", bytes.len());
+    }
+}

@@ -4,7 +4,10 @@ use std::io::Read;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::error;
 
-use super::{initialized_vec, recycle, strips, vec_with_capacity, zlib::ZlibReader};
+use super::{
+    inflate_announced, initialized_vec, read_announced, recycle, strips, vec_with_capacity,
+    zlib::ZlibReader,
+};
 
 const MAX_PALETTE: usize = 256;
 
@@ -116,9 +119,7 @@ impl Decoder {
             }
             len
         };
-        let mut data = initialized_vec(len);
-        input.read_exact(&mut data).await?;
-        Ok(data)
+        read_announced(input, len).await
     }
 
     /// Appends 3-byte pixels (R, G, B) to `image` in the client's pixel format.
@@ -460,10 +461,9 @@ impl Decoder {
     where
         S: AsyncRead + Unpin,
     {
-        let mut data;
+        let data;
         if uncompressed_size < 12 {
-            data = initialized_vec(uncompressed_size);
-            input.read_exact(&mut data).await?;
+            data = read_announced(input, uncompressed_size).await?;
         } else {
             let d = self.read_data(input).await?;
             let mut reader = ZlibReader::new(
@@ -472,8 +472,7 @@ impl Decoder {
                     .ok_or(VncError::InvalidImageData)?,
                 &d,
             );
-            data = initialized_vec(uncompressed_size);
-            reader.read_exact(&mut data)?;
+            data = inflate_announced(&mut reader, uncompressed_size)?;
             self.zlibs[stream as usize] = Some(reader.into_inner()?);
             recycle(d);
         };

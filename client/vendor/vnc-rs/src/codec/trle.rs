@@ -3,7 +3,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::error;
 
-use super::initialized_vec;
+use super::{read_announced, recycle};
 
 async fn read_run_length<S>(reader: &mut S, remaining: usize) -> Result<usize, VncError>
 where
@@ -81,8 +81,8 @@ impl Decoder {
         if data_len > crate::limits::MAX_COMPRESSED {
             return Err(VncError::InvalidImageData);
         }
-        let mut zlib_data = initialized_vec(data_len);
-        input.read_exact(&mut zlib_data).await?;
+        // Upstream's framing: a length-prefixed block that the tiles below do not use.
+        recycle(read_announced(input, data_len).await?);
 
         let bpp = format.bits_per_pixel as usize / 8;
         let pixel_mask = if format.true_color_flag != 0 {

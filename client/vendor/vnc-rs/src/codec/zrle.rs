@@ -3,7 +3,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::error;
 
-use super::{initialized_vec, recycle, zlib::ZlibReader};
+use super::{initialized_vec, read_announced, recycle, zlib::ZlibReader};
 
 fn read_run_length(reader: &mut ZlibReader, remaining: usize) -> Result<usize, VncError> {
     let mut run_length_part;
@@ -80,8 +80,7 @@ impl Decoder {
         if data_len > crate::limits::MAX_COMPRESSED {
             return Err(VncError::InvalidImageData);
         }
-        let mut zlib_data = initialized_vec(data_len);
-        input.read_exact(&mut zlib_data).await?;
+        let zlib_data = read_announced(input, data_len).await?;
         let decompressor = self.decompressor.take().ok_or(VncError::InvalidImageData)?;
         let mut reader = ZlibReader::new(decompressor, &zlib_data);
 
