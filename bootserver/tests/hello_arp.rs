@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::agent::{encode, AgentMessage, BrokerMessage, Decoder};
+use proto::agent::{encode, AgentMessage, BrokerMessage, Decoder, Hello};
 use proto::tls::rustls::{ClientConnection, StreamOwned};
 use testkit::{wait_for_text, KillOnDrop, Lab};
 
