@@ -56,6 +56,9 @@ pub struct FileConfig {
     pub nfs: NfsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[auth]`: who may log in (see `accounts::auth`).
+    #[serde(default)]
+    pub auth: crate::accounts::AuthConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -170,6 +173,7 @@ pub struct Settings {
     pub desktops: crate::broker::settings::BrokerConfig,
     pub nfs: NfsConfig,
     pub limits: Limits,
+    pub auth: crate::accounts::AuthConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +383,10 @@ impl Settings {
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,
             nfs,
             limits: file.limits.resolve().map_err(|(key, m)| invalid(key, m))?,
+            auth: {
+                file.auth.check().map_err(|m| invalid("auth", m))?;
+                file.auth
+            },
         })
     }
 }

@@ -78,6 +78,13 @@ enum Command {
         #[command(subcommand)]
         command: bootserver::ca::cli::CaCommand,
     },
+    /// The people who log in: local accounts with argon2id passwords, in the state dir.
+    ///
+    /// Example: bootserver user add alice --template office
+    User {
+        #[command(subcommand)]
+        command: bootserver::accounts::cli::UserCommand,
+    },
     /// Virtualization hosts' certificates.
     ///
     /// Example: bootserver host enrol h1 --ip 10.0.0.11
@@ -148,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => return bootserver::broker::explain::run(&args),
         Command::Ca { command } => return bootserver::ca::cli::ca(command),
         Command::Host { command } => return bootserver::ca::cli::host(command),
+        Command::User { command } => return bootserver::accounts::cli::run(command),
         Command::Clients { json, api } => return bootserver::admin::print_clients(&api.endpoint()?, json),
         Command::Client { mac, action, api } => {
             use bootserver::admin::Action;
