@@ -537,4 +537,19 @@ mod tests {
         let e = Settings::resolve_with(FileConfig::default(), &a, &ifaces()).unwrap_err();
         assert!(e.to_string().contains("lower address first"), "{e}");
     }
+
+    #[test]
+    fn auth_keys_are_checked_at_start() {
+        let s = Settings::resolve_with(FileConfig::parse("interface = \"br0\"").unwrap(), &args(), &ifaces()).unwrap();
+        assert_eq!(s.auth.backends, [crate::accounts::auth::BackendKind::Local]);
+        for (text, want) in [
+            ("[auth]\nbackends = [\"local\", \"ldap\"]", "[auth.ldap]"),
+            ("[auth.ldap]\nurl = \"ldap://10.0.0.5\"\nuser_dn = \"uid={user},dc=x\"", "in clear"),
+        ] {
+            let file = FileConfig::parse(&format!("interface = \"br0\"\n{text}")).unwrap();
+            let e = Settings::resolve_with(file, &args(), &ifaces()).unwrap_err().to_string();
+            assert!(e.starts_with("key `auth`") && e.contains(want), "{e}");
+        }
+        assert!(FileConfig::parse("[auth]\nbackend = [\"local\"]").unwrap_err().contains("backend"));
+    }
 }

@@ -40,7 +40,7 @@ enum Command {
     Serve {
         /// TOML config file (keys: interface, address, netmask, range, boot_dir, state_dir,
         /// http_port, proxy_dhcp, kernel, initrd, cmdline, transport, broker, agent_plain_tcp,
-        /// hello_binding, and the [dhcp], [tftp], [nfs], [desktops] and [limits] tables; see
+        /// hello_binding, and the [dhcp], [tftp], [nfs], [desktops], [limits] and [auth] tables; see
         /// the README).
         #[arg(long, short)]
         config: Option<PathBuf>,
