@@ -37,11 +37,10 @@ const TEMPLATE_RULE: &str =
 /// Checks a user name: 1 to [`NAME_MAX`] characters, `[a-z][a-z0-9._-]*`. The set is safe in
 /// file names, in log lines, in an LDAP DN or filter (escaped anyway) and as a Unix login name.
 pub fn validate_name(name: &str) -> Result<(), InvalidInput> {
-    let bad = |_| InvalidInput::Name(crate::logsafe::Esc(name).to_string(), NAME_RULE);
     let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
     let rest_ok = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if name.len() > NAME_MAX || !first_ok || !rest_ok {
-        return Err(bad(()));
+        return Err(InvalidInput::Name(crate::logsafe::Esc(name).to_string(), NAME_RULE));
     }
     Ok(())
 }
