@@ -56,6 +56,9 @@ pub struct FileConfig {
     pub nfs: NfsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[auth]`: who may log in (see `accounts::auth`).
+    #[serde(default)]
+    pub auth: crate::accounts::AuthConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -170,6 +173,7 @@ pub struct Settings {
     pub desktops: crate::broker::settings::BrokerConfig,
     pub nfs: NfsConfig,
     pub limits: Limits,
+    pub auth: crate::accounts::AuthConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +383,10 @@ impl Settings {
             desktops: file.desktops.validate().map_err(|m| invalid("desktops", m))?,
             nfs,
             limits: file.limits.resolve().map_err(|(key, m)| invalid(key, m))?,
+            auth: {
+                file.auth.check().map_err(|m| invalid("auth", m))?;
+                file.auth
+            },
         })
     }
 }
@@ -528,5 +536,20 @@ mod tests {
         let a = ServeArgs { range: Some("10.9.0.5-10.9.0.2".into()), interface: Some("br0".into()), ..args() };
         let e = Settings::resolve_with(FileConfig::default(), &a, &ifaces()).unwrap_err();
         assert!(e.to_string().contains("lower address first"), "{e}");
+    }
+
+    #[test]
+    fn auth_keys_are_checked_at_start() {
+        let s = Settings::resolve_with(FileConfig::parse("interface = \"br0\"").unwrap(), &args(), &ifaces()).unwrap();
+        assert_eq!(s.auth.backends, [crate::accounts::auth::BackendKind::Local]);
+        for (text, want) in [
+            ("[auth]\nbackends = [\"local\", \"ldap\"]", "[auth.ldap]"),
+            ("[auth.ldap]\nurl = \"ldap://10.0.0.5\"\nuser_dn = \"uid={user},dc=x\"", "in clear"),
+        ] {
+            let file = FileConfig::parse(&format!("interface = \"br0\"\n{text}")).unwrap();
+            let e = Settings::resolve_with(file, &args(), &ifaces()).unwrap_err().to_string();
+            assert!(e.starts_with("key `auth`") && e.contains(want), "{e}");
+        }
+        assert!(FileConfig::parse("[auth]\nbackend = [\"local\"]").unwrap_err().contains("backend"));
     }
 }

@@ -3,6 +3,7 @@
 //! Protocol cores are pure (parse, decide, emit) and driven by thin tokio loops, so that each
 //! can be tested with byte vectors and fuzzed.
 
+pub mod accounts;
 pub mod admin;
 pub mod bootfiles;
 pub mod broker;

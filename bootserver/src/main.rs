@@ -40,7 +40,7 @@ enum Command {
     Serve {
         /// TOML config file (keys: interface, address, netmask, range, boot_dir, state_dir,
         /// http_port, proxy_dhcp, kernel, initrd, cmdline, transport, broker, agent_plain_tcp,
-        /// hello_binding, and the [dhcp], [tftp], [nfs], [desktops] and [limits] tables; see
+        /// hello_binding, and the [dhcp], [tftp], [nfs], [desktops], [limits] and [auth] tables; see
         /// the README).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -77,6 +77,13 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: bootserver::ca::cli::CaCommand,
+    },
+    /// The people who log in: local accounts with argon2id passwords, in the state dir.
+    ///
+    /// Example: bootserver user add alice --template office
+    User {
+        #[command(subcommand)]
+        command: bootserver::accounts::cli::UserCommand,
     },
     /// Virtualization hosts' certificates.
     ///
@@ -148,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plan(args) => return bootserver::broker::explain::run(&args),
         Command::Ca { command } => return bootserver::ca::cli::ca(command),
         Command::Host { command } => return bootserver::ca::cli::host(command),
+        Command::User { command } => return bootserver::accounts::cli::run(command),
         Command::Clients { json, api } => return bootserver::admin::print_clients(&api.endpoint()?, json),
         Command::Client { mac, action, api } => {
             use bootserver::admin::Action;

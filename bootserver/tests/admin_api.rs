@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use testkit::{KillOnDrop, Lab};
+use testkit::Lab;
 
 const SUBNET: &str = "10.91.0";
 const ATTACKER: u32 = 1;
@@ -41,25 +41,12 @@ fn admin_api_refuses_no_token_foreign_host_and_forms_from_another_host() {
     let lab = Lab::with_subnet(0, 1, SUBNET).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (state, boot) = (dir.path().join("state"), dir.path().join("boot"));
-    std::fs::create_dir(&boot).unwrap();
     let log = dir.path().join("server.log");
     let s = lab.server_addr();
-    let _server = KillOnDrop::spawn(
-        lab.cmd(env!("CARGO_BIN_EXE_bootserver"))
-            .args(["serve", "--interface", "br0", "--address", &s, "--no-dhcp", "--no-tftp", "--no-http"])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--boot-dir")
-            .arg(&boot)
-            // Offered to the LAN here on purpose: the attacks come from there.
-            .env("BOOTSERVER_ADMIN", format!("{s}:7001"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    )
-    .unwrap();
-    testkit::wait_for_text(&log, "admin API on", Duration::from_secs(30)).unwrap();
+    // Offered to the LAN here on purpose: the attacks come from there.
+    let args = ["--interface", "br0", "--address", &s];
+    let bin = lab.cmd(env!("CARGO_BIN_EXE_bootserver"));
+    let _server = testkit::serve_admin(bin, &args, &state, &boot, &format!("{s}:7001"), &log).unwrap();
     let st = lab.host_cmd(ATTACKER, "ip").args(["addr", "add", &format!("{SUBNET}.2/24"), "dev", "eth0"]).status();
     assert!(st.unwrap().success());
 

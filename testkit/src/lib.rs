@@ -421,6 +421,28 @@ pub fn agent_hello(mac: &str, ip: &str) -> proto::agent::Hello {
     }
 }
 
+/// Starts `cmd` (the `bootserver` binary, in a lab or not) as `serve ARGS` with DHCP, TFTP and
+/// HTTP off, its state in `state`, an empty boot dir `boot` and the admin API on `admin`,
+/// logging to `log`; returns once the admin API listens.
+pub fn serve_admin(mut cmd: Command, args: &[&str], state: &Path, boot: &Path, admin: &str, log: &Path) -> anyhow::Result<KillOnDrop> {
+    std::fs::create_dir_all(boot).with_context(|| format!("creating {}", boot.display()))?;
+    let server = KillOnDrop::spawn(
+        cmd.arg("serve")
+            .args(args)
+            .args(["--no-dhcp", "--no-tftp", "--no-http", "--state-dir"])
+            .arg(state)
+            .arg("--boot-dir")
+            .arg(boot)
+            .env("BOOTSERVER_ADMIN", admin)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?),
+    )?;
+    wait_for_text(log, "admin API on", Duration::from_secs(30))?;
+    Ok(server)
+}
+
 /// The header that authenticates a request to the admin API of the boot server whose state dir
 /// is `state_dir` (its `admin.token`, made at the server's first start).
 pub fn admin_auth(state_dir: &Path) -> anyhow::Result<String> {

@@ -45,6 +45,8 @@ pub struct Broker {
     pub tls: Option<AgentTls>,
     /// Which hellos are believed: `bootserver serve` ties each to its source address.
     pub binding: HelloBinding,
+    /// Who may log in (`[auth]`), for the login screens.
+    pub auth: Option<Arc<crate::accounts::Authenticator>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,6 +70,7 @@ impl Broker {
             message_burst: 100,
             tls: None,
             binding: HelloBinding::Off,
+            auth: None,
         })
     }
 
@@ -413,16 +416,21 @@ pub async fn start(
         HelloBinding::Off => log::warn!("hello_binding = false: any LAN device that sends a PC's MAC is taken for that PC"),
     }
     broker.binding = binding;
+    // The accounts: their admin routes, and the backends a login is checked against.
+    let accounts = Arc::new(crate::accounts::AccountStore::open_in(&settings.state_dir)?);
+    broker.auth = Some(Arc::new(
+        crate::accounts::Authenticator::new(&settings.auth, accounts.clone()).context("key `auth`")?,
+    ));
     if settings.agent_plain_tcp {
         log::warn!("agent_plain_tcp = true: agents without TLS are taken too; their hellos and tokens cross the LAN in clear");
     }
-    let mut extra = None;
+    let mut extra = Some(crate::accounts::api::router(accounts));
     let mut notices = None;
     let mut recovered = Vec::new();
     if let Some(d) = desktops {
         recovered = d.recovered;
         broker.desktops = Some(d.orchestrator.clone());
-        extra = Some(super::admin_routes::router(d.orchestrator, d.hosts, d.proxy));
+        extra = extra.map(|a| a.merge(super::admin_routes::router(d.orchestrator, d.hosts, d.proxy)));
         notices = Some(d.notices);
     }
     let broker = Arc::new(broker);
