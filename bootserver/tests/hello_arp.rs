@@ -20,7 +20,7 @@ use proto::tls::rustls::{ClientConnection, StreamOwned};
 use testkit::{wait_for_text, KillOnDrop, Lab};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootserver");
-const SUBNET: &str = "10.84.0";
+const SUBNET: &str = "10.87.0";
 const HONEST: u32 = 1;
 const ATTACKER: u32 = 2;
 const ADMIN: &str = "127.0.0.1:7001";
