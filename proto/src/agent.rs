@@ -26,7 +26,11 @@ mod session;
 pub use session::{Input, Output, Session, SessionConfig, SessionState};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+
+/// The first minor version with logins (`login`, `logout`, `login_prompt`, `approval`,
+/// `logged_in`): a broker sends these only once a welcome has negotiated it.
+pub const LOGIN_MINOR: u16 = 1;
 
 /// Largest frame payload either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -170,6 +174,45 @@ pub struct Status {
     pub error: Option<String>,
 }
 
+/// A password on its way from the login screen to the broker. It is never printed (`Debug`
+/// shows `"***"`) and its bytes are overwritten when it is dropped, so that it lives in the
+/// agent's memory only until it is sent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(s: String) -> Self {
+        Password(s)
+    }
+    /// The password itself, for the one place that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        // Nothing can promise that no copy was made before (serde's buffers, a TLS record); this
+        // one at least is not left behind in freed memory.
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// Longest user name and password a login may carry, in bytes; longer ones are refused
+/// before anything else is done with them.
+pub const MAX_LOGIN_NAME: usize = 256;
+pub const MAX_PASSWORD: usize = 1024;
+
 /// Agent to broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -180,6 +223,13 @@ pub enum AgentMessage {
     Pong {
         seq: u64,
     },
+    /// The person at the login screen submitted this (1.1; only inside TLS).
+    Login {
+        user: String,
+        password: Password,
+    },
+    /// The person asked to log out (the viewer's logout keys) (1.1).
+    Logout,
 }
 
 /// The broker accepted the hello.
@@ -228,6 +278,42 @@ pub enum Command {
     PowerOff,
 }
 
+/// Whether the broker knows this PC (`enrolment = approve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enrolment {
+    /// Approved, or the broker takes any PC (`enrolment = open`).
+    Enrolled,
+    /// Waiting for an admin.
+    Pending,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Show the login screen (1.1). Sent after the welcome to a PC whose policy is `login`, after
+/// a failed login (with `message`), after a logout, and when the person's desktop moved to
+/// another PC (roaming, with `message` saying where).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginPrompt {
+    /// The PC's name, shown on the screen.
+    pub pc: String,
+    pub enrolment: Enrolment,
+    /// Why the screen is shown again: wrong password, account disabled, no capacity, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The user name to put back in the field (after a failed login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// The login was accepted (1.1); the desktop follows as an [`Assignment`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedIn {
+    pub user: String,
+    /// The key combination that logs out, in words (`"Ctrl+Alt+End"`), for the status line.
+    pub logout_keys: String,
+}
+
 /// Broker to agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -242,6 +328,15 @@ pub enum BrokerMessage {
     Ping {
         seq: u64,
     },
+    /// Show the login screen (1.1).
+    LoginPrompt(LoginPrompt),
+    /// This PC waits for an admin's approval; show the code the admin sees (1.1).
+    Approval {
+        pc: String,
+        code: String,
+    },
+    /// The login was accepted (1.1).
+    LoggedIn(LoggedIn),
 }
 
 /// A message of one direction of the protocol.
@@ -254,19 +349,30 @@ pub trait Message: Serialize + DeserializeOwned {
 }
 
 impl Message for AgentMessage {
-    const TYPES: &'static [&'static str] = &["hello", "status", "pong"];
+    const TYPES: &'static [&'static str] = &["hello", "status", "pong", "login", "logout"];
     const SENDER: &'static str = "agent";
     fn type_name(&self) -> &'static str {
         match self {
             AgentMessage::Hello(_) => "hello",
             AgentMessage::Status(_) => "status",
             AgentMessage::Pong { .. } => "pong",
+            AgentMessage::Login { .. } => "login",
+            AgentMessage::Logout => "logout",
         }
     }
 }
 
 impl Message for BrokerMessage {
-    const TYPES: &'static [&'static str] = &["welcome", "refused", "assignment", "command", "ping"];
+    const TYPES: &'static [&'static str] = &[
+        "welcome",
+        "refused",
+        "assignment",
+        "command",
+        "ping",
+        "login_prompt",
+        "approval",
+        "logged_in",
+    ];
     const SENDER: &'static str = "broker";
     fn type_name(&self) -> &'static str {
         match self {
@@ -275,6 +381,9 @@ impl Message for BrokerMessage {
             BrokerMessage::Assignment(_) => "assignment",
             BrokerMessage::Command(_) => "command",
             BrokerMessage::Ping { .. } => "ping",
+            BrokerMessage::LoginPrompt(_) => "login_prompt",
+            BrokerMessage::Approval { .. } => "approval",
+            BrokerMessage::LoggedIn(_) => "logged_in",
         }
     }
 }

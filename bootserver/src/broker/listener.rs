@@ -348,6 +348,11 @@ async fn session(
                     broker.registry.set_viewer(mac, &text, now_secs());
                 }
                 Some(AgentMessage::Hello(_)) => bail!("sent a second hello on one connection"),
+                // Never prompted for one: this PC's desktop comes without a login.
+                Some(AgentMessage::Login { user, .. }) => {
+                    log::warn!("agent {who}: ignoring a login as {} that nobody asked for", Esc(&user))
+                }
+                Some(AgentMessage::Logout) => log::info!("agent {who}: ignoring a logout: nobody is logged in"),
                 None => {}
             }
         }

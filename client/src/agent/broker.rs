@@ -103,6 +103,14 @@ pub(crate) fn run(
                     Output::Refused { reason } => {
                         show(Screen::Error { reason: format!("The broker refused this PC: {reason}"), reboot_in: None })
                     }
+                    // This build draws no login form yet: it says so instead of a desktop.
+                    Output::Prompt(p) => show(Screen::Message {
+                        text: format!("{}: this PC's desktops need a login, which this boot image cannot show.", p.pc),
+                    }),
+                    Output::Approval { pc, code } => {
+                        show(Screen::Waiting { detail: format!("{pc} waits for an administrator's approval. Code: {code}") })
+                    }
+                    Output::LoggedIn(l) => log::info!("logged in as {}", l.user),
                     Output::Waiting { reason, retry_in_ms } => {
                         log::warn!("{reason}; retrying in {retry_in_ms} ms");
                         if session.assignment().is_none() {

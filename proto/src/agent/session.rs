@@ -12,7 +12,8 @@
 //! ```
 
 use super::{
-    AgentMessage, Assignment, BrokerMessage, Command, DecodeError, Hello, ProtocolVersion, Status,
+    AgentMessage, Assignment, BrokerMessage, Command, DecodeError, Hello, LoggedIn, LoginPrompt,
+    Password, ProtocolVersion, Status,
 };
 
 /// Timing knobs, in milliseconds.
@@ -75,6 +76,11 @@ pub enum Input {
     Status(Status),
     /// Time passed (call at [`Session::deadline`]).
     Tick,
+    /// The person at the login screen submitted it. Sent only while connected and welcomed;
+    /// otherwise dropped (the broker prompts again after the reconnection).
+    Login { user: String, password: Password },
+    /// The person pressed the logout keys.
+    Logout,
 }
 
 /// What the agent's loop must do, in order.
@@ -94,6 +100,12 @@ pub enum Output {
     Refused { reason: String },
     /// Not connected; the next attempt is in `retry_in_ms` (for the status screen and logs).
     Waiting { reason: String, retry_in_ms: u64 },
+    /// Stop the viewer, if one runs, and show the login screen.
+    Prompt(LoginPrompt),
+    /// Stop the viewer, if one runs, and show that the PC waits for approval with this code.
+    Approval { pc: String, code: String },
+    /// The login was accepted; the desktop's assignment follows.
+    LoggedIn(LoggedIn),
 }
 
 /// The agent's connection to the broker.
@@ -184,6 +196,10 @@ impl Session {
             }
             (_, Input::Status(status)) => self.pending_status = Some(status),
             (_, Input::Tick) => self.tick(now, &mut out),
+            (S::Welcomed | S::Assigned, Input::Login { user, password }) => {
+                out.push(Output::Send(AgentMessage::Login { user, password }))
+            }
+            (S::Welcomed | S::Assigned, Input::Logout) => out.push(Output::Send(AgentMessage::Logout)),
             // Late reports of a connection already given up, and skippable decode errors
             // (an unknown message type from a newer broker), change nothing.
             (_, _) => {}
@@ -232,11 +248,32 @@ impl Session {
                 self.alive(now);
                 out.push(Output::Run(c));
             }
+            BrokerMessage::LoginPrompt(p) if welcomed => {
+                self.alive(now);
+                self.unassign();
+                out.push(Output::Prompt(p));
+            }
+            BrokerMessage::Approval { pc, code } if welcomed => {
+                self.alive(now);
+                self.unassign();
+                out.push(Output::Approval { pc, code });
+            }
+            BrokerMessage::LoggedIn(l) if welcomed => {
+                self.alive(now);
+                out.push(Output::LoggedIn(l));
+            }
             other => {
                 let reason = format!("the broker sent {:?} out of turn", type_of(&other));
                 self.fail(now, reason, out);
             }
         }
+    }
+
+    /// The desktop is no longer shown: the next assignment starts a viewer even if it is the
+    /// same as the last one.
+    fn unassign(&mut self) {
+        self.state = SessionState::Welcomed;
+        self.assignment = None;
     }
 
     fn tick(&mut self, now: u64, out: &mut Vec<Output>) {

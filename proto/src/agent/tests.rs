@@ -43,7 +43,19 @@ fn broker_messages() -> Vec<BrokerMessage> {
         BrokerMessage::Command(Command::Reboot),
         BrokerMessage::Command(Command::PowerOff),
         BrokerMessage::Ping { seq: u64::MAX },
+        BrokerMessage::LoginPrompt(prompt(Some("Wrong user name or password"))),
+        BrokerMessage::Approval { pc: "lab-03".into(), code: "K7Q-2MX".into() },
+        BrokerMessage::LoggedIn(LoggedIn { user: "alice".into(), logout_keys: "Ctrl+Alt+End".into() }),
     ]
+}
+
+fn prompt(message: Option<&str>) -> LoginPrompt {
+    LoginPrompt {
+        pc: "lab-03".into(),
+        enrolment: Enrolment::Enrolled,
+        message: message.map(str::to_string),
+        user: message.map(|_| "alice".to_string()),
+    }
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -80,6 +92,8 @@ fn every_message_round_trips() {
             error: Some("sdl: no display".into()),
         }),
         AgentMessage::Pong { seq: 3 },
+        AgentMessage::Login { user: "alice".into(), password: Password::new("s3cret pw".into()) },
+        AgentMessage::Logout,
     ];
     for m in msgs {
         assert_eq!(d.feed(&encode(&m).unwrap()), vec![Ok(m)]);
@@ -248,6 +262,28 @@ fn versions_negotiate_on_the_major() {
     assert_eq!(negotiate(v(1, 0), v(1, 4)), Ok(v(1, 0)));
     let e = negotiate(v(1, 0), v(2, 0)).unwrap_err();
     assert!(e.contains("2.0") && e.contains("1.x"), "{e}");
+}
+
+#[test]
+fn a_password_is_never_printed() {
+    let m = AgentMessage::Login { user: "alice".into(), password: Password::new("hunter22".into()) };
+    let shown = format!("{m:?} {:#?}", m);
+    assert!(!shown.contains("hunter22"), "{shown}");
+    assert!(shown.contains("alice"));
+    // On the wire (inside TLS) it is the plain string the broker checks.
+    let bytes = encode(&m).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&bytes[4..]).unwrap();
+    assert_eq!(json, serde_json::json!({"type": "login", "user": "alice", "password": "hunter22"}));
+}
+
+#[test]
+fn an_unknown_enrolment_state_is_kept_readable() {
+    let raw = br#"{"type":"login_prompt","pc":"p","enrolment":"frozen"}"#;
+    let got = Decoder::<BrokerMessage>::new().feed(&frame(raw));
+    match &got[..] {
+        [Ok(BrokerMessage::LoginPrompt(p))] => assert_eq!(p.enrolment, Enrolment::Unknown),
+        other => panic!("{other:?}"),
+    }
 }
 
 mod session {
@@ -435,5 +471,38 @@ mod session {
             s.handle(3, Input::Status(st.clone())),
             vec![Output::Send(AgentMessage::Status(st))]
         );
+    }
+
+    #[test]
+    fn login_prompt_logged_in_and_logout() {
+        let mut s = welcomed(3);
+        let out = s.handle(30, Input::Received(BrokerMessage::LoginPrompt(prompt(None))));
+        assert_eq!(out, vec![Output::Prompt(prompt(None))]);
+        let pw = Password::new("pw123456".into());
+        let out = s.handle(40, Input::Login { user: "alice".into(), password: pw.clone() });
+        assert_eq!(out, vec![Output::Send(AgentMessage::Login { user: "alice".into(), password: pw })]);
+        let li = LoggedIn { user: "alice".into(), logout_keys: "Ctrl+Alt+End".into() };
+        let out = s.handle(50, Input::Received(BrokerMessage::LoggedIn(li.clone())));
+        assert_eq!(out, vec![Output::LoggedIn(li)]);
+        let a = BrokerMessage::Assignment(assignment());
+        assert_eq!(s.handle(60, Input::Received(a.clone())), vec![Output::Assigned(assignment())]);
+        assert_eq!(s.handle(70, Input::Logout), vec![Output::Send(AgentMessage::Logout)]);
+        // Back at the login screen, then the same desktop again: the viewer must start anew.
+        let out = s.handle(80, Input::Received(BrokerMessage::LoginPrompt(prompt(Some("bye")))));
+        assert_eq!(out, vec![Output::Prompt(prompt(Some("bye")))]);
+        assert_eq!(s.state(), SessionState::Welcomed);
+        assert_eq!(s.handle(90, Input::Received(a)), vec![Output::Assigned(assignment())]);
+    }
+
+    #[test]
+    fn a_login_before_the_welcome_is_dropped_not_sent() {
+        let mut s = Session::new(SessionConfig::default(), hello(), 9);
+        s.handle(0, Input::Start);
+        let out = s.handle(1, Input::Login { user: "a".into(), password: Password::new("x".into()) });
+        assert_eq!(out, vec![]);
+        s.handle(2, Input::Connected);
+        assert_eq!(s.handle(3, Input::Logout), vec![]);
+        let out = s.handle(4, Input::Received(BrokerMessage::Approval { pc: "p".into(), code: "c".into() }));
+        assert!(matches!(&out[..], [Output::Close { reason }, Output::Waiting { .. }] if reason.contains("approval")), "{out:?}");
     }
 }
