@@ -9,6 +9,7 @@ pub mod flow;
 pub mod hello_binding;
 pub mod hosts;
 pub mod listener;
+pub mod login;
 pub mod memory;
 pub mod orchestrator;
 pub mod pcs;
