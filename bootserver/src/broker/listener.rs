@@ -496,8 +496,10 @@ pub async fn start(
         });
     }
     // A desktop that came back from the session store is kept only if its PC reconnects.
-    for mac in recovered {
-        leave_unless_back(&broker, mac);
+    for user in recovered {
+        if !super::login::recovered(&broker, &user) {
+            leave_unless_back(&broker, user);
+        }
     }
     let addr = settings.broker;
     let mut agents = Rebind::new(move || async move {

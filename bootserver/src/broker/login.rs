@@ -181,6 +181,9 @@ impl Pc {
             match e {
                 Effect::Moved { from, .. } => {
                     log::info!("{} moved from {from} to {}", Esc(name), self.mac);
+                    // The old PC's viewer must not keep showing the desktop; the new token
+                    // below keeps it from coming back.
+                    self.orch.disconnect_viewer(&user);
                     let text = format!("{name} logged in at {here}; this PC was logged out");
                     if let Err(e) = self.broker.deliver(&from, prompt(&self.broker, &from, Some(text), None)) {
                         log::info!("telling {from} that {} moved on: {e}", Esc(name));
@@ -218,6 +221,7 @@ impl Pc {
         };
         log::info!("{} logged out at {}", Esc(&user), self.mac);
         self.send(prompt(&self.broker, &self.mac, Some("logged out".into()), None));
+        self.orch.disconnect_viewer(&user);
         let orch = self.orch.clone();
         tokio::spawn(async move {
             if let Err(e) = orch.viewer_token(&user).await {
@@ -232,6 +236,16 @@ pub fn pc_gone(broker: &Broker, mac: &str, conn: u64) {
     if let Some(user) = lock(&broker.logins.seats).pc_gone(mac, conn, Instant::now()) {
         log::info!("{} left with {mac}; the desktop waits for them", Esc(&user));
     }
+}
+
+/// A desktop that came back from the session store: a person's waits the grace period for
+/// them to log in; `false` for a PC's (the caller waits for the PC).
+pub fn recovered(broker: &Broker, user: &str) -> bool {
+    if !user.starts_with(PERSON_PREFIX) {
+        return false;
+    }
+    lock(&broker.logins.seats).waiting(user, Instant::now());
+    true
 }
 
 /// Stops the desktops whose grace ended, for ever (checked every `tick`).

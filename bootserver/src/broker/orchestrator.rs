@@ -315,6 +315,11 @@ impl Orchestrator {
         self.rotate_and_tell(user).map(Some)
     }
 
+    /// Cuts the viewer off the user's desktop (its person logged out or moved to another PC).
+    pub fn disconnect_viewer(&self, user: &str) {
+        self.proxy.disconnect_viewer(user);
+    }
+
     /// A client is gone for good: its VM stops and the others may grow back.
     pub async fn leave(&self, user: &str) -> anyhow::Result<()> {
         let _one = self.run_lock.lock().await;

@@ -66,6 +66,12 @@ impl Seats {
         effects
     }
 
+    /// `person`'s desktop runs but they sit nowhere (it came back from the session store after
+    /// a restart): it waits for them like after a logout. Someone already seated is left be.
+    pub fn waiting(&mut self, person: &str, now: Instant) {
+        self.people.entry(person.to_string()).or_insert(Whereabouts::Grace(now + self.grace));
+    }
+
     /// Whoever sits at `pc` logs out; their desktop goes into grace. Returns them.
     pub fn logout(&mut self, pc: &str, now: Instant) -> Option<String> {
         let (person, _) = self.pcs.remove(pc)?;
@@ -164,6 +170,21 @@ mod tests {
         assert_eq!(s.pc_gone("pc2", 5, t0), None);
         assert_eq!(s.pc_gone("pc2", 6, t0), Some("alice".into()));
         assert!(s.in_grace("alice"));
+    }
+
+    #[test]
+    fn a_recovered_desktop_waits_for_its_person_like_after_a_logout() {
+        let t0 = Instant::now();
+        let mut s = Seats::new(GRACE);
+        s.login("pc1", 1, "bob", t0);
+        s.waiting("bob", t0);
+        s.waiting("alice", t0);
+        assert_eq!(s.pc_of("bob"), Some("pc1"));
+        assert!(s.in_grace("alice"));
+        s.login("pc2", 2, "alice", t0 + GRACE / 2);
+        assert_eq!(s.expire(t0 + GRACE), Vec::<String>::new());
+        s.waiting("carol", t0);
+        assert_eq!(s.expire(t0 + GRACE), vec!["carol".to_string()]);
     }
 
     #[derive(Debug, Clone)]
