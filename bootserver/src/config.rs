@@ -59,6 +59,9 @@ pub struct FileConfig {
     /// `[auth]`: who may log in (see `accounts::auth`).
     #[serde(default)]
     pub auth: crate::accounts::AuthConfig,
+    /// `[pcs]`: login, kiosk or disabled, per MAC, glob or group (see `broker::pcs`).
+    #[serde(default)]
+    pub pcs: crate::broker::pcs::PcsConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -174,6 +177,8 @@ pub struct Settings {
     pub nfs: NfsConfig,
     pub limits: Limits,
     pub auth: crate::accounts::AuthConfig,
+    /// `[pcs]`: what each PC gets after its hello (see `broker::pcs`).
+    pub pcs: crate::broker::pcs::PcsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,6 +391,10 @@ impl Settings {
             auth: {
                 file.auth.check().map_err(|m| invalid("auth", m))?;
                 file.auth
+            },
+            pcs: {
+                file.pcs.check().map_err(|m| invalid("pcs", m))?;
+                file.pcs
             },
         })
     }

@@ -229,7 +229,7 @@ async fn restart(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(
         dir.join("bootserver.toml"),
         format!(
-            "[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
+            "[pcs]\npolicy = \"kiosk\"\n[desktops]\nlevels_mib = [256, 128]\nproxy_port = {proxy_port}\nhealth_interval_secs = 2\n\
              switch_timeout_secs = 400\nstop_deadline_secs = 20\nlegacy_vnc_auth = true\n\
              [[desktops.hosts]]\nname = \"h1\"\nurl = \"{}\"\nmemory_mib = 512\n",
             host.url()

@@ -165,6 +165,9 @@ fn a_host_holding_connections_and_flooding_statuses_leaves_the_others_served() {
     // The proxy needs a desktop host to start; this one never answers, which is fine here.
     let config = format!(
         r#"address = "{s}"
+[pcs]
+policy = "kiosk"
+
 [desktops]
 levels_mib = [256]
 template = "desktop"

@@ -174,6 +174,10 @@ port = 2049
 name = "/client"
 path = "{}"
 
+# The PC gets its desktop right after its hello, with no login.
+[pcs]
+policy = "kiosk"
+
 [desktops]
 levels_mib = [256, 128]
 template = "desktop"

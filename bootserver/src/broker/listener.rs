@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use proto::agent::{
-    encode, negotiate, AgentMessage, BrokerMessage, Command, DecodeError, Decoder, Hello, Welcome, PROTOCOL,
+    encode, negotiate, AgentMessage, BrokerMessage, Command, DecodeError, Decoder, Hello, Welcome, LOGIN_MINOR,
+    PROTOCOL,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -19,6 +20,8 @@ use tokio::sync::mpsc;
 use super::agent_tls::{AgentIo, AgentTls};
 use super::flow::Desktops;
 use super::hello_binding::HelloBinding;
+use super::login::Logins;
+use super::pcs::{Mode, PcsConfig};
 use super::orchestrator::{Notice, Orchestrator};
 use super::registry::{now_secs, ClientState, Recorder, Registry};
 use crate::logsafe::Esc;
@@ -47,6 +50,10 @@ pub struct Broker {
     pub binding: HelloBinding,
     /// Who may log in (`[auth]`), for the login screens.
     pub auth: Option<Arc<crate::accounts::Authenticator>>,
+    /// `[pcs]`: login screen, kiosk or refusal, per PC.
+    pub pcs: PcsConfig,
+    /// Who sits where, and the grace periods of desktops nobody sits at.
+    pub logins: Logins,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,6 +78,8 @@ impl Broker {
             tls: None,
             binding: HelloBinding::Off,
             auth: None,
+            pcs: PcsConfig::default(),
+            logins: Logins::new(Duration::from_secs(600)),
         })
     }
 
@@ -83,7 +92,7 @@ impl Broker {
     }
 
     /// Queues `msg` on the PC's connection.
-    fn deliver(&self, mac: &str, msg: BrokerMessage) -> Result<(), SendError> {
+    pub(crate) fn deliver(&self, mac: &str, msg: BrokerMessage) -> Result<(), SendError> {
         let sent = self.live().get(mac).map(|(_, tx)| tx.send(msg).is_ok()).unwrap_or(false);
         if !sent {
             return Err(SendError::NotConnected(mac.to_string()));
@@ -227,6 +236,13 @@ async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>,
         record.boots,
         checked_in.as_micros()
     );
+    let policy = broker.pcs.resolve(hello.mac);
+    if policy.mode == Mode::Disabled {
+        let reason = "this PC is disabled by the administrator".to_string();
+        send(&mut wr, &BrokerMessage::Refused { reason: reason.clone() }).await?;
+        broker.registry.disconnected(&mac, now_secs());
+        return Ok(format!("refused: {reason} (key `pcs`)"));
+    }
     let welcome = Welcome {
         version,
         resume_token: token,
@@ -240,10 +256,27 @@ async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>,
         // Dropping the old sender ends the older connection of the same PC.
         drop(old);
     }
-    if let Some(orch) = &broker.desktops {
-        assign(orch.clone(), broker.live().get(&mac).map(|(_, tx)| tx.clone()), mac.clone());
+    let tx = broker.live().get(&mac).map(|(_, tx)| tx.clone());
+    let mut pc = None;
+    if let (Some(orch), Some(tx)) = (&broker.desktops, tx) {
+        let me = super::login::Pc { broker: broker.clone(), orch: orch.clone(), mac: mac.clone(), conn: id, tx: tx.clone() };
+        match (policy.mode, policy.autologin) {
+            (Mode::Kiosk, None) => assign(orch.clone(), Some(tx), mac.clone()),
+            (Mode::Kiosk, Some(account)) => {
+                let me = me.clone();
+                tokio::spawn(async move { me.seat(&account, false).await });
+            }
+            (_, _) if version.minor < LOGIN_MINOR => {
+                let text = "this PC's boot image is too old for logins; ask an administrator to update it".into();
+                let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
+            }
+            (_, _) => {
+                let _ = tx.send(super::login::prompt(broker, &mac, None, None));
+                pc = Some(me);
+            }
+        }
     }
-    let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who).await;
+    let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who, pc.as_ref()).await;
     {
         let mut live = broker.live();
         if live.get(&mac).is_some_and(|(i, _)| *i == id) {
@@ -251,6 +284,7 @@ async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>,
         }
     }
     broker.registry.disconnected(&mac, now_secs());
+    super::login::pc_gone(broker, &mac, id);
     leave_unless_back(broker, mac);
     result
 }
@@ -301,7 +335,9 @@ async fn session(
     broker: &Broker,
     mac: &str,
     who: &str,
+    pc: Option<&super::login::Pc>,
 ) -> anyhow::Result<String> {
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut ping = tokio::time::interval(broker.ping_interval);
     ping.tick().await;
     let mut seq = 0u64;
@@ -348,11 +384,15 @@ async fn session(
                     broker.registry.set_viewer(mac, &text, now_secs());
                 }
                 Some(AgentMessage::Hello(_)) => bail!("sent a second hello on one connection"),
-                // Never prompted for one: this PC's desktop comes without a login.
-                Some(AgentMessage::Login { user, .. }) => {
-                    log::warn!("agent {who}: ignoring a login as {} that nobody asked for", Esc(&user))
-                }
-                Some(AgentMessage::Logout) => log::info!("agent {who}: ignoring a logout: nobody is logged in"),
+                Some(AgentMessage::Login { user, password }) => match pc {
+                    Some(pc) => pc.login(user, password, busy.clone()),
+                    // Never prompted for one: this PC's desktop comes without a login.
+                    None => log::warn!("agent {who}: ignoring a login as {} that nobody asked for", Esc(&user)),
+                },
+                Some(AgentMessage::Logout) => match pc {
+                    Some(pc) => pc.logout(),
+                    None => log::info!("agent {who}: ignoring a logout: this PC has no logins"),
+                },
                 None => {}
             }
         }
@@ -403,6 +443,8 @@ pub async fn start(
     let mut broker = Broker::new(Registry::open(&db)?, limits.registry_flush)
         .with_context(|| format!("starting the client registry's thread for {}", db.display()))?;
     broker.leave_after = Duration::from_secs(settings.desktops.leave_after_secs);
+    broker.pcs = settings.pcs.clone();
+    broker.logins = Logins::new(Duration::from_secs(settings.desktops.disconnect_grace_secs));
     broker.hello_timeout = limits.broker.handshake_timeout;
     broker.messages_per_sec = limits.agent_messages_per_sec;
     broker.message_burst = limits.agent_message_burst;
@@ -432,6 +474,7 @@ pub async fn start(
     let mut extra = Some(crate::accounts::api::router(accounts));
     let mut notices = None;
     let mut recovered = Vec::new();
+    let orchestrator = desktops.as_ref().map(|d| d.orchestrator.clone());
     if let Some(d) = desktops {
         recovered = d.recovered;
         broker.desktops = Some(d.orchestrator.clone());
@@ -439,6 +482,11 @@ pub async fn start(
         notices = Some(d.notices);
     }
     let broker = Arc::new(broker);
+    if let Some(orch) = orchestrator {
+        let b = broker.clone();
+        let tick = Duration::from_secs(settings.desktops.disconnect_grace_secs.clamp(1, 10)) / 4;
+        sup.add("login grace", move || super::login::expire(b.clone(), orch.clone(), tick));
+    }
     if let Some(rx) = notices {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let b = broker.clone();
@@ -448,8 +496,10 @@ pub async fn start(
         });
     }
     // A desktop that came back from the session store is kept only if its PC reconnects.
-    for mac in recovered {
-        leave_unless_back(&broker, mac);
+    for user in recovered {
+        if !super::login::recovered(&broker, &user) {
+            leave_unless_back(&broker, user);
+        }
     }
     let addr = settings.broker;
     let mut agents = Rebind::new(move || async move {
@@ -489,8 +539,13 @@ async fn forward_notices(rx: &mut mpsc::UnboundedReceiver<Notice>, broker: Arc<B
             Notice::Message { user, text } => (user, BrokerMessage::Command(Command::ShowMessage { text })),
             Notice::Assignment { user, assignment } => (user, BrokerMessage::Assignment(assignment)),
         };
-        if let Err(e) = broker.deliver(&user, msg) {
-            log::info!("notice for {user} not delivered: {e}");
+        // A person's notices go to the PC where they sit, a PC's to the PC.
+        let Some(pc) = broker.logins.route(&user) else {
+            log::info!("notice for {} not delivered: they sit at no PC", Esc(&user));
+            continue;
+        };
+        if let Err(e) = broker.deliver(&pc, msg) {
+            log::info!("notice for {} not delivered: {e}", Esc(&user));
         }
     }
     Ok(())
@@ -637,6 +692,27 @@ mod tests {
         assert!(broker.is_connected("52:54:00:00:00:01"));
         assert!(matches!(next(&mut good, &mut dec).await, Some(BrokerMessage::Ping { .. })));
         assert_eq!(broker.registry.get("52:54:00:00:00:01").await.unwrap().unwrap().boots, before.boots);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_pc_is_refused_and_others_welcomed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Broker::new(Registry::open(&dir.path().join("r.sqlite")).unwrap(), Duration::from_millis(50)).unwrap();
+        b.pcs = toml::from_str("[[rule]]\nmatch = \"52:54:00:00:00:0?\"\npolicy = \"disabled\"").unwrap();
+        let broker = Arc::new(b);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(run(l, broker.clone(), ConnLimiter::unbounded("broker", crate::net::limits::Limits::default().broker)));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&encode(&AgentMessage::Hello(hello(3))).unwrap()).await.unwrap();
+        match next(&mut s, &mut Decoder::new()).await {
+            Some(BrokerMessage::Refused { reason }) => assert!(reason.contains("disabled by the administrator"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(closed_by_broker(s).await);
+        assert!(!broker.is_connected("52:54:00:00:00:03"));
+        let (_ok, _) = good_agent(addr, 0x10).await;
+        assert!(broker.is_connected("52:54:00:00:00:10"));
     }
 
     #[tokio::test]

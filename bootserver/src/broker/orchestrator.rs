@@ -132,8 +132,12 @@ fn now_ms() -> u64 {
 }
 
 /// A name `server-host` accepts (`[a-z0-9][a-z0-9_-]{0,62}`) for a broker user id such as a
-/// MAC address.
+/// MAC address. A person's id (`user:NAME`) maps one to one, since the host keeps each
+/// name's data disk: see [`person_host_name`].
 pub fn host_user_name(user: &str) -> String {
+    if let Some(name) = user.strip_prefix(PERSON_PREFIX) {
+        return person_host_name(name);
+    }
     let mut s: String = user
         .chars()
         .map(|c| c.to_ascii_lowercase())
@@ -143,6 +147,33 @@ pub fn host_user_name(user: &str) -> String {
         s.insert(0, 'u');
     }
     s.truncate(40);
+    s
+}
+
+/// The orchestrator's user id of a person who logged in, `user:NAME`: a MAC id has no `u`.
+pub const PERSON_PREFIX: &str = "user:";
+
+pub fn person_id(name: &str) -> String {
+    format!("{PERSON_PREFIX}{name}")
+}
+
+/// `user-NAME` with `_` written `__` and `.` written `_d`, so that `a.b`, `a_b` and `a-b` keep
+/// apart; a name too long for that becomes `user_x` and a hash (no escaped name starts so).
+fn person_host_name(name: &str) -> String {
+    let mut s = String::from("user-");
+    for c in name.chars() {
+        match c {
+            '_' => s.push_str("__"),
+            '.' => s.push_str("_d"),
+            c if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' => s.push(c),
+            c => s.push_str(&format!("_{:x}_", c as u32)),
+        }
+    }
+    if s.len() > 40 {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(name.as_bytes());
+        s = format!("user_x{}", h[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
     s
 }
 
@@ -282,6 +313,11 @@ impl Orchestrator {
             return Ok(None);
         }
         self.rotate_and_tell(user).map(Some)
+    }
+
+    /// Cuts the viewer off the user's desktop (its person logged out or moved to another PC).
+    pub fn disconnect_viewer(&self, user: &str) {
+        self.proxy.disconnect_viewer(user);
     }
 
     /// A client is gone for good: its VM stops and the others may grow back.
@@ -555,5 +591,14 @@ mod tests {
         assert_eq!(host_user_name("52:54:00:AB:cd:01"), "52-54-00-ab-cd-01");
         assert_eq!(host_user_name("-x"), "u-x");
         assert!(proto::host::valid_name(&host_user_name(&"Ö".repeat(100))));
+        // People: no two names share a host name, and none looks like a MAC's.
+        let names = ["a.b", "a_b", "a-b", "a__b", "a_db", "a", &"x".repeat(32), &"x.".repeat(16), &"y.".repeat(16)];
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            let h = host_user_name(&person_id(n));
+            assert!(proto::host::valid_name(&h) && h.len() <= 40 && h.starts_with("user"), "{h}");
+            assert!(seen.insert(h.clone()), "{n} shares {h}");
+        }
+        assert_eq!(host_user_name(&person_id("alice")), "user-alice");
     }
 }

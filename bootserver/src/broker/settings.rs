@@ -13,6 +13,7 @@
 //! orphan_timeout_secs = 600        # a viewer whose VM died waits this long for a new one
 //! stop_deadline_secs = 30          # guest's time to power off before it is killed
 //! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
+//! disconnect_grace_secs = 600      # a person's desktop runs this long after logout or PC loss
 //! balloon = false                  # shrink in place where host and guest can, no handoff
 //! sessions_file = "sessions.sqlite" # running desktops, kept across restarts (in state_dir)
 //! pool = 0                         # desktop VMs booted ahead for the next arrivals
@@ -57,6 +58,9 @@ pub struct BrokerConfig {
     pub orphan_timeout_secs: u64,
     pub stop_deadline_secs: u64,
     pub leave_after_secs: u64,
+    /// After a logout, or when the PC of a logged-in person goes away, their desktop keeps
+    /// running this long so that a login anywhere gets it at once; then it stops.
+    pub disconnect_grace_secs: u64,
     pub balloon: bool,
     /// The session store; a relative path is taken inside the boot server's `state_dir`.
     pub sessions_file: PathBuf,
@@ -81,6 +85,7 @@ impl Default for BrokerConfig {
             orphan_timeout_secs: 600,
             stop_deadline_secs: 30,
             leave_after_secs: 120,
+            disconnect_grace_secs: 600,
             balloon: false,
             sessions_file: PathBuf::from("sessions.sqlite"),
             pool: 0,

@@ -256,6 +256,15 @@ impl Proxy {
         }
     }
 
+    /// Disconnects the session's viewer, if one is connected; the session stays.
+    pub fn disconnect_viewer(&self, label: &str) {
+        let live = self.slots().get_mut(label).and_then(|s| s.live.take());
+        if let Some((_, tx)) = live {
+            log::info!("proxy: session {label}: viewer disconnected");
+            let _ = tx.try_send(Control::Close);
+        }
+    }
+
     /// Ends a session and disconnects its viewer; its token dies with it.
     pub fn close_session(&self, label: &str) {
         if let Some(slot) = self.slots().remove(label) {

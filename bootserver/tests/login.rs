@@ -1,0 +1,357 @@
+//! Logins end to end in a lab: the real `bootserver serve` on the bridge (hellos bound by ARP),
+//! a real `server-host` with the desktop template, and PCs played by lab hosts that speak the
+//! agent protocol over TLS from their own addresses. With `[pcs]` rules by MAC:
+//!
+//! - PC 1 (login) gets the login screen; a wrong password brings it back with the message; the
+//!   right one gives `logged_in` and a desktop;
+//! - the same person at PC 2 gets the same VM (no second one), and PC 1 is sent back to its
+//!   login screen, told where they went;
+//! - a logout on PC 2 brings its login screen back while the VM runs on; after the grace period
+//!   (3 s here) the VM stops;
+//! - PC 3 (disabled) is refused; PC 4 (kiosk) gets a desktop with no login.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use proto::agent::{encode, AgentMessage, BrokerMessage, Decoder, Password};
+use proto::tls::rustls::{ClientConnection, StreamOwned};
+use testkit::{KillOnDrop, Lab};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootserver");
+const SUBNET: &str = "10.88.0";
+const ADMIN: &str = "127.0.0.1:7001";
+const HOST_API: &str = "https://127.0.0.1:8470";
+const PASSWORD: &str = "alice's password";
+/// Under TCG a desktop VM takes minutes to show its first frame.
+const VM_BOOT: Duration = Duration::from_secs(600);
+
+type Link = StreamOwned<ClientConnection, TcpStream>;
+
+fn sibling_bin(name: &str) -> PathBuf {
+    Path::new(BIN).with_file_name(name)
+}
+
+fn sh(mut c: Command) -> std::process::Output {
+    c.stdin(Stdio::null()).output().expect("running a command")
+}
+
+fn host_mac(lab: &Lab, k: u32) -> String {
+    let mut c = lab.host_cmd(k, "cat");
+    c.arg("/sys/class/net/eth0/address");
+    String::from_utf8(sh(c).stdout).unwrap().trim().to_string()
+}
+
+fn address(lab: &Lab, k: u32, ip: &str) {
+    let mut c = lab.host_cmd(k, "ip");
+    c.args(["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    let out = sh(c);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A PC played by a thread: it answers pings, sends what the test gives it and passes on
+/// every other message of the broker.
+struct Agent {
+    out: mpsc::Sender<AgentMessage>,
+    inbox: mpsc::Receiver<Option<BrokerMessage>>,
+}
+
+impl Agent {
+    /// Connects from lab host `k` over TLS (trusting `ca`) and sends the hello of `mac`.
+    fn start(lab: &Lab, k: u32, broker: SocketAddr, ca: &Path, mac: &str, ip: &str) -> Agent {
+        let ca = ca.to_path_buf();
+        let hello = testkit::agent_hello(mac, ip);
+        let mut link: Link = lab.on_host(k, move || {
+            let tls = proto::tls::client_config(&ca).unwrap();
+            let tcp = TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
+            let conn = ClientConnection::new(tls, proto::tls::server_name(broker.ip())).unwrap();
+            let mut link = StreamOwned::new(conn, tcp);
+            while link.conn.is_handshaking() {
+                link.conn.complete_io(&mut link.sock).expect("TLS handshake with the broker");
+            }
+            link
+        });
+        link.sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let (out, rx_out) = mpsc::channel::<AgentMessage>();
+        let (tx_in, inbox) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut dec = Decoder::<BrokerMessage>::new();
+            let mut buf = [0u8; 8192];
+            let write = |link: &mut Link, m: &AgentMessage| {
+                link.write_all(&encode(m).unwrap()).is_ok() && link.flush().is_ok()
+            };
+            if !write(&mut link, &AgentMessage::Hello(hello)) {
+                return;
+            }
+            loop {
+                while let Ok(m) = rx_out.try_recv() {
+                    if !write(&mut link, &m) {
+                        return;
+                    }
+                }
+                match link.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = tx_in.send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        for m in dec.feed(&buf[..n]) {
+                            match m {
+                                Ok(BrokerMessage::Ping { seq }) => {
+                                    write(&mut link, &AgentMessage::Pong { seq });
+                                }
+                                Ok(m) => {
+                                    if tx_in.send(Some(m)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => panic!("the broker sent a bad frame: {e}"),
+                            }
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => {
+                        let _ = tx_in.send(None);
+                        return;
+                    }
+                }
+            }
+        });
+        Agent { out, inbox }
+    }
+
+    fn send(&self, m: AgentMessage) {
+        self.out.send(m).unwrap();
+    }
+
+    fn login(&self, user: &str, password: &str) {
+        self.send(AgentMessage::Login { user: user.into(), password: Password::new(password.into()) });
+    }
+
+    /// The broker's next message (`None`: the connection ended).
+    fn next(&self, within: Duration, what: &str, logs: &dyn Fn() -> String) -> Option<BrokerMessage> {
+        match self.inbox.recv_timeout(within) {
+            Ok(m) => m,
+            Err(_) => panic!("no message ({what}) within {within:?}\n{}", logs()),
+        }
+    }
+
+    /// Nothing arrives for `d`.
+    fn quiet(&self, d: Duration) -> Option<Option<BrokerMessage>> {
+        self.inbox.recv_timeout(d).ok()
+    }
+}
+
+/// Kills the QEMUs of the server-host state folder when the test ends, pass or fail.
+struct Vms(PathBuf);
+
+impl Drop for Vms {
+    fn drop(&mut self) {
+        for pid in testkit::server_host_qemu_pids(&self.0) {
+            // SAFETY: kill(2) on a QEMU of this test's server-host state folder.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn admin_get(lab: &Lab, state: &Path, path: &str) -> Option<serde_json::Value> {
+    let mut c = lab.cmd("curl");
+    c.args(["-sf", "-m", "10", "-H", &testkit::admin_auth(state).ok()?]).arg(format!("http://{ADMIN}{path}"));
+    let out = sh(c);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+/// The desktops the broker runs, as (user, vm).
+fn desktops(lab: &Lab, state: &Path) -> Vec<(String, String)> {
+    let v = admin_get(lab, state, "/api/vms").unwrap_or_default();
+    v.as_array()
+        .map(|a| a.iter().map(|d| (d["user"].as_str().unwrap_or("").to_string(), d["vm"].as_str().unwrap_or("").to_string())).collect())
+        .unwrap_or_default()
+}
+
+fn prompt_message(m: Option<BrokerMessage>) -> (String, Option<String>, Option<String>) {
+    match m {
+        Some(BrokerMessage::LoginPrompt(p)) => (p.pc, p.message, p.user),
+        other => panic!("expected the login screen, got {other:?}"),
+    }
+}
+
+#[test]
+fn people_log_in_roam_log_out_and_pcs_follow_their_policy() {
+    let templates = testkit::cache_dir().join("templates");
+    assert!(templates.join("desktop").exists(), "no desktop template in the cache: run scripts/build-desktop-template");
+    let lab = Lab::with_subnet(0, 4, SUBNET).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("bootserver");
+    std::fs::create_dir(d.join("boot")).unwrap();
+    let pki = testkit::host_pki(Path::new(BIN), &state, "h1", &["127.0.0.1"]).unwrap();
+    let _vms = Vms(d.join("server-host"));
+    std::fs::write(
+        d.join("server-host.toml"),
+        testkit::server_host_config(&pki.tls_dir, "127.0.0.1:8470", &d.join("server-host"), &templates),
+    )
+    .unwrap();
+    let _host = KillOnDrop::spawn(
+        lab.cmd(sibling_bin("server-host"))
+            .args(["serve", "--config"])
+            .arg(d.join("server-host.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("server-host.log")).unwrap()),
+    )
+    .unwrap();
+
+    let macs: Vec<String> = (1..=4).map(|k| host_mac(&lab, k)).collect();
+    let ips: Vec<String> = (1..=4).map(|k| format!("{SUBNET}.{}", k + 1)).collect();
+    for k in 1..=4 {
+        address(&lab, k, &ips[k as usize - 1]);
+    }
+    let s = lab.server_addr();
+    std::fs::write(
+        d.join("bootserver.toml"),
+        format!(
+            r#"interface = "br0"
+address = "{s}"
+boot_dir = "{}/boot"
+state_dir = "{}"
+
+[pcs]
+policy = "login"
+[pcs.groups]
+front = ["{}"]
+[[pcs.rule]]
+match = "{}"
+policy = "disabled"
+[[pcs.rule]]
+match = "{}"
+policy = "kiosk"
+[[pcs.rule]]
+match = "@front"
+name = "front desk"
+
+[desktops]
+levels_mib = [256, 128]
+template = "desktop"
+health_interval_secs = 1
+disconnect_grace_secs = 3
+stop_deadline_secs = 10
+switch_timeout_secs = 400
+
+[[desktops.hosts]]
+name = "h1"
+url = "{HOST_API}"
+memory_mib = 512
+"#,
+            d.display(),
+            state.display(),
+            macs[1].to_uppercase(),
+            macs[2],
+            macs[3],
+        ),
+    )
+    .unwrap();
+    let mut add = Command::new(BIN);
+    add.args(["user", "add", "alice", "--password-stdin", "--state-dir"]).arg(&state).env("RUST_LOG", "warn");
+    add.stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut child = add.spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(child.wait().unwrap().success(), "bootserver user add");
+
+    let log = d.join("serve.log");
+    let cfg = d.join("bootserver.toml");
+    let _serve = testkit::serve_admin(lab.cmd(BIN), &["--config", cfg.to_str().unwrap()], &state, &d.join("boot"), ADMIN, &log).unwrap();
+    let logs = || {
+        let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+        format!("boot server:\n{}\nserver-host:\n{}", read("serve.log"), read("server-host.log"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !admin_get(&lab, &state, "/api/hosts").is_some_and(|b| b.to_string().contains("\"up\":true")) {
+        assert!(Instant::now() < deadline, "the broker never saw server-host up:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ca = state.join("ca/ca.pem");
+    let broker: SocketAddr = format!("{s}:7000").parse().unwrap();
+    let welcome = |a: &Agent| {
+        assert!(matches!(a.next(Duration::from_secs(10), "welcome", &logs), Some(BrokerMessage::Welcome(_))));
+    };
+    let short = Duration::from_secs(10);
+
+    // PC 1: the login screen, named after its MAC; a wrong password, then the right one.
+    let pc1 = Agent::start(&lab, 1, broker, &ca, &macs[0], &ips[0]);
+    welcome(&pc1);
+    let (name, message, _) = prompt_message(pc1.next(short, "the login screen", &logs));
+    let m = macs[0].replace(':', "");
+    assert_eq!((name, message), (format!("pc-{}", &m[6..]), None));
+    pc1.login("alice", "not alice's password");
+    let (_, message, user) = prompt_message(pc1.next(short, "the answer to a wrong password", &logs));
+    assert_eq!((message.as_deref(), user.as_deref()), (Some("wrong user name or password"), Some("alice")));
+    assert!(desktops(&lab, &state).is_empty(), "a wrong password started a desktop");
+    pc1.login("alice", PASSWORD);
+    match pc1.next(short, "logged_in", &logs) {
+        Some(BrokerMessage::LoggedIn(l)) => assert_eq!((l.user.as_str(), l.logout_keys.as_str()), ("alice", "Ctrl+Alt+End")),
+        other => panic!("expected logged_in, got {other:?}\n{}", logs()),
+    }
+    let t0 = Instant::now();
+    assert!(matches!(pc1.next(VM_BOOT, "alice's desktop", &logs), Some(BrokerMessage::Assignment(_))), "{}", logs());
+    eprintln!("cold login to assignment: {:.1} s", t0.elapsed().as_secs_f64());
+    let first = desktops(&lab, &state);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, "user:alice");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("login of alice at {} failed", macs[0])), "the failure is not logged");
+    assert!(!text.contains("not alice's password") && !text.contains(PASSWORD), "a password reached the log");
+
+    // PC 2 (named by its group's rule): alice again. Same VM at once; PC 1 is told.
+    let pc2 = Agent::start(&lab, 2, broker, &ca, &macs[1], &ips[1]);
+    welcome(&pc2);
+    assert_eq!(prompt_message(pc2.next(short, "the login screen", &logs)).0, "front desk");
+    let t0 = Instant::now();
+    pc2.login("alice", PASSWORD);
+    assert!(matches!(pc2.next(short, "logged_in", &logs), Some(BrokerMessage::LoggedIn(_))));
+    assert!(matches!(pc2.next(short, "the roaming desktop", &logs), Some(BrokerMessage::Assignment(_))), "{}", logs());
+    eprintln!("roaming login to assignment: {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    let (_, message, _) = prompt_message(pc1.next(short, "PC 1 back to its login screen", &logs));
+    assert_eq!(message.as_deref(), Some("alice logged in at front desk; this PC was logged out"));
+    assert_eq!(desktops(&lab, &state), first, "roaming changed the desktops");
+
+    // Logout at PC 2: the screen comes back, the VM keeps running through the grace period...
+    pc2.send(AgentMessage::Logout);
+    let (_, message, _) = prompt_message(pc2.next(short, "the screen after logout", &logs));
+    assert_eq!(message.as_deref(), Some("logged out"));
+    let t_out = Instant::now();
+    assert_eq!(desktops(&lab, &state), first, "the desktop stopped at once");
+    // ... then stops.
+    while desktops(&lab, &state).iter().any(|(u, _)| u == "user:alice") {
+        assert!(t_out.elapsed() < Duration::from_secs(120), "alice's desktop never stopped\n{}", logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stopped = t_out.elapsed();
+    assert!(stopped >= Duration::from_secs(3), "stopped before the grace period ended: {stopped:?}");
+    eprintln!("desktop stopped {:.1} s after the logout (grace 3 s)", stopped.as_secs_f64());
+
+    // PC 3 is disabled: refused in answer to its hello.
+    let pc3 = Agent::start(&lab, 3, broker, &ca, &macs[2], &ips[2]);
+    match pc3.next(short, "the refusal", &logs) {
+        Some(BrokerMessage::Refused { reason }) => assert_eq!(reason, "this PC is disabled by the administrator"),
+        other => panic!("the disabled PC got {other:?}"),
+    }
+    assert_eq!(pc3.next(short, "the end of the connection", &logs), None);
+
+    // PC 4 is a kiosk: a desktop of its own, no login screen.
+    let pc4 = Agent::start(&lab, 4, broker, &ca, &macs[3], &ips[3]);
+    welcome(&pc4);
+    match pc4.next(VM_BOOT, "the kiosk's desktop", &logs) {
+        Some(BrokerMessage::Assignment(_)) => {}
+        other => panic!("the kiosk got {other:?}\n{}", logs()),
+    }
+    assert_eq!(desktops(&lab, &state).iter().map(|(u, _)| u.clone()).collect::<Vec<_>>(), vec![macs[3].clone()]);
+    // A login from the kiosk is not taken.
+    pc4.login("alice", PASSWORD);
+    assert_eq!(pc4.quiet(Duration::from_secs(2)), None, "the kiosk answered a login");
+    drop((pc1, pc2));
+}
