@@ -10,6 +10,7 @@ mod modules;
 mod mounts;
 mod net;
 mod supervise;
+mod login;
 mod sysinfo;
 mod viewer;
 
@@ -89,6 +90,8 @@ pub(crate) enum Event {
 const KEY_IFACE: &str = "tc.iface";
 const KEY_DHCP_TIMEOUT: &str = "tc.dhcp_timeout";
 const KEY_ERROR_DELAY: &str = "tc.error_delay";
+/// The keyboard layout (`us`, `de`) of the login screen and the viewer.
+const KEY_LAYOUT: &str = "tc.layout";
 
 fn extra<'a>(params: &'a BootParams, key: &str) -> Option<&'a str> {
     params.unknown.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -332,11 +335,20 @@ fn boot(
     if let Some(v) = extra(params, viewer::KEY_ALLOW_VNC_AUTH) {
         plan.env.push(("TC_ALLOW_VNC_AUTH".into(), v.into()));
     }
+    if let Some(v) = extra(params, KEY_LAYOUT) {
+        match <crate::viewer::input::Layout as clap::ValueEnum>::from_str(v, true) {
+            Ok(layout) => {
+                console.lock().unwrap_or_else(|e| e.into_inner()).set_layout(layout);
+                plan.env.push(("TC_LAYOUT".into(), v.to_ascii_lowercase()));
+            }
+            Err(_) => log::warn!("{KEY_LAYOUT}={v:?} is not us or de; using us"),
+        }
+    }
 
     show(Screen::Booting { step: format!("Announcing this PC to the broker at {broker}") });
     let hello = build_hello(sys, mac, lease.address, phases)?;
     let (order_tx, order_rx) = channel();
-    let (status_tx, status_rx) = channel::<Status>();
+    let (status_tx, status_rx) = channel::<proto::agent::Input>();
     {
         let console = console.clone();
         let status_tx = status_tx.clone();
@@ -347,6 +359,11 @@ fn boot(
                         log::info!("viewer started (pid {pid})");
                         Status { viewer: ViewerState::Starting, error: None }
                     }
+                    supervise::Report::LoggedOut => {
+                        console.lock().unwrap_or_else(|e| e.into_inner()).show(Screen::Waiting { detail: "Logging out.".into() });
+                        let _ = status_tx.send(proto::agent::Input::Logout);
+                        Status { viewer: ViewerState::Idle, error: None }
+                    }
                     supervise::Report::Exited { status, restart_in } => {
                         let msg = format!("The desktop viewer {status}.\nStarting it again in {} s.", restart_in.as_secs());
                         log::warn!("{}", msg.replace('\n', " "));
@@ -354,7 +371,7 @@ fn boot(
                         Status { viewer: ViewerState::Exited, error: Some(status.clone()) }
                     }
                 };
-                let _ = status_tx.send(status);
+                let _ = status_tx.send(proto::agent::Input::Status(status));
             })
         });
     }
@@ -362,7 +379,7 @@ fn boot(
         let console = console.clone();
         let order_tx = order_tx.clone();
         spawn_guarded("broker", tx.clone(), move |tx| {
-            broker::run(broker, tls, hello, status_rx, order_tx, tx, console)
+            broker::run(broker, tls, hello, status_rx, status_tx, order_tx, tx, console)
         });
     }
 
