@@ -154,7 +154,8 @@ fn fbdev_in_a_guest_shows_the_desktop_and_sends_input() {
     initramfs(
         &initrd,
         &viewer,
-        "RUST_LOG=info /bin/thinclient view 10.0.2.100:5900 --presenter fbdev --encoding zrle --reconnect-max-delay 2",
+        "RUST_LOG=info /bin/thinclient view 10.0.2.100:5900 --presenter fbdev --encoding zrle --reconnect-max-delay 2 \
+         --logout-keys Ctrl+Alt+End\necho \"guest: viewer exit $?\"",
     );
     let serial = dir.path().join("serial.log");
     let mon = dir.path().join("mon.sock");
@@ -182,6 +183,9 @@ fn fbdev_in_a_guest_shows_the_desktop_and_sends_input() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!log.contains(".ko failed"), "a module did not load:\n{log}");
     assert!(log.contains(&format!("fbdev /dev/fb0: {W}x{H} 32 bpp")), "guest framebuffer is not {W}x{H}x32:\n{log}");
+    // The logout keys are on the status line until the hint's time is up; the comparison
+    // below waits for the bar to go.
+    assert!(log.contains("status: Log out: Ctrl+Alt+End"), "no logout hint on the status line:\n{log}");
 
     let truth = xwd_root(srv.display);
     let mut m = Monitor::connect(&mon);
@@ -217,4 +221,11 @@ fn fbdev_in_a_guest_shows_the_desktop_and_sends_input() {
     for w in want {
         assert!(text.contains(w), "xev never saw {w:?}; it logged:\n{text}\nguest:\n{}", std::fs::read_to_string(&serial).unwrap_or_default());
     }
+
+    // The logout keys end the viewer with its logout status, and End never reaches the desktop.
+    m.cmd("sendkey ctrl-alt-end");
+    let log = testkit::wait_for_text(&serial, "guest: viewer exit", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(log.contains("guest: viewer exit 10"), "the viewer did not exit with status 10:\n{log}");
+    let text = std::fs::read_to_string(&xev_log).unwrap_or_default();
+    assert!(!text.contains("End"), "End reached the desktop:\n{text}");
 }
