@@ -69,6 +69,21 @@ enum Tool {
         #[arg(long, requires = "apply")]
         keep: bool,
     },
+    /// Show the login form on this PC's screen (/dev/fb0 and the text console), read the
+    /// keyboards as the agent does, and print the user name of the first login submitted (the
+    /// password is thrown away, never shown).
+    ///
+    /// Example: thinclient agent login-screen --pc lab-07 --layout de
+    LoginScreen {
+        /// The PC's name on the form.
+        #[arg(long, default_value = "this PC")]
+        pc: String,
+        #[arg(long, value_enum, default_value_t = crate::viewer::input::Layout::Us)]
+        layout: crate::viewer::input::Layout,
+        /// A message under the fields, as the broker would send.
+        #[arg(long)]
+        message: Option<String>,
+    },
 }
 
 /// What ends the agent.
@@ -105,6 +120,10 @@ pub(crate) fn main(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(Tool::Dhcp { interface, apply, timeout, resolv_conf, keep }) = args.tool {
         init_logger(None);
         return dhcp_tool(&interface, apply, keep, Duration::from_secs(timeout), &resolv_conf);
+    }
+    if let Some(Tool::LoginScreen { pc, layout, message }) = args.tool {
+        init_logger(None);
+        return login_tool(pc, layout, message);
     }
     let pid1 = std::process::id() == 1;
     let mut early_problems = Vec::new();
@@ -460,6 +479,27 @@ fn shutdown(action: Shutdown, pid1: bool, console: &Arc<Mutex<Console>>) -> anyh
     log::error!("reboot({mode:?}) failed: {err}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn login_tool(pc: String, layout: crate::viewer::input::Layout, message: Option<String>) -> anyhow::Result<()> {
+    let console = Arc::new(Mutex::new(Console::open(Path::new("/sys"), Path::new("/dev"))));
+    let lock = || console.lock().unwrap_or_else(|e| e.into_inner());
+    lock().set_layout(layout);
+    let (tx, rx) = channel();
+    let mut keys = login::Keys::new(console.clone(), tx);
+    lock().login(&proto::agent::LoginPrompt { pc, enrolment: proto::agent::Enrolment::Enrolled, message, user: None });
+    keys.grab();
+    let got = rx.recv();
+    keys.release();
+    match got {
+        Ok(proto::agent::Input::Login { user, password }) => {
+            drop(password);
+            println!("login: user {user:?}");
+            lock().show(Screen::Starting { user });
+            Ok(())
+        }
+        _ => bail!("the keyboard thread ended without a login"),
     }
 }
 
