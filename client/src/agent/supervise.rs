@@ -267,6 +267,63 @@ mod tests {
     }
 
     #[test]
+    fn a_viewer_that_exits_for_a_logout_is_not_started_again_and_others_are() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        // Stands in for the viewer's exit statuses (the real viewer's 10 is shown by the fbdev
+        // guest test): the first run crashes, the second is logged out.
+        let program = dir.path().join("viewer");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {r}\n[ $(wc -l < {r}) -eq 1 ] && exit 3\nexit {LOGOUT_EXIT_CODE}\n",
+                r = runs.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = Plan { first: super::super::viewer::Launch::Builtin { program }, fallback: None, env: vec![] };
+        let (orders, orders_rx) = std::sync::mpsc::channel();
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let supervisor = std::thread::spawn(move || run(plan, orders_rx, |r| reports_tx.send(r).unwrap()));
+        let reaping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let reaper = {
+            let reaping = reaping.clone();
+            std::thread::spawn(move || {
+                while reaping.load(std::sync::atomic::Ordering::Acquire) {
+                    children::reap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let target = Target {
+            vnc: SocketAddr::from(([127, 0, 0, 1], 5901)),
+            token: "t".into(),
+            password: None,
+            logout_keys: Some("Ctrl+Alt+End".into()),
+        };
+        orders.send(Order::Show(target)).unwrap();
+        let next = || reports.recv_timeout(Duration::from_secs(10)).expect("a report");
+        assert!(matches!(next(), Report::Started { .. }));
+        assert!(matches!(next(), Report::Exited { ref status, .. } if status == "exited with status 3"));
+        assert!(matches!(next(), Report::Started { .. }));
+        assert!(matches!(next(), Report::LoggedOut));
+        // Longer than the restart delay a crash would get.
+        assert!(reports.recv_timeout(Duration::from_secs(3)).is_err(), "the viewer was started again");
+        let argv = std::fs::read_to_string(&runs).unwrap();
+        assert_eq!(argv.lines().count(), 2, "{argv}");
+        assert!(argv.lines().all(|l| l.ends_with("--logout-keys Ctrl+Alt+End")), "{argv}");
+        let (done, gone) = std::sync::mpsc::channel();
+        orders.send(Order::Stop(done)).unwrap();
+        gone.recv_timeout(Duration::from_secs(5)).expect("Stop is acknowledged");
+        drop(orders);
+        supervisor.join().unwrap();
+        reaping.store(false, std::sync::atomic::Ordering::Release);
+        reaper.join().unwrap();
+    }
+
+    #[test]
     fn backoff_doubles_caps_and_resets_after_a_stable_run() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(60));
         let quick = Duration::from_millis(10);
