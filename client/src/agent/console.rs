@@ -293,6 +293,35 @@ fn glyph(c: char) -> [u8; 8] {
         .unwrap_or([0; 8])
 }
 
+/// `line` in rows of at most `cols` characters, broken between words where it can be (a word
+/// longer than a row is cut); an empty line is one empty row.
+fn wrap(line: &str, cols: usize) -> Vec<Vec<char>> {
+    let mut rows: Vec<Vec<char>> = vec![vec![]];
+    for (i, word) in line.split(' ').enumerate() {
+        let word: Vec<char> = word.chars().collect();
+        let row = rows.last_mut().expect("never empty");
+        let gap = usize::from(i > 0);
+        if row.len() + gap + word.len() <= cols {
+            if i > 0 {
+                row.push(' ');
+            }
+            row.extend(&word);
+            continue;
+        }
+        if !row.is_empty() && row.iter().any(|c| *c != ' ') {
+            rows.push(vec![]);
+        }
+        for piece in word.chunks(cols.max(1)) {
+            let row = rows.last_mut().expect("never empty");
+            if !row.is_empty() && row.len() + piece.len() > cols {
+                rows.push(vec![]);
+            }
+            rows.last_mut().expect("never empty").extend(piece);
+        }
+    }
+    rows
+}
+
 /// Draws `lines` in white on `bg` with an 8x8 font scaled up, wrapped to the screen width.
 pub(crate) fn render(width: usize, height: usize, stride: usize, bytes_pp: usize, bg: u32, lines: &[String]) -> Vec<u8> {
     let mut frame = vec![0u8; stride * height];
@@ -309,9 +338,7 @@ pub(crate) fn render(width: usize, height: usize, stride: usize, bytes_pp: usize
     let cols = (width.saturating_sub(2 * margin) / cell).max(1);
     let mut y = margin;
     for line in lines {
-        let chars: Vec<char> = line.chars().collect();
-        let chunks: Vec<&[char]> = if chars.is_empty() { vec![&[][..]] } else { chars.chunks(cols).collect() };
-        for chunk in chunks {
+        for chunk in wrap(line, cols) {
             if y + cell > height {
                 return frame;
             }
@@ -428,6 +455,15 @@ mod tests {
         let question = render(200, 100, 800, 4, 0, &["?".into()]);
         assert_ne!(plain, umlaut);
         assert_ne!(umlaut, question);
+    }
+
+    #[test]
+    fn lines_wrap_between_words() {
+        let rows = |s: &str, n| wrap(s, n).into_iter().map(|r| r.into_iter().collect::<String>()).collect::<Vec<_>>();
+        assert_eq!(rows("an administrator must approve it", 16), ["an administrator", "must approve it"]);
+        assert_eq!(rows("  User name: alice", 40), ["  User name: alice"]);
+        assert_eq!(rows("", 10), [""]);
+        assert_eq!(rows("abcdefghij kl", 4), ["abcd", "efgh", "ij", "kl"]);
     }
 
     #[test]
