@@ -271,3 +271,16 @@ pub(crate) fn describe(cmd: &Command) -> String {
         Command::PowerOff => "power off".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logout_keys_are_respelled_and_unreadable_ones_replaced() {
+        assert_eq!(logout_keys("ctrl+alt+end"), "Ctrl+Alt+End");
+        assert_eq!(logout_keys("Ctrl+Shift+F12"), "Ctrl+Shift+F12");
+        assert_eq!(logout_keys("Super+L"), DEFAULT_LOGOUT_KEYS);
+        assert_eq!(logout_keys(""), DEFAULT_LOGOUT_KEYS);
+    }
+}
