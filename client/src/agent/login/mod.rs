@@ -67,9 +67,9 @@ impl Keys {
         let threads = Arc::new(Mutex::new(Vec::new()));
         let (s, t, keys) = (Arc::clone(&stop), Arc::clone(&threads), self.keys.clone());
         let scanner = std::thread::spawn(move || {
-            let mut known = HashSet::new();
+            let known = Arc::new(Mutex::new(HashSet::new()));
             while !s.load(Ordering::Acquire) {
-                for handle in open_keyboards(&mut known, &keys, &s) {
+                for handle in open_keyboards(&known, &keys, &s) {
                     t.lock().unwrap_or_else(PoisonError::into_inner).push(handle);
                 }
                 let mut waited = Duration::ZERO;
@@ -97,13 +97,13 @@ impl Keys {
 
 /// Opens and grabs the keyboards not in `known`, each read by a thread of its own.
 fn open_keyboards(
-    known: &mut HashSet<PathBuf>,
+    known: &Arc<Mutex<HashSet<PathBuf>>>,
     keys: &Sender<(u16, bool)>,
     stop: &Arc<AtomicBool>,
 ) -> Vec<JoinHandle<()>> {
     let mut out = Vec::new();
     for (path, mut dev) in evdev::enumerate() {
-        if known.contains(&path) || !dev.supported_keys().is_some_and(|k| k.contains(evdev::KeyCode::KEY_A)) {
+        if known.lock().unwrap_or_else(PoisonError::into_inner).contains(&path) || !dev.supported_keys().is_some_and(|k| k.contains(evdev::KeyCode::KEY_A)) {
             continue;
         }
         if let Err(e) = dev.set_nonblocking(true) {
@@ -115,9 +115,9 @@ fn open_keyboards(
             log::warn!("login screen: cannot grab {}: {e}", path.display());
             continue;
         }
-        known.insert(path.clone());
+        known.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
         log::info!("login screen reads {} ({})", path.display(), dev.name().unwrap_or("?"));
-        let (keys, stop) = (keys.clone(), Arc::clone(stop));
+        let (keys, stop, known) = (keys.clone(), Arc::clone(stop), Arc::clone(known));
         out.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 let mut pfd = libc::pollfd { fd: dev.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -129,7 +129,9 @@ fn open_keyboards(
                     Ok(e) => e,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
+                        // Unplugged: the next scan may find it (or another) at this path again.
                         log::info!("login screen: {} gone: {e}", path.display());
+                        known.lock().unwrap_or_else(PoisonError::into_inner).remove(&path);
                         return;
                     }
                 };
