@@ -4,6 +4,10 @@
 //! The link is TLS, and the broker must show a certificate that the CA in the boot image signed
 //! for the address the agent dials: otherwise the handshake fails before the hello, so a rogue
 //! broker (named by a rogue DHCP server, say) learns nothing and can order nothing.
+//!
+//! Logins: a login prompt stops the viewer and puts up the form (its keyboard grabbed); the
+//! form's submission comes back through `requests` as [`Input::Login`], the viewer's logout
+//! keys as [`Input::Logout`]. The keyboard is let go before any viewer starts.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,10 +19,12 @@ use proto::tls::rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use proto::agent::{
     encode, Assignment, BrokerMessage, Command, Decoder, Hello, Input, Output, PasswordSource, Session,
-    SessionConfig, SessionState, Status,
+    SessionConfig, SessionState,
 };
 
 use super::console::{Console, Screen};
+use super::login::Keys;
+use crate::viewer::input::Chord;
 use super::supervise::{Order, Target};
 use super::Event;
 
@@ -28,24 +34,41 @@ const POLL: Duration = Duration::from_millis(200);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A broker that takes no data for this long is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The logout keys when the broker names none this agent can read.
+const DEFAULT_LOGOUT_KEYS: &str = "Ctrl+Alt+End";
 
 type Link = StreamOwned<ClientConnection, TcpStream>;
 
-pub(crate) fn target_of(a: &Assignment) -> Target {
+pub(crate) fn target_of(a: &Assignment, logout_keys: Option<String>) -> Target {
     let password = match &a.password {
         Some(PasswordSource::Inline { password }) => Some(password.clone()),
         Some(PasswordSource::SessionToken) | None => Some(a.session_token.clone()),
     };
-    Target { vnc: a.vnc, token: a.session_token.clone(), password }
+    Target { vnc: a.vnc, token: a.session_token.clone(), password, logout_keys }
+}
+
+/// The logout keys the broker named, in the viewer's spelling; a default for ones it cannot
+/// read (a newer broker's), so that a logged-in person can always log out.
+fn logout_keys(named: &str) -> String {
+    match named.parse::<Chord>() {
+        Ok(c) => c.to_string(),
+        Err(e) => {
+            log::warn!("logout keys from the broker: {e}; using {DEFAULT_LOGOUT_KEYS}");
+            DEFAULT_LOGOUT_KEYS.to_string()
+        }
+    }
 }
 
 /// Runs the session with the broker at `addr` for as long as the agent lives; `tls` trusts
-/// only the boot server's CA.
+/// only the boot server's CA. `requests` carries the viewer's statuses, the login form's
+/// logins and logouts; `requests_tx` is its sending side, for the form.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
     hello: Hello,
-    statuses: Receiver<Status>,
+    requests: Receiver<Input>,
+    requests_tx: Sender<Input>,
     viewer: Sender<Order>,
     events: Sender<Event>,
     console: Arc<Mutex<Console>>,
@@ -61,7 +84,11 @@ pub(crate) fn run(
     let mut conn: Option<(Link, Decoder<BrokerMessage>)> = None;
     let mut inputs = vec![Input::Start];
     let mut was_welcomed = false;
-    let show = |s: Screen| console.lock().unwrap_or_else(|e| e.into_inner()).show(s);
+    let lock = || console.lock().unwrap_or_else(|e| e.into_inner());
+    let show = |s: Screen| lock().show(s);
+    let mut keys = Keys::new(console.clone(), requests_tx);
+    // Set by a login, for the viewer's status line; a PC without logins has none.
+    let mut logout: Option<String> = None;
     loop {
         // Feed everything pending, carrying out outputs, which may produce further inputs.
         while let Some(input) = (!inputs.is_empty()).then(|| inputs.remove(0)) {
@@ -94,8 +121,10 @@ pub(crate) fn run(
                     }
                     Output::Assigned(a) => {
                         log::info!("assigned a desktop at {}", a.vnc);
+                        // Released before the viewer starts: it grabs the same keyboards.
+                        keys.release();
                         show(Screen::Desktop);
-                        let _ = viewer.send(Order::Show(target_of(&a)));
+                        let _ = viewer.send(Order::Show(target_of(&a, logout.clone())));
                     }
                     Output::Run(cmd) => {
                         let _ = events.send(Event::Command(cmd));
@@ -103,17 +132,36 @@ pub(crate) fn run(
                     Output::Refused { reason } => {
                         show(Screen::Error { reason: format!("The broker refused this PC: {reason}"), reboot_in: None })
                     }
-                    // This build draws no login form yet: it says so instead of a desktop.
-                    Output::Prompt(p) => show(Screen::Message {
-                        text: format!("{}: this PC's desktops need a login, which this boot image cannot show.", p.pc),
-                    }),
-                    Output::Approval { pc, code } => {
-                        show(Screen::Waiting { detail: format!("{pc} waits for an administrator's approval. Code: {code}") })
+                    Output::Prompt(p) => {
+                        logout = None;
+                        stop_viewer(&viewer);
+                        lock().login(&p);
+                        keys.grab();
                     }
-                    Output::LoggedIn(l) => log::info!("logged in as {}", l.user),
+                    Output::Approval { pc, code } => {
+                        logout = None;
+                        stop_viewer(&viewer);
+                        keys.release();
+                        show(Screen::Approval { pc, code });
+                    }
+                    Output::LoggedIn(l) => {
+                        log::info!("logged in as {}", l.user);
+                        logout = Some(logout_keys(&l.logout_keys));
+                        keys.release();
+                        show(Screen::Starting { user: l.user });
+                    }
                     Output::Waiting { reason, retry_in_ms } => {
                         log::warn!("{reason}; retrying in {retry_in_ms} ms");
-                        if session.assignment().is_none() {
+                        let mut console = lock();
+                        if console.form_up() {
+                            // The form stays, with what was typed: the broker prompts again
+                            // once it is back.
+                            console.login_message(Some(format!(
+                                "The broker cannot be reached ({reason}). Trying again in {} s.",
+                                retry_in_ms.div_ceil(1000)
+                            )));
+                        } else if session.assignment().is_none() {
+                            drop(console);
                             show(Screen::Waiting {
                                 detail: format!("{reason}\nTrying again in {} s.", retry_in_ms.div_ceil(1000)),
                             });
@@ -124,15 +172,17 @@ pub(crate) fn run(
             let welcomed = matches!(session.state(), SessionState::Welcomed | SessionState::Assigned);
             if welcomed && !was_welcomed {
                 log::info!("announced to the broker at {addr}");
-                if session.assignment().is_none() {
+                if lock().form_up() {
+                    lock().login_message(None);
+                } else if session.assignment().is_none() {
                     show(Screen::Waiting { detail: format!("Announced to the broker at {addr}.") });
                 }
             }
             was_welcomed = welcomed;
         }
 
-        while let Ok(st) = statuses.try_recv() {
-            inputs.push(Input::Status(st));
+        while let Ok(req) = requests.try_recv() {
+            inputs.push(req);
         }
         if let Some((stream, decoder)) = &mut conn {
             let mut buf = [0u8; 16 * 1024];
@@ -165,6 +215,15 @@ pub(crate) fn run(
         if session.deadline().is_some_and(|d| now() >= d) {
             inputs.push(Input::Tick);
         }
+    }
+}
+
+/// Stops the viewer and waits until it is gone (a viewer holds the keyboards grabbed, and
+/// the form can only grab them after it), at most as long as the supervisor waits for it.
+fn stop_viewer(viewer: &Sender<Order>) {
+    let (done, gone) = std::sync::mpsc::channel();
+    if viewer.send(Order::Stop(done)).is_ok() && gone.recv_timeout(Duration::from_secs(6)).is_err() {
+        log::warn!("the viewer did not stop within 6 s");
     }
 }
 
@@ -210,5 +269,18 @@ pub(crate) fn describe(cmd: &Command) -> String {
         Command::ShowMessage { text } => format!("message {text:?}"),
         Command::Reboot => "reboot".into(),
         Command::PowerOff => "power off".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logout_keys_are_respelled_and_unreadable_ones_replaced() {
+        assert_eq!(logout_keys("ctrl+alt+end"), "Ctrl+Alt+End");
+        assert_eq!(logout_keys("Ctrl+Shift+F12"), "Ctrl+Shift+F12");
+        assert_eq!(logout_keys("Super+L"), DEFAULT_LOGOUT_KEYS);
+        assert_eq!(logout_keys(""), DEFAULT_LOGOUT_KEYS);
     }
 }

@@ -10,6 +10,7 @@ mod modules;
 mod mounts;
 mod net;
 mod supervise;
+mod login;
 mod sysinfo;
 mod viewer;
 
@@ -68,6 +69,21 @@ enum Tool {
         #[arg(long, requires = "apply")]
         keep: bool,
     },
+    /// Show the login form on this PC's screen (/dev/fb0 and the text console), read the
+    /// keyboards as the agent does, and print the user name of the first login submitted (the
+    /// password is thrown away, never shown).
+    ///
+    /// Example: thinclient agent login-screen --pc lab-07 --layout de
+    LoginScreen {
+        /// The PC's name on the form.
+        #[arg(long, default_value = "this PC")]
+        pc: String,
+        #[arg(long, value_enum, default_value_t = crate::viewer::input::Layout::Us)]
+        layout: crate::viewer::input::Layout,
+        /// A message under the fields, as the broker would send.
+        #[arg(long)]
+        message: Option<String>,
+    },
 }
 
 /// What ends the agent.
@@ -89,6 +105,8 @@ pub(crate) enum Event {
 const KEY_IFACE: &str = "tc.iface";
 const KEY_DHCP_TIMEOUT: &str = "tc.dhcp_timeout";
 const KEY_ERROR_DELAY: &str = "tc.error_delay";
+/// The keyboard layout (`us`, `de`) of the login screen and the viewer.
+const KEY_LAYOUT: &str = "tc.layout";
 
 fn extra<'a>(params: &'a BootParams, key: &str) -> Option<&'a str> {
     params.unknown.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -102,6 +120,10 @@ pub(crate) fn main(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(Tool::Dhcp { interface, apply, timeout, resolv_conf, keep }) = args.tool {
         init_logger(None);
         return dhcp_tool(&interface, apply, keep, Duration::from_secs(timeout), &resolv_conf);
+    }
+    if let Some(Tool::LoginScreen { pc, layout, message }) = args.tool {
+        init_logger(None);
+        return login_tool(pc, layout, message);
     }
     let pid1 = std::process::id() == 1;
     let mut early_problems = Vec::new();
@@ -332,11 +354,20 @@ fn boot(
     if let Some(v) = extra(params, viewer::KEY_ALLOW_VNC_AUTH) {
         plan.env.push(("TC_ALLOW_VNC_AUTH".into(), v.into()));
     }
+    if let Some(v) = extra(params, KEY_LAYOUT) {
+        match <crate::viewer::input::Layout as clap::ValueEnum>::from_str(v, true) {
+            Ok(layout) => {
+                console.lock().unwrap_or_else(|e| e.into_inner()).set_layout(layout);
+                plan.env.push(("TC_LAYOUT".into(), v.to_ascii_lowercase()));
+            }
+            Err(_) => log::warn!("{KEY_LAYOUT}={v:?} is not us or de; using us"),
+        }
+    }
 
     show(Screen::Booting { step: format!("Announcing this PC to the broker at {broker}") });
     let hello = build_hello(sys, mac, lease.address, phases)?;
     let (order_tx, order_rx) = channel();
-    let (status_tx, status_rx) = channel::<Status>();
+    let (status_tx, status_rx) = channel::<proto::agent::Input>();
     {
         let console = console.clone();
         let status_tx = status_tx.clone();
@@ -347,6 +378,11 @@ fn boot(
                         log::info!("viewer started (pid {pid})");
                         Status { viewer: ViewerState::Starting, error: None }
                     }
+                    supervise::Report::LoggedOut => {
+                        console.lock().unwrap_or_else(|e| e.into_inner()).show(Screen::Waiting { detail: "Logging out.".into() });
+                        let _ = status_tx.send(proto::agent::Input::Logout);
+                        Status { viewer: ViewerState::Idle, error: None }
+                    }
                     supervise::Report::Exited { status, restart_in } => {
                         let msg = format!("The desktop viewer {status}.\nStarting it again in {} s.", restart_in.as_secs());
                         log::warn!("{}", msg.replace('\n', " "));
@@ -354,7 +390,7 @@ fn boot(
                         Status { viewer: ViewerState::Exited, error: Some(status.clone()) }
                     }
                 };
-                let _ = status_tx.send(status);
+                let _ = status_tx.send(proto::agent::Input::Status(status));
             })
         });
     }
@@ -362,7 +398,7 @@ fn boot(
         let console = console.clone();
         let order_tx = order_tx.clone();
         spawn_guarded("broker", tx.clone(), move |tx| {
-            broker::run(broker, tls, hello, status_rx, order_tx, tx, console)
+            broker::run(broker, tls, hello, status_rx, status_tx, order_tx, tx, console)
         });
     }
 
@@ -443,6 +479,27 @@ fn shutdown(action: Shutdown, pid1: bool, console: &Arc<Mutex<Console>>) -> anyh
     log::error!("reboot({mode:?}) failed: {err}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn login_tool(pc: String, layout: crate::viewer::input::Layout, message: Option<String>) -> anyhow::Result<()> {
+    let console = Arc::new(Mutex::new(Console::open(Path::new("/sys"), Path::new("/dev"))));
+    let lock = || console.lock().unwrap_or_else(|e| e.into_inner());
+    lock().set_layout(layout);
+    let (tx, rx) = channel();
+    let mut keys = login::Keys::new(console.clone(), tx);
+    lock().login(&proto::agent::LoginPrompt { pc, enrolment: proto::agent::Enrolment::Enrolled, message, user: None });
+    keys.grab();
+    let got = rx.recv();
+    keys.release();
+    match got {
+        Ok(proto::agent::Input::Login { user, password }) => {
+            drop(password);
+            println!("login: user {user:?}");
+            lock().show(Screen::Starting { user });
+            Ok(())
+        }
+        _ => bail!("the keyboard thread ended without a login"),
     }
 }
 

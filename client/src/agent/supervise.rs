@@ -1,6 +1,7 @@
 //! Runs the viewer (`thinclient view ...`) for the current assignment and starts it again when
 //! it exits or crashes, waiting longer after each quick failure. A viewer with a fallback (the
 //! NFS root's SDL2 viewer) that keeps failing right at its start is replaced by the fallback.
+//! A viewer that exits because the person pressed the logout keys is not started again.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 
 use super::children;
 use super::viewer::{GiveUp, Plan};
+use crate::viewer::input::LOGOUT_EXIT_CODE;
 
 /// What the viewer must show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +23,16 @@ pub(crate) struct Target {
     pub vnc: SocketAddr,
     pub token: String,
     pub password: Option<String>,
+    /// The logout keys (`Ctrl+Alt+End`) when a person is logged in: the viewer shows them and
+    /// exits with [`LOGOUT_EXIT_CODE`] when they are pressed.
+    pub logout_keys: Option<String>,
 }
 
 pub(crate) enum Order {
     Show(Target),
+    /// Stop the viewer and do not start it again until the next `Show` (the login screen is up);
+    /// the sender hears once it is gone, and with it its grab of the keyboards.
+    Stop(std::sync::mpsc::Sender<()>),
 }
 
 /// What the supervisor reports (to the broker and the status screen).
@@ -32,6 +40,8 @@ pub(crate) enum Order {
 pub(crate) enum Report {
     Started { pid: u32 },
     Exited { status: String, restart_in: Duration },
+    /// The person pressed the logout keys; the viewer stays stopped.
+    LoggedOut,
 }
 
 /// Restart delays: doubling from `initial` up to `max`, back to `initial` once a run lasted
@@ -94,6 +104,12 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                     start_at = Some(Instant::now());
                 }
             },
+            Ok(Order::Stop(done)) => {
+                stop(&mut running);
+                target = None;
+                start_at = None;
+                let _ = done.send(());
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 stop(&mut running);
@@ -103,6 +119,14 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
         if let Some((_, rx, since)) = &running {
             if let Ok(status) = rx.try_recv() {
                 let ran = since.elapsed();
+                if matches!(status, WaitStatus::Exited(_, LOGOUT_EXIT_CODE)) {
+                    log::info!("viewer exited with status {LOGOUT_EXIT_CODE}: the logout keys were pressed");
+                    running = None;
+                    target = None;
+                    start_at = None;
+                    report(Report::LoggedOut);
+                    continue;
+                }
                 let status = describe(&status);
                 running = None;
                 if fallback.is_some() && give_up.after_run(ran) {
@@ -129,6 +153,9 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                 let spawned = launch.command(t.vnc).and_then(|mut cmd| {
                     // In the environment rather than argv: /proc/PID/cmdline is world-readable.
                     cmd.env("TC_SESSION_TOKEN", &t.token);
+                    if let Some(keys) = &t.logout_keys {
+                        cmd.arg("--logout-keys").arg(keys);
+                    }
                     cmd.envs(env.iter().map(|(k, v)| (k, v)));
                     let password = match &t.password {
                         Some(p) => match password_pipe(&mut cmd, p) {
@@ -231,11 +258,69 @@ mod tests {
             vnc: SocketAddr::from(([10, 0, 0, 1], port)),
             token: token.into(),
             password: Some(token.into()),
+            logout_keys: None,
         };
         assert_eq!(restart_for(None, &t(5900, "a")), Restart::Yes);
         assert_eq!(restart_for(Some(&t(5900, "a")), &t(5900, "a")), Restart::No);
         assert_eq!(restart_for(Some(&t(5900, "a")), &t(5900, "b")), Restart::NewTokenOnly);
         assert_eq!(restart_for(Some(&t(5900, "a")), &t(5901, "b")), Restart::Yes);
+    }
+
+    #[test]
+    fn a_viewer_that_exits_for_a_logout_is_not_started_again_and_others_are() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        // Stands in for the viewer's exit statuses (the real viewer's 10 is shown by the fbdev
+        // guest test): the first run crashes, the second is logged out.
+        let program = dir.path().join("viewer");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {r}\n[ $(wc -l < {r}) -eq 1 ] && exit 3\nexit {LOGOUT_EXIT_CODE}\n",
+                r = runs.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plan = Plan { first: super::super::viewer::Launch::Builtin { program }, fallback: None, env: vec![] };
+        let (orders, orders_rx) = std::sync::mpsc::channel();
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let supervisor = std::thread::spawn(move || run(plan, orders_rx, |r| reports_tx.send(r).unwrap()));
+        let reaping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let reaper = {
+            let reaping = reaping.clone();
+            std::thread::spawn(move || {
+                while reaping.load(std::sync::atomic::Ordering::Acquire) {
+                    children::reap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let target = Target {
+            vnc: SocketAddr::from(([127, 0, 0, 1], 5901)),
+            token: "t".into(),
+            password: None,
+            logout_keys: Some("Ctrl+Alt+End".into()),
+        };
+        orders.send(Order::Show(target)).unwrap();
+        let next = || reports.recv_timeout(Duration::from_secs(10)).expect("a report");
+        assert!(matches!(next(), Report::Started { .. }));
+        assert!(matches!(next(), Report::Exited { ref status, .. } if status == "exited with status 3"));
+        assert!(matches!(next(), Report::Started { .. }));
+        assert!(matches!(next(), Report::LoggedOut));
+        // Longer than the restart delay a crash would get.
+        assert!(reports.recv_timeout(Duration::from_secs(3)).is_err(), "the viewer was started again");
+        let argv = std::fs::read_to_string(&runs).unwrap();
+        assert_eq!(argv.lines().count(), 2, "{argv}");
+        assert!(argv.lines().all(|l| l.ends_with("--logout-keys Ctrl+Alt+End")), "{argv}");
+        let (done, gone) = std::sync::mpsc::channel();
+        orders.send(Order::Stop(done)).unwrap();
+        gone.recv_timeout(Duration::from_secs(5)).expect("Stop is acknowledged");
+        drop(orders);
+        supervisor.join().unwrap();
+        reaping.store(false, std::sync::atomic::Ordering::Release);
+        reaper.join().unwrap();
     }
 
     #[test]

@@ -12,7 +12,92 @@ pub(crate) enum InputEvent {
     Pointer { x: u16, y: u16, buttons: u8 },
     /// Ctrl+Alt+Shift+Q, or the window was closed.
     Quit,
+    /// The logout keys (`--logout-keys`): the viewer exits with [`LOGOUT_EXIT_CODE`].
+    Logout,
 }
+
+/// The viewer's exit status after the logout keys: the agent then logs out instead of
+/// starting the viewer again.
+pub(crate) const LOGOUT_EXIT_CODE: i32 = 10;
+
+/// A key combination such as `Ctrl+Alt+End`: modifiers (either side) and one key whose
+/// keysym does not depend on the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chord {
+    ctrl: bool,
+    alt: bool,
+    shift: bool,
+    code: u16,
+}
+
+/// Names of the keys a chord may end with, and their Linux key codes.
+const CHORD_KEYS: &[(&str, u16)] = &[
+    ("End", 107),
+    ("Home", 102),
+    ("Insert", 110),
+    ("Delete", 111),
+    ("Del", 111),
+    ("PageUp", 104),
+    ("PageDown", 109),
+    ("Pause", 119),
+    ("Backspace", 14),
+    ("Escape", 1),
+    ("Esc", 1),
+    ("F1", 59),
+    ("F2", 60),
+    ("F3", 61),
+    ("F4", 62),
+    ("F5", 63),
+    ("F6", 64),
+    ("F7", 65),
+    ("F8", 66),
+    ("F9", 67),
+    ("F10", 68),
+    ("F11", 87),
+    ("F12", 88),
+];
+
+impl std::str::FromStr for Chord {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Chord, String> {
+        let (mut ctrl, mut alt, mut shift, mut code) = (false, false, false, None);
+        for part in s.split('+').map(str::trim) {
+            let found = CHORD_KEYS.iter().find(|(n, _)| n.eq_ignore_ascii_case(part)).map(|(_, c)| *c);
+            match part.to_ascii_lowercase().as_str() {
+                "ctrl" | "control" => ctrl = true,
+                "alt" => alt = true,
+                "shift" => shift = true,
+                _ if found.is_some() && code.is_none() => code = found,
+                _ => {
+                    let names: Vec<&str> = CHORD_KEYS.iter().map(|(n, _)| *n).collect();
+                    return Err(format!(
+                        "{s:?}: {part:?} is not Ctrl, Alt, Shift or one of {}",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        let code = code.ok_or_else(|| format!("{s:?} names no key besides modifiers"))?;
+        if !(ctrl || alt) {
+            // A chord without Ctrl or Alt would be typed by accident in the desktop.
+            return Err(format!("{s:?} needs Ctrl or Alt"));
+        }
+        Ok(Chord { ctrl, alt, shift, code })
+    }
+}
+
+impl std::fmt::Display for Chord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = CHORD_KEYS.iter().find(|(_, c)| *c == self.code).map_or("?", |(n, _)| n);
+        for (on, name) in [(self.ctrl, "Ctrl+"), (self.alt, "Alt+"), (self.shift, "Shift+")] {
+            if on {
+                f.write_str(name)?;
+            }
+        }
+        f.write_str(key)
+    }
+}
+
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Layout {
@@ -145,6 +230,7 @@ pub(crate) struct Keyboard {
     alt: u8,
     altgr: bool,
     caps: bool,
+    logout: Option<Chord>,
 }
 
 impl Keyboard {
@@ -170,7 +256,19 @@ impl Keyboard {
             alt: 0,
             altgr: false,
             caps: false,
+            logout: None,
         }
+    }
+
+    /// Also report `chord` as [`InputEvent::Logout`] (the key itself is not sent on).
+    pub(crate) fn with_logout(mut self, chord: Option<Chord>) -> Self {
+        self.logout = chord;
+        self
+    }
+
+    /// A Ctrl key is held: the letter keys then make shortcuts, not text.
+    pub(crate) fn ctrl_held(&self) -> bool {
+        self.ctrl > 0
     }
 
     /// A physical key changed; returns what to send (nothing for unknown keys).
@@ -187,6 +285,14 @@ impl Keyboard {
         }
         if down && code == KEY_Q && self.shift > 0 && self.ctrl > 0 && self.alt > 0 {
             return Some(InputEvent::Quit);
+        }
+        if let Some(c) = self.logout.filter(|c| down && c.code == code) {
+            let held = |want: bool, n: u8| !want || n > 0;
+            // AltGr counts as Alt here: on a German keyboard either may be reached for.
+            let alt = if self.altgr { 1 } else { self.alt };
+            if held(c.ctrl, self.ctrl) && held(c.alt, alt) && held(c.shift, self.shift) {
+                return Some(InputEvent::Logout);
+            }
         }
         let keysym = if !down {
             self.held.remove(&code)?
@@ -373,6 +479,39 @@ mod tests {
         }
         assert_eq!(k.key(16, true), Some(InputEvent::Quit));
         assert!(k.release_all().len() >= 3);
+    }
+
+    #[test]
+    fn logout_chord_is_parsed_and_detected_only_with_its_modifiers() {
+        let chord: Chord = "Ctrl+Alt+End".parse().unwrap();
+        assert_eq!(chord.to_string(), "Ctrl+Alt+End");
+        assert_eq!("ctrl + alt + del".parse::<Chord>().unwrap().to_string(), "Ctrl+Alt+Delete");
+        assert!("End".parse::<Chord>().is_err(), "a bare key would be typed by accident");
+        assert!("Ctrl+Alt".parse::<Chord>().is_err());
+        assert!("Ctrl+Alt+Banana".parse::<Chord>().is_err());
+        assert!("Ctrl+Alt+End+Home".parse::<Chord>().is_err());
+
+        let mut k = Keyboard::new(Layout::Us).with_logout(Some(chord));
+        // End alone, and with Ctrl only, is an ordinary key.
+        assert_eq!(ks(k.key(107, true)), 0xff57);
+        k.key(107, false);
+        k.key(29, true);
+        assert_eq!(ks(k.key(107, true)), 0xff57);
+        k.key(107, false);
+        k.key(56, true);
+        assert_eq!(k.key(107, true), Some(InputEvent::Logout));
+        // The End that made the logout was never sent down: its release sends nothing.
+        assert_eq!(k.key(107, false), None);
+        // Right Ctrl and AltGr on a German keyboard do it too.
+        let mut k = Keyboard::new(Layout::De).with_logout(Some(chord));
+        k.key(97, true);
+        k.key(100, true);
+        assert_eq!(k.key(107, true), Some(InputEvent::Logout));
+        // Without a chord, Ctrl+Alt+End goes to the desktop.
+        let mut k = Keyboard::new(Layout::Us);
+        k.key(29, true);
+        k.key(56, true);
+        assert_eq!(ks(k.key(107, true)), 0xff57);
     }
 
     #[test]

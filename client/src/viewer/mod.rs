@@ -6,7 +6,7 @@
 //! password into a pipe), never from the command line.
 
 mod framebuffer;
-mod input;
+pub(crate) mod input;
 mod jpeg;
 mod layout;
 mod overlay;
@@ -61,7 +61,7 @@ pub(crate) struct ViewArgs {
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub compress_level: Option<u8>,
     /// Keyboard layout of this PC's keyboard; keys are sent as X keysyms.
-    #[arg(long, value_enum, default_value_t = input::Layout::Us)]
+    #[arg(long, value_enum, env = "TC_LAYOUT", default_value_t = input::Layout::Us)]
     pub layout: input::Layout,
     /// Show the desktop 1:1 instead of scaling it to the screen (aspect ratio is always kept).
     #[arg(long)]
@@ -75,6 +75,12 @@ pub(crate) struct ViewArgs {
     /// SDL: a window of WIDTHxHEIGHT instead of full screen (for development).
     #[arg(long, value_parser = parse_size)]
     pub window: Option<(u32, u32)>,
+    /// Keys that log the person out, e.g. `Ctrl+Alt+End` (Ctrl, Alt, Shift and one of End, Home,
+    /// Insert, Delete, PageUp, PageDown, Pause, Backspace, Escape, F1-F12). They are shown on
+    /// the status line, and pressing them makes the viewer exit with status 10. The agent sets
+    /// this after a login.
+    #[arg(long)]
+    pub logout_keys: Option<input::Chord>,
     /// Exit when the connection ends instead of reconnecting with backoff.
     #[arg(long)]
     pub once: bool,
@@ -165,6 +171,7 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
         compress_level: args.compress_level,
         reconnect: !args.once,
         backoff_max: Duration::from_secs_f64(args.reconnect_max_delay.clamp(0.5, 3600.0)),
+        logout_hint: args.logout_keys.map(|c| format!("Log out: {c}")),
     };
     let opts = presenter::Options {
         layout: args.layout,
@@ -172,6 +179,7 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
         window: args.window,
         renderer: args.renderer,
         fbdev: args.fbdev.clone(),
+        logout: args.logout_keys,
     };
     let mut presenter = presenter::open(args.presenter, &opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -209,6 +217,10 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
     let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), session).await });
     rt.shutdown_timeout(Duration::from_secs(1));
     shown?;
+    if shared.logging_out() {
+        info!("logout keys pressed: exiting with status {}", input::LOGOUT_EXIT_CODE);
+        std::process::exit(input::LOGOUT_EXIT_CODE);
+    }
     match ended {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(e).context("session task"),

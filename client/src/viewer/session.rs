@@ -100,7 +100,15 @@ pub(crate) struct SessionConfig {
     pub reconnect: bool,
     /// Longest wait between reconnection attempts.
     pub backoff_max: Duration,
+    /// Added to every status line, and shown alone for [`HINT_FOR`] after the desktop appears.
+    pub logout_hint: Option<String>,
 }
+
+/// How long the logout keys stay on screen once the desktop is up: long enough to be read,
+/// and then the desktop's top rows are the person's again.
+const HINT_FOR: Duration = Duration::from_secs(15);
+/// A timer that is not running (tokio's sleeps need some deadline).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl SessionConfig {
     fn encodings(&self) -> Vec<VncEncoding> {
@@ -143,6 +151,9 @@ pub(crate) struct Screen {
 pub(crate) struct Shared {
     screen: Mutex<Screen>,
     pub quit: AtomicBool,
+    /// The logout keys were pressed (implies `quit`).
+    logout: AtomicBool,
+    hint: std::sync::OnceLock<String>,
     /// Complete framebuffer updates received in the current connection.
     frames: watch::Sender<u64>,
     /// Set by the session after every change, read by presenters to skip idle polls cheaply.
@@ -168,6 +179,8 @@ impl Shared {
             Shared {
                 screen: Mutex::new(Screen::default()),
                 quit: AtomicBool::new(false),
+                logout: AtomicBool::new(false),
+                hint: std::sync::OnceLock::new(),
                 frames: watch::channel(0).0,
                 dirty: AtomicU64::new(0),
                 painted: AtomicBool::new(false),
@@ -190,7 +203,17 @@ impl Shared {
         self.dirty.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Shows `text` with the logout hint, or the hint alone.
     pub(crate) fn set_status(&self, text: Option<String>) {
+        let text = match (text, self.hint.get()) {
+            (Some(t), Some(h)) => Some(format!("{t} | {h}")),
+            (t, h) => t.or(h.cloned()),
+        };
+        self.set_status_only(text);
+    }
+
+    /// Shows exactly `text` (`None`: no status line at all).
+    pub(crate) fn set_status_only(&self, text: Option<String>) {
         let mut s = self.lock();
         if s.status != text {
             if let Some(t) = &text {
@@ -205,6 +228,19 @@ impl Shared {
 
     pub(crate) fn frames(&self) -> watch::Receiver<u64> {
         self.frames.subscribe()
+    }
+
+    pub(crate) fn set_logout_hint(&self, hint: String) {
+        let _ = self.hint.set(hint);
+    }
+
+    pub(crate) fn request_logout(&self) {
+        self.logout.store(true, Ordering::Release);
+        self.request_quit();
+    }
+
+    pub(crate) fn logging_out(&self) -> bool {
+        self.logout.load(Ordering::Acquire)
     }
 
     pub(crate) fn request_quit(&self) {
@@ -281,6 +317,9 @@ pub(crate) async fn run(
     mut input: mpsc::UnboundedReceiver<InputEvent>,
 ) -> anyhow::Result<()> {
     let mut delay = BACKOFF_MIN;
+    if let Some(h) = &cfg.logout_hint {
+        shared.set_logout_hint(h.clone());
+    }
     loop {
         if shared.quitting() {
             return Ok(());
@@ -318,7 +357,12 @@ pub(crate) async fn run(
             let tick = tokio::time::sleep(Duration::from_millis(250));
             tokio::select! {
                 _ = tick => {}
-                Some(ev) = input.recv() => if ev == InputEvent::Quit { shared.request_quit(); }
+                Some(ev) = input.recv() => match ev {
+                    InputEvent::Quit => shared.request_quit(),
+                    // Logging out needs no desktop: the agent tells the broker.
+                    InputEvent::Logout => shared.request_logout(),
+                    _ => {}
+                }
             }
         }
         delay = (delay * 2).min(cfg.backoff_max.max(BACKOFF_MIN));
@@ -344,7 +388,7 @@ async fn connect_and_run(
             handshake(s, cfg, None, shared).await?
         }
     };
-    let result = drive(&client, shared, input).await;
+    let result = drive(&client, shared, input, cfg.logout_hint.is_some()).await;
     let _ = client.close().await;
     // JPEG rectangles of this connection still in flight, or their failure, are not the next
     // connection's business.
@@ -417,9 +461,13 @@ async fn drive(
     client: &VncClient,
     shared: &Arc<Shared>,
     input: &mut mpsc::UnboundedReceiver<InputEvent>,
+    hint: bool,
 ) -> anyhow::Result<()> {
     shared.frames.send_replace(0);
     let mut frames = 0u64;
+    let hint_off = tokio::time::sleep(NEVER);
+    tokio::pin!(hint_off);
+    let mut hint_shown = false;
     let mut update = Update::default();
     loop {
         tokio::select! {
@@ -428,10 +476,15 @@ async fn drive(
                 let Some(ev) = ev else { return Ok(()) };
                 let msg = match ev {
                     InputEvent::Quit => { shared.request_quit(); return Ok(()); }
+                    InputEvent::Logout => { shared.request_logout(); return Ok(()); }
                     InputEvent::Key { keysym, down } => X11Event::KeyEvent((keysym, down).into()),
                     InputEvent::Pointer { x, y, buttons } => X11Event::PointerEvent((x, y, buttons).into()),
                 };
                 client.input(msg).await.context("sending input")?;
+            }
+            _ = &mut hint_off => {
+                shared.set_status_only(None);
+                hint_off.as_mut().reset(tokio::time::Instant::now() + NEVER);
             }
             ev = client.recv_event() => {
                 let ev = match ev {
@@ -451,6 +504,10 @@ async fn drive(
                         if frames == 1 {
                             shared.set_status(None);
                             info!("first full frame received");
+                            if hint && !hint_shown {
+                                hint_shown = true;
+                                hint_off.as_mut().reset(tokio::time::Instant::now() + HINT_FOR);
+                            }
                         }
                         shared.frames.send_replace(frames);
                     }

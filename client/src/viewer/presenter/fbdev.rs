@@ -324,7 +324,7 @@ impl Presenter for Fbdev {
         let known = Arc::new(Mutex::new(HashSet::new()));
         spawn_readers(&events_tx, &known);
         let mut scanned = Instant::now();
-        let mut kb = Keyboard::new(self.opts.layout);
+        let mut kb = Keyboard::new(self.opts.layout).with_logout(self.opts.logout);
         let (sw, sh) = (self.width, self.height);
         let mut ptr = (sw as i32 / 2, sh as i32 / 2);
         let mut moved = false;

@@ -44,6 +44,8 @@ pub(crate) struct Options {
     #[cfg_attr(not(feature = "sdl"), allow(dead_code))]
     pub renderer: Renderer,
     pub fbdev: std::path::PathBuf,
+    /// The logout keys, reported as [`InputEvent::Logout`].
+    pub logout: Option<super::input::Chord>,
 }
 
 pub(crate) trait Presenter {

@@ -117,7 +117,7 @@ impl Presenter for Sdl {
         let mut ss = SurfaceState::default();
         let mut pump = self.sdl.event_pump().map_err(e)?;
         let mouse = self.sdl.mouse();
-        let mut kb = Keyboard::new(self.opts.layout);
+        let mut kb = Keyboard::new(self.opts.layout).with_logout(self.opts.logout);
         let mut cursor: Option<sdl2::mouse::Cursor> = None;
         let (mut size_gen, mut status_gen, mut cursor_gen) = (u64::MAX, u64::MAX, u64::MAX);
         let mut seen = u64::MAX;
