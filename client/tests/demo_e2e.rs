@@ -1,7 +1,9 @@
 //! End to end in the lab, through `scripts/demo` with this build's binaries: a QEMU PC
-//! network-boots into the agent, announces itself, the broker starts its desktop VM on a real
-//! `server-host` and assigns it a session on the VNC proxy, the agent's fbdev viewer shows it,
-//! and the PC's screen (QMP `screendump`) equals the VM's screen (server-host's `/screen`).
+//! network-boots into the agent, announces itself and shows the login screen; the account
+//! `demo` is typed on its keyboard (QMP `send-key`); the broker starts that person's desktop VM
+//! on a real `server-host` and assigns it a session on the VNC proxy, the agent's fbdev viewer
+//! shows it, and the PC's screen (QMP `screendump`) equals the VM's screen (server-host's
+//! `/screen`). The capture of the LAN does not hold the typed password.
 
 use std::path::Path;
 use std::process::Command;
@@ -50,6 +52,11 @@ fn network_booted_pc_shows_its_desktop_vm() {
     }
     assert!(stdout.contains("its screen equals the VM's"), "{stdout}");
     assert!(stdout.contains("time to desktop"), "{stdout}");
+    assert!(stdout.contains("the PC shows its login screen"), "{stdout}");
+    assert!(stdout.contains("login to desktop"), "{stdout}");
+    assert!(stdout.contains("the password is not in it"), "{stdout}");
+    let login = std::fs::read(out.path().join("demo-login.png")).unwrap();
+    assert_eq!(&login[..8], b"\x89PNG\r\n\x1a\n");
     let png = std::fs::read(out.path().join("demo-desktop.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // The compared screens: the desktop's own size on both sides.

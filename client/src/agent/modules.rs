@@ -172,12 +172,17 @@ impl Loader {
     }
 }
 
-/// Every modalias the kernel reports under `sys` (normally `/sys`).
+/// Every modalias the kernel reports under `sys` (normally `/sys`): the devices of every bus,
+/// and the input devices, which are a class and no bus (their alias brings `evdev`, without
+/// which neither the login screen nor the fbdev viewer can read a keyboard).
 pub(crate) fn device_modaliases(sys: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(buses) = std::fs::read_dir(sys.join("bus")) else { return out };
-    for bus in buses.flatten() {
-        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else { continue };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(sys.join("bus"))
+        .map(|buses| buses.flatten().map(|b| b.path().join("devices")).collect())
+        .unwrap_or_default();
+    dirs.push(sys.join("class/input"));
+    for dir in dirs {
+        let Ok(devices) = std::fs::read_dir(dir) else { continue };
         for dev in devices.flatten() {
             if let Ok(text) = std::fs::read_to_string(dev.path().join("modalias")) {
                 let text = text.trim();
@@ -230,6 +235,27 @@ kernel/net/core/failover.ko:
 kernel/fs/nfs/nfs.ko: kernel/fs/lockd/lockd.ko kernel/net/sunrpc/sunrpc.ko
 kernel/drivers/net/generic-nic.ko.xz:
 ";
+
+    #[test]
+    fn input_devices_are_found_beside_bus_devices() {
+        let sys = tempfile::tempdir().unwrap();
+        let put = |rel: &str, alias: &str| {
+            let d = sys.path().join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("modalias"), alias).unwrap();
+        };
+        put("bus/pci/devices/0000:00:03.0", "pci:v00008086d0000100Esv*\n");
+        put("class/input/input1", "input:b0011v0001p0001eAB41-e0,1,4,11,14,k71,72,73,ram4,l0,1,2,sfw\n");
+        std::fs::create_dir_all(sys.path().join("class/input/event1")).unwrap();
+        let got = device_modaliases(sys.path());
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().any(|a| a.starts_with("input:b0011")), "{got:?}");
+        let index = ModuleIndex::parse(
+            "alias input:b*v*p*e*-e*k*r*a*m*l*s*f*w* evdev\n",
+            "kernel/drivers/input/evdev.ko.xz:\n",
+        );
+        assert_eq!(index.resolve(got.iter().find(|a| a.starts_with("input:")).unwrap()), vec!["evdev".to_string()]);
+    }
 
     #[test]
     fn matches_pci_modalias_with_globs() {
