@@ -29,7 +29,9 @@ const PASSWORD: &str = "alice's password";
 /// Under TCG a desktop VM takes minutes to show its first frame.
 const VM_BOOT: Duration = Duration::from_secs(600);
 
-type Link = StreamOwned<ClientConnection, TcpStream>;
+/// The agent's link to the broker: TLS, or the plain TCP of an old agent.
+trait Link: Read + Write + Send {}
+impl<T: Read + Write + Send> Link for T {}
 
 fn sibling_bin(name: &str) -> PathBuf {
     Path::new(BIN).with_file_name(name)
@@ -64,7 +66,7 @@ impl Agent {
     fn start(lab: &Lab, k: u32, broker: SocketAddr, ca: &Path, mac: &str, ip: &str) -> Agent {
         let ca = ca.to_path_buf();
         let hello = testkit::agent_hello(mac, ip);
-        let mut link: Link = lab.on_host(k, move || {
+        let link: StreamOwned<ClientConnection, TcpStream> = lab.on_host(k, move || {
             let tls = proto::tls::client_config(&ca).unwrap();
             let tcp = TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
             let conn = ClientConnection::new(tls, proto::tls::server_name(broker.ip())).unwrap();
@@ -75,12 +77,24 @@ impl Agent {
             link
         });
         link.sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Self::run(Box::new(link), hello)
+    }
+
+    /// Connects from lab host `k` over plain TCP, as an agent from before TLS would.
+    fn start_plain(lab: &Lab, k: u32, broker: SocketAddr, mac: &str, ip: &str) -> Agent {
+        let tcp = lab.on_host(k, move || TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap());
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Self::run(Box::new(tcp), testkit::agent_hello(mac, ip))
+    }
+
+    /// Sends the hello on `link`, then answers pings and passes the rest on, in a thread.
+    fn run(mut link: Box<dyn Link>, hello: proto::agent::Hello) -> Agent {
         let (out, rx_out) = mpsc::channel::<AgentMessage>();
         let (tx_in, inbox) = mpsc::channel();
         std::thread::spawn(move || {
             let mut dec = Decoder::<BrokerMessage>::new();
             let mut buf = [0u8; 8192];
-            let write = |link: &mut Link, m: &AgentMessage| {
+            let write = |link: &mut Box<dyn Link>, m: &AgentMessage| {
                 link.write_all(&encode(m).unwrap()).is_ok() && link.flush().is_ok()
             };
             if !write(&mut link, &AgentMessage::Hello(hello)) {
@@ -219,6 +233,8 @@ fn people_log_in_roam_log_out_and_pcs_follow_their_policy() {
 address = "{s}"
 boot_dir = "{}/boot"
 state_dir = "{}"
+# Old agents may still connect in clear; they must get no login screen.
+agent_plain_tcp = true
 
 [pcs]
 policy = "login"
@@ -353,5 +369,19 @@ memory_mib = 512
     // A login from the kiosk is not taken.
     pc4.login("alice", PASSWORD);
     assert_eq!(pc4.quiet(Duration::from_secs(2)), None, "the kiosk answered a login");
-    drop((pc1, pc2));
+
+    // An agent on plain TCP at a login PC (let in by agent_plain_tcp) is told why it gets no
+    // login screen, and a login it sends anyway (a password in clear) is not taken.
+    drop(pc1);
+    let plain = Agent::start_plain(&lab, 1, broker, &macs[0], &ips[0]);
+    welcome(&plain);
+    match plain.next(short, "the message instead of a login screen", &logs) {
+        Some(BrokerMessage::Command(proto::agent::Command::ShowMessage { text })) => {
+            assert!(text.contains("encrypted connection"), "{text}")
+        }
+        other => panic!("a plain-TCP agent at a login PC got {other:?}\n{}", logs()),
+    }
+    plain.login("alice", PASSWORD);
+    assert_eq!(plain.quiet(Duration::from_secs(2)), None, "a login over plain TCP was answered");
+    drop(pc2);
 }

@@ -30,8 +30,8 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 impl AgentTls {
     /// Sets up the link of a new connection: a TLS handshake, or the plain stream of an old
-    /// agent where `plain_too` allows it.
-    pub async fn accept(&self, stream: TcpStream) -> anyhow::Result<Box<dyn AgentIo>> {
+    /// agent where `plain_too` allows it; `true` with a TLS link (only those may carry logins).
+    pub async fn accept(&self, stream: TcpStream) -> anyhow::Result<(Box<dyn AgentIo>, bool)> {
         let timeout = self.handshake_timeout;
         let mut first = [0u8; 1];
         let n = tokio::time::timeout(timeout, stream.peek(&mut first))
@@ -44,7 +44,7 @@ impl AgentTls {
         if first[0] != TLS_HANDSHAKE {
             if self.plain_too {
                 log::info!("agent at {}: plain TCP (agent_plain_tcp = true)", stream.peer_addr()?);
-                return Ok(Box::new(stream));
+                return Ok((Box::new(stream), false));
             }
             bail!(
                 "speaks plain TCP, not TLS (an image made before TLS?): refused; rebuild its image with this server's CA (initramfs build --ca-cert), or set agent_plain_tcp = true for a transition"
@@ -54,7 +54,7 @@ impl AgentTls {
             .await
             .map_err(|_| anyhow::anyhow!("no TLS handshake within {timeout:?}"))?
             .context("TLS handshake")?;
-        Ok(Box::new(tls))
+        Ok((Box::new(tls), true))
     }
 }
 

@@ -123,12 +123,12 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, limiter: Arc<ConnLi
         async move {
             let _ = stream.set_nodelay(true);
             let mut who = peer.to_string();
-            let io: anyhow::Result<Box<dyn AgentIo>> = match &broker.tls {
+            let io: anyhow::Result<(Box<dyn AgentIo>, bool)> = match &broker.tls {
                 Some(tls) => tls.accept(stream).await,
-                None => Ok(Box::new(stream)),
+                None => Ok((Box::new(stream), false)),
             };
             let served = match io {
-                Ok(io) => serve(io, peer, &broker, &mut who).await,
+                Ok((io, encrypted)) => serve(io, encrypted, peer, &broker, &mut who).await,
                 Err(e) => Err(e),
             };
             match served {
@@ -184,7 +184,15 @@ fn accept(r: Result<AgentMessage, DecodeError>, who: &str) -> anyhow::Result<Opt
     }
 }
 
-async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>, who: &mut String) -> anyhow::Result<String> {
+/// `encrypted`: the link is TLS. Only such a link gets a login screen, since a login carries a
+/// password.
+async fn serve(
+    stream: Box<dyn AgentIo>,
+    encrypted: bool,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    who: &mut String,
+) -> anyhow::Result<String> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut dec = Decoder::<AgentMessage>::new();
     let mut queue = VecDeque::new();
@@ -268,6 +276,13 @@ async fn serve(stream: Box<dyn AgentIo>, peer: SocketAddr, broker: &Arc<Broker>,
             }
             (_, _) if version.minor < LOGIN_MINOR => {
                 let text = "this PC's boot image is too old for logins; ask an administrator to update it".into();
+                let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
+            }
+            // An old agent let in by `agent_plain_tcp`: a password typed there would cross the
+            // LAN in clear, so it gets no login screen and its logins are ignored.
+            (_, _) if !encrypted => {
+                log::warn!("agent {who}: no login screen on a plain TCP connection (agent_plain_tcp)");
+                let text = "logins need an encrypted connection to the broker; ask an administrator to rebuild this PC's boot image with the server's CA".into();
                 let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
             }
             (_, _) => {
