@@ -39,11 +39,11 @@ pub struct PoolVm {
     pub host: HostId,
     pub level: usize,
     pub memory_mib: u64,
-    /// Its first frame has been seen: an arrival may take it.
+    /// Its guest has booted to its desktop (see [`Booted`]): an arrival may take it.
     pub ready: bool,
     /// Milliseconds since the Unix epoch when it was created.
     pub created_ms: u64,
-    /// Milliseconds from its creation to its first frame.
+    /// Milliseconds from its creation to its desktop.
     pub boot_ms: Option<u64>,
     #[serde(skip)]
     backend: Option<Backend>,
@@ -333,7 +333,7 @@ impl Pool {
     }
 
     async fn wait_ready(self: Arc<Self>, name: String, backend: Backend) {
-        let r = self.proxy.probe(&backend).await;
+        let r = self.wait_booted(&name, &backend).await;
         let failed = {
             let mut l = self.list();
             let Some(i) = l.iter().position(|p| p.vm == name) else { return };
@@ -349,10 +349,62 @@ impl Pool {
             }
         };
         if let Some((p, e)) = failed {
-            log::error!("broker: pool: {name} on {} never showed a frame: {e}; trying again in a minute", p.host);
+            log::error!("broker: pool: {name} on {} never showed its desktop: {e:#}; trying again in a minute", p.host);
             self.stop(&p).await;
             tokio::time::sleep(Duration::from_secs(60)).await;
             self.kick();
+        }
+    }
+
+    /// Probes a new pool VM until its screen is a booted desktop's ([`Booted`]). Its first
+    /// frame is its firmware's, seconds before the guest's desktop: a person given it then
+    /// would sit through the boot, which is what the pool is there to spare them.
+    async fn wait_booted(&self, name: &str, backend: &Backend) -> anyhow::Result<()> {
+        let mut booted = Booted::new(self.cfg.desktop_size().ok().flatten());
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.switch_timeout_secs);
+        loop {
+            let r = self.proxy.probe(backend).await?;
+            if booted.seen((r.width, r.height)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                if booted.want.is_none() {
+                    // The firmware and the desktop may share a size; "auto" cannot tell them
+                    // apart, and a pool VM that is never ready helps nobody.
+                    log::warn!(
+                        "broker: pool: {name} kept {}x{} for {} s; taking it as booted (set desktops.desktop_size to the desktop's size)",
+                        r.width, r.height, self.cfg.switch_timeout_secs
+                    );
+                    return Ok(());
+                }
+                anyhow::bail!("its screen is {}x{}, not the desktop's {}", r.width, r.height, self.cfg.desktop_size);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Tells a booted desktop's screen from its firmware's by the screen sizes probed in turn.
+#[derive(Debug)]
+pub(crate) struct Booted {
+    want: Option<(u16, u16)>,
+    first: Option<(u16, u16)>,
+    last: Option<(u16, u16)>,
+}
+
+impl Booted {
+    pub(crate) fn new(want: Option<(u16, u16)>) -> Self {
+        Booted { want, first: None, last: None }
+    }
+
+    /// One more probe saw `size`; true once the desktop has booted: the configured size, or
+    /// with "auto" the same size twice in a row that is not the first frame's.
+    pub(crate) fn seen(&mut self, size: (u16, u16)) -> bool {
+        let first = *self.first.get_or_insert(size);
+        let again = self.last.replace(size) == Some(size);
+        match self.want {
+            Some(want) => size == want,
+            None => again && size != first,
         }
     }
 }
@@ -361,6 +413,24 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::broker::memory::Levels;
+
+    #[test]
+    fn a_pool_vm_is_ready_at_the_desktops_screen_not_the_firmwares() {
+        let text = (720, 400);
+        let desk = (1280, 800);
+        let mut b = Booted::new(Some(desk));
+        assert!(!b.seen(text));
+        assert!(b.seen(desk));
+        let mut auto = Booted::new(None);
+        assert!(!auto.seen(text));
+        assert!(!auto.seen(text), "the firmware's size, however long, is not the desktop");
+        assert!(!auto.seen(desk), "a new size must be seen twice: the guest may still be switching");
+        assert!(auto.seen(desk));
+        let mut blink = Booted::new(None);
+        for s in [text, (640, 480), text] {
+            assert!(!blink.seen(s));
+        }
+    }
 
     fn planner() -> Planner {
         Planner::new(Levels::explicit(vec![2048 << 20, 1024 << 20, 512 << 20]).unwrap())

@@ -17,6 +17,8 @@
 //! balloon = false                  # shrink in place where host and guest can, no handoff
 //! sessions_file = "sessions.sqlite" # running desktops, kept across restarts (in state_dir)
 //! pool = 0                         # desktop VMs booted ahead for the next arrivals
+//! desktop_size = "auto"            # a pool VM is ready at this screen size ("WxH"), or, with
+//!                                  # "auto", once its screen left the firmware's mode
 //! legacy_vnc_auth = false          # also offer VNC authentication to viewers without VeNCrypt
 //!
 //! [[desktops.hosts]]
@@ -66,6 +68,10 @@ pub struct BrokerConfig {
     pub sessions_file: PathBuf,
     /// Pre-booted VMs kept for the next arrivals (see `broker::pool`).
     pub pool: usize,
+    /// When a pool VM counts as ready: its firmware draws a first frame long before the guest's
+    /// desktop, and a person given it then would wait out the boot. `"WxH"` waits for that
+    /// screen size; `"auto"` for the first stable size other than the first frame's.
+    pub desktop_size: String,
     /// Offer viewers VNC authentication after VeNCrypt, for old viewers: one recorded exchange
     /// gives their token away.
     pub legacy_vnc_auth: bool,
@@ -89,6 +95,7 @@ impl Default for BrokerConfig {
             balloon: false,
             sessions_file: PathBuf::from("sessions.sqlite"),
             pool: 0,
+            desktop_size: "auto".into(),
             legacy_vnc_auth: false,
             hosts: Vec::new(),
         }
@@ -117,6 +124,7 @@ impl BrokerConfig {
                 self.switch_settle_ms, self.switch_timeout_secs
             ));
         }
+        self.desktop_size()?;
         if self.health_interval_secs == 0 {
             return Err("desktops.health_interval_secs: must be at least 1".into());
         }
@@ -136,6 +144,19 @@ impl BrokerConfig {
     pub fn levels(&self) -> Result<Levels, String> {
         Levels::explicit(self.levels_mib.iter().map(|m| m << 20).collect())
             .map_err(|e| format!("desktops.levels_mib: {e}"))
+    }
+
+    /// The screen size of a booted desktop, `None` for "auto".
+    pub fn desktop_size(&self) -> Result<Option<(u16, u16)>, String> {
+        if self.desktop_size == "auto" {
+            return Ok(None);
+        }
+        let bad = || format!("desktops.desktop_size: {:?} is not \"auto\" or a size like \"1280x800\"", self.desktop_size);
+        let (w, h) = self.desktop_size.split_once('x').ok_or_else(bad)?;
+        match (w.parse::<u16>(), h.parse::<u16>()) {
+            (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok(Some((w, h))),
+            _ => Err(bad()),
+        }
     }
 
     pub fn health_interval(&self) -> Duration {
@@ -188,5 +209,18 @@ mod tests {
         assert!(e.contains("e.g. 1000"), "{e}");
         assert!(toml::from_str::<BrokerConfig>("switch_settle_ms = -1").is_err());
         assert!(toml::from_str::<BrokerConfig>("switch_settle_ms = \"1s\"").is_err());
+    }
+
+    #[test]
+    fn desktop_size_is_auto_or_a_size() {
+        let c: BrokerConfig = toml::from_str("").unwrap();
+        assert_eq!(c.desktop_size().unwrap(), None);
+        let c: BrokerConfig = toml::from_str("desktop_size = \"1280x800\"").unwrap();
+        assert_eq!(c.desktop_size().unwrap(), Some((1280, 800)));
+        for bad in ["1280", "0x800", "x", "big", "1280x800x2", "70000x1"] {
+            let c = BrokerConfig { desktop_size: bad.into(), ..BrokerConfig::default() };
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("desktops.desktop_size") && e.contains("1280x800"), "{e}");
+        }
     }
 }
