@@ -51,6 +51,22 @@ enum What {
     /// Longest wait for a frame during a hard handoff: through the proxy, the seed's way
     /// (reconnect to the new VM), and with balloon = true.
     Handoff,
+    /// A viewer straight to a running VM's own VNC server (scripts/bench/login's peer): from
+    /// the TCP connect through the handshake (VeNCrypt with the broker's client certificate
+    /// for `tls:` addresses) to the first whole frame, once per round; prints each in ms.
+    VmFrame {
+        /// The VM's VNC address as the session store has it (`tls:IP:PORT`, `unix:PATH`).
+        #[arg(long)]
+        vnc: String,
+        /// File holding the VM's VNC password (first line).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// The boot server's state folder, whose client certificate the VM's host trusts.
+        #[arg(long)]
+        bootserver_state: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
 }
 
 /// `server-host serve` in a temporary folder; dropping it kills it and its QEMUs (the
@@ -408,6 +424,20 @@ async fn handoff_seed(cli: &Cli) -> anyhow::Result<(Duration, Duration)> {
     Ok((gap.max(before).max(after), steady))
 }
 
+async fn vm_frame(vnc: &str, password_file: &Path, state: &Path, rounds: u32) -> anyhow::Result<()> {
+    backend::set_vm_tls(bootserver::broker::flow::host_tls(state)?);
+    let password = std::fs::read_to_string(password_file).with_context(|| format!("reading {}", password_file.display()))?;
+    let addr: VncAddr = vnc.parse().map_err(|e: String| anyhow::anyhow!("{vnc}: {e}"))?;
+    let b = Backend { addr, password: Some(password.lines().next().unwrap_or("").to_string()) };
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let mut v = Viewer::open(b.clone()).await.with_context(|| format!("connecting to {vnc}"))?;
+        v.frame().await?;
+        println!("{:.1}", t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
+
 async fn connect_retrying(vnc: &VncAddress, password: &str) -> anyhow::Result<Viewer> {
     let t0 = Instant::now();
     loop {
@@ -423,6 +453,9 @@ async fn connect_retrying(vnc: &VncAddress, password: &str) -> anyhow::Result<Vi
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp_millis().init();
     let mut cli = Cli::parse();
+    if let What::VmFrame { vnc, password_file, bootserver_state, rounds } = &cli.what {
+        return vm_frame(vnc, password_file, bootserver_state, *rounds).await;
+    }
     // server-host resolves template paths from its own state folder.
     cli.templates = cli.templates.canonicalize().with_context(|| format!("templates folder {}", cli.templates.display()))?;
     match cli.what {
@@ -432,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
             println!("announce to first frame on the proxy: pool 0 {}, pool 1 {}, ratio {:.1}x", secs(f0), secs(f1), f0.as_secs_f64() / f1.as_secs_f64());
             println!("announce to desktop on the proxy:     pool 0 {}, pool 1 {}, ratio {:.1}x", secs(d0), secs(d1), d0.as_secs_f64() / d1.as_secs_f64());
         }
+        What::VmFrame { .. } => unreachable!("handled above"),
         What::Handoff => {
             let (proxy, p_steady) = handoff_proxy(&cli, false).await.context("handoff through the proxy")?;
             let (seed, s_steady) = handoff_seed(&cli).await.context("the seed's reconnect")?;

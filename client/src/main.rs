@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let cli = if std::process::id() == 1 { Cli::parse_from(["thinclient", "agent"]) } else { Cli::parse() };
     // The agent sets up logging itself, from the kernel command line.
     if !matches!(cli.command, Command::Agent(_)) {
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
     }
     match cli.command {
         Command::View(args) => return viewer::run(args),

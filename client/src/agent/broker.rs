@@ -30,6 +30,10 @@ use super::Event;
 
 /// Longest the loop sleeps, so status changes from the supervisor go out promptly.
 const POLL: Duration = Duration::from_millis(200);
+/// Longest a read from the broker blocks the loop. The form's login and the viewer's logout
+/// wait for it to end before they are sent: at 200 ms a login lost 100 ms on average, a
+/// fifth of the time a login to a running desktop may take (scripts/bench/login).
+const READ_POLL: Duration = Duration::from_millis(20);
 /// From the TCP connection to the end of the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A broker that takes no data for this long is gone.
@@ -258,7 +262,7 @@ fn connect(addr: SocketAddr, tls: &Arc<ClientConfig>) -> Result<Link, String> {
             });
         }
     }
-    let _ = link.sock.set_read_timeout(Some(POLL));
+    let _ = link.sock.set_read_timeout(Some(READ_POLL));
     Ok(link)
 }
 

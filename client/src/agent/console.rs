@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::agent::{Enrolment, LoginPrompt};
@@ -119,6 +119,10 @@ impl Screen {
 pub(crate) struct Console {
     tty: Option<File>,
     fb: Option<Framebuffer>,
+    /// Where the framebuffer is looked for (sysfs, /dev) while there is none: the boot image's
+    /// DRM driver is a module, loaded after the console opened, and its /dev/fb0 only appears
+    /// then.
+    fb_at: Option<(PathBuf, PathBuf)>,
     last: Option<Screen>,
     last_logged: Option<String>,
     layout: Layout,
@@ -143,7 +147,7 @@ impl Console {
         } else {
             OpenOptions::new().write(true).open(dev.join("tty0")).ok()
         };
-        Console { fb: Framebuffer::open(sys, dev), ..Console::stderr_only() }.with_tty(tty)
+        Console { fb_at: Some((sys.to_path_buf(), dev.to_path_buf())), ..Console::stderr_only() }.with_tty(tty)
     }
 
     fn with_tty(mut self, tty: Option<File>) -> Self {
@@ -153,7 +157,7 @@ impl Console {
 
     /// A console that only writes to stderr (tests, or running outside PID 1).
     pub(crate) fn stderr_only() -> Self {
-        Console { tty: None, fb: None, last: None, last_logged: None, layout: Layout::Us, form: None }
+        Console { tty: None, fb: None, fb_at: None, last: None, last_logged: None, layout: Layout::Us, form: None }
     }
 
     /// The keyboard layout the login form reads keys with.
@@ -211,6 +215,7 @@ impl Console {
             return;
         }
         if screen != Screen::Desktop {
+            self.find_framebuffer();
             let body = screen.body();
             let logged = format!("{}: {}", screen.title(), screen.log_line());
             if self.last_logged.as_ref() != Some(&logged) {
@@ -218,20 +223,48 @@ impl Console {
                 self.last_logged = Some(logged);
             }
             if let Some(tty) = &mut self.tty {
-                // Clear and home, then the text: the VT shows nothing else.
-                let _ = write!(tty, "\x1b[2J\x1b[H\n  {}\n\n", screen.title());
-                for line in body.lines() {
-                    let _ = writeln!(tty, "  {line}");
+                // Clear and home, then the text: the VT shows nothing else. Where the text
+                // console lies on the framebuffer the drawing below covers it, so the VT is
+                // only cleared and its cursor hidden (a blinking cursor would draw over it).
+                let _ = write!(tty, "\x1b[2J\x1b[H");
+                if self.fb.is_some() {
+                    let _ = write!(tty, "\x1b[?25l");
+                } else {
+                    let _ = write!(tty, "\x1b[?25h\n  {}\n\n", screen.title());
+                    for line in body.lines() {
+                        let _ = writeln!(tty, "  {line}");
+                    }
                 }
             }
             if let Some(fb) = &mut self.fb {
                 if let Err(e) = fb.draw(screen.colour(), &screen.lines()) {
                     log::warn!("drawing on the framebuffer: {e}");
                     self.fb = None;
+                    self.fb_at = None;
                 }
             }
         }
         self.last = Some(screen);
+    }
+}
+
+impl Console {
+    /// Opens the framebuffer once it exists; looked for until then.
+    fn find_framebuffer(&mut self) {
+        if self.fb.is_some() {
+            return;
+        }
+        let Some((sys, dev)) = &self.fb_at else { return };
+        let present = sys.join("class/graphics/fb0").exists();
+        match Framebuffer::open(sys, dev) {
+            Some(fb) => {
+                log::info!("status screens drawn on {} ({}x{})", dev.join("fb0").display(), fb.width, fb.height);
+                self.fb = Some(fb);
+            }
+            // There but not usable (its depth, say): text only from now on.
+            None if present => self.fb_at = None,
+            None => {}
+        }
     }
 }
 
@@ -464,6 +497,27 @@ mod tests {
         assert_eq!(rows("  User name: alice", 40), ["  User name: alice"]);
         assert_eq!(rows("", 10), [""]);
         assert_eq!(rows("abcdefghij kl", 4), ["abcd", "efgh", "ij", "kl"]);
+    }
+
+    /// The framebuffer of a DRM driver loaded after the console opened is found and drawn on.
+    #[test]
+    fn a_framebuffer_that_appears_later_gets_the_screens() {
+        let root = tempfile::tempdir().unwrap();
+        let (sys, dev) = (root.path().join("sys"), root.path().join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        let mut c = Console::open(&sys, &dev);
+        c.show(Screen::Booting { step: "Loading drivers".into() });
+        assert!(c.fb.is_none());
+        let fb0 = sys.join("class/graphics/fb0");
+        std::fs::create_dir_all(&fb0).unwrap();
+        for (name, value) in [("virtual_size", "320,200\n"), ("bits_per_pixel", "32\n"), ("stride", "1280\n")] {
+            std::fs::write(fb0.join(name), value).unwrap();
+        }
+        std::fs::write(dev.join("fb0"), vec![0u8; 1280 * 200]).unwrap();
+        c.login(&prompt(None));
+        let pixels = std::fs::read(dev.join("fb0")).unwrap();
+        // The form's colour in the corner (BGRX in memory).
+        assert_eq!(&pixels[..4], &[0x53, 0x46, 0x26, 0xff]);
     }
 
     #[test]

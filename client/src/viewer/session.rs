@@ -156,6 +156,9 @@ pub(crate) struct Shared {
     hint: std::sync::OnceLock<String>,
     /// Complete framebuffer updates received in the current connection.
     frames: watch::Sender<u64>,
+    /// The presenter has shown this connection's first frame (logged once per connection: the
+    /// login benchmark reads that line as the desktop's arrival on the screen).
+    shown: AtomicBool,
     /// Set by the session after every change, read by presenters to skip idle polls cheaply.
     dirty: AtomicU64,
     /// Pixels arrived since the last complete update (set on the decoding task).
@@ -182,6 +185,7 @@ impl Shared {
                 logout: AtomicBool::new(false),
                 hint: std::sync::OnceLock::new(),
                 frames: watch::channel(0).0,
+                shown: AtomicBool::new(false),
                 dirty: AtomicU64::new(0),
                 painted: AtomicBool::new(false),
                 resized: AtomicBool::new(false),
@@ -223,6 +227,14 @@ impl Shared {
             s.status_gen += 1;
             drop(s);
             self.touch();
+        }
+    }
+
+    /// A presenter put the screen's pixels on the display: the first time in a connection
+    /// after a complete update, that is logged.
+    pub(crate) fn presented(&self) {
+        if *self.frames.borrow() > 0 && !self.shown.swap(true, Ordering::AcqRel) {
+            info!("first frame drawn");
         }
     }
 
@@ -464,6 +476,7 @@ async fn drive(
     hint: bool,
 ) -> anyhow::Result<()> {
     shared.frames.send_replace(0);
+    shared.shown.store(false, Ordering::Release);
     let mut frames = 0u64;
     let hint_off = tokio::time::sleep(NEVER);
     tokio::pin!(hint_off);

@@ -438,6 +438,7 @@ impl Presenter for Fbdev {
                     under_cursor = draw_cursor(screen, line, fmt, cur, ptr, (sw, sh));
                 }
                 drawn_at = ptr;
+                shared.presented();
             }
             if let Some(text) = s.status.clone() {
                 drop(s);

@@ -239,6 +239,7 @@ impl Presenter for Sdl {
                 }
                 (Output::Canvas(_), None) => unreachable!("a canvas always has a texture creator"),
             }
+            shared.presented();
             redraw = false;
         }
         let _ = &cursor;
