@@ -3,6 +3,7 @@
 //! written to the registry's SQLite file (`boot_stages` table) by a thread of their own, in
 //! one transaction per flush interval, so that a file transfer never waits for a disk.
 
+pub mod api;
 pub mod core;
 
 use std::collections::HashMap;
