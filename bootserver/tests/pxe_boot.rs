@@ -103,6 +103,7 @@ case \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\" ;; 
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bootserver client {mac} stages: {}", String::from_utf8_lossy(&out.stderr));
+    println!("{table}");
     assert!(table.contains("never announced): stuck after boot_file"), "{table}");
     assert!(table.contains("initrd.img over tftp"), "{table}");
 }
