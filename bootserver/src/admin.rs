@@ -8,7 +8,8 @@
 //! browser's script may send cross-origin only after a CORS preflight this API never answers.
 //!
 //! - `GET  /api/clients`              every PC the registry knows, with `connected`
-//! - `GET  /api/clients/{mac}`        one PC
+//! - `GET  /api/clients/{mac}`        one PC, with its current boot's `stages`
+//! - `GET  /api/boots`, `/api/boots/{mac}` boot-stage reports, PCs known only from DHCP too
 //! - `POST /api/clients/{mac}/action` `{"action":"reboot"}`, `{"action":"poweroff"}` or
 //!   `{"action":"message","text":"..."}`; 202 when queued on the PC's connection, 404 for an
 //!   unknown PC, 409 when it is not connected.
@@ -54,6 +55,9 @@ pub struct ClientView {
     #[serde(flatten)]
     pub record: ClientRecord,
     pub connected: bool,
+    /// The current boot's stages (`GET /api/clients/{mac}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::stages::StagesView>,
 }
 
 /// What the admin asks a PC to do.
@@ -88,7 +92,7 @@ async fn list(State(broker): State<Arc<Broker>>) -> Response {
         Ok(rows) => {
             let views: Vec<ClientView> = rows
                 .into_iter()
-                .map(|record| ClientView { connected: broker.is_connected(&record.mac), record })
+                .map(|record| ClientView { connected: broker.is_connected(&record.mac), record, stages: None })
                 .collect();
             Json(views).into_response()
         }
@@ -102,7 +106,10 @@ async fn one(State(broker): State<Arc<Broker>>, Path(mac): Path<String>) -> Resp
         Err(r) => return r,
     };
     match broker.registry.get(&mac).await {
-        Ok(Some(record)) => Json(ClientView { connected: broker.is_connected(&mac), record }).into_response(),
+        Ok(Some(record)) => {
+            let stages = broker.stages.view(&mac);
+            Json(ClientView { connected: broker.is_connected(&mac), record, stages }).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no client {mac} has ever announced itself")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -319,7 +326,7 @@ pub async fn request(api: &Endpoint, method: &str, path: &str, body: Option<Stri
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 

@@ -16,6 +16,7 @@ pub mod net;
 pub mod nfs;
 pub mod ratelimit;
 pub mod server;
+pub mod stages;
 pub mod statefile;
 pub mod supervise;
 pub mod tftp;

@@ -127,6 +127,12 @@ enum ClientAction {
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
     },
+    /// Show where the PC's current boot got: DHCP, boot files, hello, login, desktop.
+    Stages {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -163,6 +169,7 @@ fn main() -> anyhow::Result<()> {
                 ClientAction::Reboot => Action::Reboot,
                 ClientAction::Poweroff => Action::Poweroff,
                 ClientAction::Message { text } => Action::Message { text: text.join(" ") },
+                ClientAction::Stages { json } => return bootserver::stages::api::print_stages(&api.endpoint()?, &mac, json),
             };
             return bootserver::admin::send_action(&api.endpoint()?, &mac, &action);
         }

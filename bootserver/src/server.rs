@@ -79,6 +79,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.broker
     );
 
+    // The leases as the broker sees them, in memory: a hello must come from its MAC's lease.
+    let leases = crate::dhcp::LeaseView::default();
+    // Boot-stage reports, beside the client registry; the file servers find a PC's MAC by
+    // its address in the leases.
+    let stages_db = state.join("clients.sqlite");
+    let stages = crate::stages::Sink::open(&stages_db, leases.clone(), settings.limits.registry_flush)
+        .with_context(|| format!("opening the boot-stage reports in {}", stages_db.display()))?;
+
     // Every socket is bound once here, so that a taken port stops the start; a restarted
     // service binds again.
     let mut sup = Supervisor::default();
@@ -86,7 +94,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let addr = SocketAddr::new(settings.address.into(), settings.http_port);
         let iface = settings.interface.clone();
         let mut listener = Rebind::new(move || ready(crate::net::tcp_listener(&iface, addr))).await?;
-        let state = Arc::new(HttpState { files: files.clone(), plan: plan.clone() });
+        let state = Arc::new(HttpState { files: files.clone(), plan: plan.clone(), stages: stages.clone() });
         // A connection that sends a file holds its socket and the file.
         let limiter = ConnLimiter::new("http", "limits.http", settings.limits.http.clone(), 2, budget.clone());
         sup.add("http", move || {
@@ -94,11 +102,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             async move { crate::http::run(l.await?, state, limiter).await }
         });
     }
-    // The leases as the broker sees them, in memory: a hello must come from its MAC's lease.
-    let leases = crate::dhcp::LeaseView::default();
     if settings.enable_dhcp {
-        let (s, p, l) = (settings.clone(), plan.clone(), leases.clone());
-        let mut dhcp = Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p, l.clone()))).await?;
+        let (s, p, l, st) = (settings.clone(), plan.clone(), leases.clone(), stages.clone());
+        let mut dhcp =
+            Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p, l.clone()).map(|d| d.with_stages(st.clone()))))
+                .await?;
         sup.add("dhcp", move || {
             let d = dhcp.bound();
             async move { d.await?.run().await }
@@ -110,16 +118,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     }
     if !settings.nfs.exports.is_empty() {
-        let s = settings.clone();
+        let (s, st) = (settings.clone(), stages.clone());
         sup.add("nfs", move || {
-            crate::nfs::run(s.interface.clone(), s.address, s.netmask, s.nfs.clone(), s.state_dir.clone())
+            crate::nfs::run(s.interface.clone(), s.address, s.netmask, s.nfs.clone(), s.state_dir.clone(), st.clone())
         });
     }
     if settings.enable_tftp {
         let addr = SocketAddr::new(settings.address.into(), settings.tftp.port);
         let iface = settings.interface.clone();
-        let service =
-            Arc::new(crate::tftp::Service::new(files.clone(), &iface, settings.address, settings.tftp.clone()));
+        let service = Arc::new(
+            crate::tftp::Service::new(files.clone(), &iface, settings.address, settings.tftp.clone())
+                .with_stages(stages.clone()),
+        );
         let mut socket = Rebind::new(move || ready(crate::net::udp_socket(&iface, addr, false))).await?;
         sup.add("tftp", move || {
             let (sock, service) = (socket.bound(), service.clone());
@@ -144,7 +154,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {
         let binding = crate::broker::hello_binding::HelloBinding::of(&settings, leases);
-        crate::broker::listener::start(&settings, desktops, binding, &mut sup, &budget).await?;
+        crate::broker::listener::start(&settings, desktops, binding, &mut sup, &budget, stages.clone()).await?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

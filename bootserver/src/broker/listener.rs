@@ -54,6 +54,8 @@ pub struct Broker {
     pub pcs: PcsConfig,
     /// Who sits where, and the grace periods of desktops nobody sits at.
     pub logins: Logins,
+    /// Boot-stage reports: hellos, logins and desktops shown.
+    pub stages: crate::stages::Sink,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,6 +82,7 @@ impl Broker {
             auth: None,
             pcs: PcsConfig::default(),
             logins: Logins::new(Duration::from_secs(600)),
+            stages: crate::stages::Sink::default(),
         })
     }
 
@@ -234,6 +237,15 @@ async fn serve(
     let checked_in = t_check.elapsed();
     let token = format!("{:032x}", rand::random::<u128>());
     let record = broker.registry.announce(&hello, &token, now_secs()).await?;
+    broker.stages.record(
+        &mac,
+        crate::stages::Event::Hello {
+            agent_version: hello.agent_version.clone(),
+            address: hello.ipv4,
+            boot_ms: hello.boot_ms,
+            new_boot: hello.resume_token.is_none(),
+        },
+    );
     log::info!(
         "client {mac} announced from {peer}: {} MiB RAM, {} x {}, agent {}, {} ms after power-on, boot #{}, address checked in {} us",
         hello.ram_bytes >> 20,
@@ -269,7 +281,10 @@ async fn serve(
     if let (Some(orch), Some(tx)) = (&broker.desktops, tx) {
         let me = super::login::Pc { broker: broker.clone(), orch: orch.clone(), mac: mac.clone(), conn: id, tx: tx.clone() };
         match (policy.mode, policy.autologin) {
-            (Mode::Kiosk, None) => assign(orch.clone(), Some(tx), mac.clone()),
+            (Mode::Kiosk, None) => {
+                broker.stages.record(&mac, crate::stages::Event::Login { person: None, how: "kiosk".into() });
+                assign(orch.clone(), Some(tx), mac.clone())
+            }
             (Mode::Kiosk, Some(account)) => {
                 let me = me.clone();
                 tokio::spawn(async move { me.seat(&account, false).await });
@@ -397,6 +412,9 @@ async fn session(
                     };
                     log::info!("agent {who}: viewer {}", Esc(&text));
                     broker.registry.set_viewer(mac, &text, now_secs());
+                    if s.viewer == proto::agent::ViewerState::Connected {
+                        broker.stages.record(mac, crate::stages::Event::DesktopShown);
+                    }
                 }
                 Some(AgentMessage::Hello(_)) => bail!("sent a second hello on one connection"),
                 Some(AgentMessage::Login { user, password }) => match pc {
@@ -452,6 +470,7 @@ pub async fn start(
     binding: HelloBinding,
     sup: &mut Supervisor,
     budget: &Arc<FdBudget>,
+    stages: crate::stages::Sink,
 ) -> anyhow::Result<Arc<Broker>> {
     let db = settings.state_dir.join("clients.sqlite");
     let limits = &settings.limits;
@@ -478,6 +497,7 @@ pub async fn start(
         HelloBinding::Off => log::warn!("hello_binding = false: any LAN device that sends a PC's MAC is taken for that PC"),
     }
     broker.binding = binding;
+    broker.stages = stages.clone();
     // The accounts: their admin routes, and the backends a login is checked against.
     let accounts = Arc::new(crate::accounts::AccountStore::open_in(&settings.state_dir)?);
     broker.auth = Some(Arc::new(
@@ -486,7 +506,7 @@ pub async fn start(
     if settings.agent_plain_tcp {
         log::warn!("agent_plain_tcp = true: agents without TLS are taken too; their hellos and tokens cross the LAN in clear");
     }
-    let mut extra = Some(crate::accounts::api::router(accounts));
+    let mut extra = Some(crate::accounts::api::router(accounts).merge(crate::stages::api::router(stages)));
     let mut notices = None;
     let mut recovered = Vec::new();
     let orchestrator = desktops.as_ref().map(|d| d.orchestrator.clone());

@@ -176,6 +176,8 @@ impl Pc {
             let _gate = self.broker.logins.gate.lock().await;
             lock(&self.broker.logins.seats).login(&self.mac, self.conn, &user, Instant::now())
         };
+        let how = if logged_in { "login" } else { "autologin" };
+        self.broker.stages.record(&self.mac, crate::stages::Event::Login { person: Some(name.to_string()), how: how.into() });
         let here = pc_name(&self.broker, &self.mac);
         for e in effects {
             match e {

@@ -185,6 +185,8 @@ pub struct Service {
     save_every: Duration,
     /// When such changes are due on disk.
     save_due: Option<tokio::time::Instant>,
+    /// Offers and acknowledgements go to the boot-stage reports.
+    stages: crate::stages::Sink,
 }
 
 /// Datagrams already queued that are decided together, with one save of the lease table for
@@ -283,7 +285,38 @@ impl Service {
             outbox: Vec::new(),
             save_every: Duration::from_millis(d.lease_save_ms),
             save_due: None,
+            stages: crate::stages::Sink::default(),
         })
+    }
+
+    /// Reports offers and acknowledgements to `stages`.
+    pub fn with_stages(mut self, stages: crate::stages::Sink) -> Service {
+        self.stages = stages;
+        self
+    }
+
+    /// An offer is the `dhcp_offered` stage; an ACK gives the PC its address, by which the
+    /// file servers know it.
+    fn report(&self, out: &Outgoing) {
+        use crate::stages::{DhcpClient, Event, ServerMode};
+        let r = &out.reply;
+        let mac = packet::hex(&r.chaddr);
+        let address = if r.yiaddr.is_unspecified() { r.ciaddr } else { r.yiaddr };
+        let event = match r.msg_type {
+            smoltcp::wire::DhcpMessageType::Offer => Event::Offered {
+                address: (!address.is_unspecified()).then_some(address),
+                mode: if self.pxe.is_some() { ServerMode::ProxyDhcp } else { ServerMode::Dhcp },
+                client: match out.client {
+                    pxe::ClientKind::Plain => DhcpClient::Plain,
+                    pxe::ClientKind::Pxe { .. } => DhcpClient::Pxe,
+                    pxe::ClientKind::Ipxe => DhcpClient::Ipxe,
+                },
+                boot_file: r.file.clone(),
+            },
+            smoltcp::wire::DhcpMessageType::Ack if !address.is_unspecified() => Event::Acked { address },
+            _ => return,
+        };
+        self.stages.record(&mac, event);
     }
 
     /// Answers until a socket fails.
@@ -401,8 +434,9 @@ impl Service {
                 out.to,
                 r.file.as_deref().unwrap_or("none")
             );
-            if let Err(e) = sock.send_to(&out.bytes, out.to).await {
-                log::warn!("dhcp: sending {:?} to {}: {e}", r.msg_type, out.to);
+            match sock.send_to(&out.bytes, out.to).await {
+                Ok(_) => self.report(&out),
+                Err(e) => log::warn!("dhcp: sending {:?} to {}: {e}", r.msg_type, out.to),
             }
         }
     }

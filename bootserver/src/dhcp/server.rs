@@ -110,6 +110,8 @@ pub(crate) struct Outgoing {
     pub via: Via,
     /// It acknowledges a binding that must be saved before it is sent.
     pub after_save: bool,
+    /// Who asked, for the boot-stage reports.
+    pub client: ClientKind,
 }
 
 /// Why a datagram gets no answer.
@@ -292,7 +294,7 @@ impl Server {
             Via::Dhcp => self.destination(req, &mut reply),
         };
         let bytes = reply.emit(req.max_message_size)?;
-        Ok(Outgoing { reply, bytes, to, via, after_save: false })
+        Ok(Outgoing { reply, bytes, to, via, after_save: false, client: ClientKind::of(req) })
     }
 
     fn discover(&mut self, req: &Request, kind: ClientKind, now: u64) -> Result<Action, Dropped> {

@@ -5,11 +5,15 @@ pub mod range;
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::body::Body;
+use futures_util::Stream;
+use hyper::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +30,69 @@ use range::RangeRequest;
 pub struct HttpState {
     pub files: Arc<BootFiles>,
     pub plan: BootPlan,
+    /// Each download's end goes to the boot-stage reports.
+    pub stages: crate::stages::Sink,
+}
+
+impl HttpState {
+    fn report(&self, peer: SocketAddr, name: &str, bytes: Option<u64>, ms: u64, error: Option<String>) {
+        if let IpAddr::V4(ip) = peer.ip() {
+            let protocol = crate::stages::Protocol::Http;
+            self.stages.record_from(ip, crate::stages::Event::File { name: name.to_string(), protocol, bytes, ms, error });
+        }
+    }
+}
+
+type Report = Box<dyn FnOnce(u64, Option<String>) + Send>;
+
+/// A response body that counts what it handed to the connection and reports once, when it
+/// ends or is dropped (the client went away): the per-chunk cost is an addition.
+struct Counted<S> {
+    inner: S,
+    sent: u64,
+    expected: u64,
+    report: Option<Report>,
+}
+
+impl<S> Counted<S> {
+    fn finish(&mut self, error: Option<String>) {
+        if let Some(report) = self.report.take() {
+            report(self.sent, error);
+        }
+    }
+}
+
+impl<S: Stream<Item = std::io::Result<Bytes>> + Unpin> Stream for Counted<S> {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.inner).poll_next(cx);
+        match &next {
+            Poll::Ready(Some(Ok(b))) => {
+                self.sent += b.len() as u64;
+                if self.sent >= self.expected {
+                    self.finish(None);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let why = format!("reading the file: {e}");
+                self.finish(Some(why));
+            }
+            Poll::Ready(None) => {
+                let why = (self.sent < self.expected).then(|| format!("file ended after {} of {} bytes", self.sent, self.expected));
+                self.finish(why);
+            }
+            Poll::Pending => {}
+        }
+        next
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        let why = format!("connection closed after {} of {} bytes", self.sent, self.expected);
+        self.finish(Some(why));
+    }
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -49,11 +116,9 @@ async fn script(
 ) -> Response {
     let mac = q.get("mac").map(String::as_str);
     log::info!("http: {peer} fetched the boot script (mac {})", Esc(mac.unwrap_or("?")));
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-        state.plan.script(mac),
-    )
-        .into_response()
+    let script = state.plan.script(mac);
+    state.report(peer, "boot.ipxe", Some(script.len() as u64), 0, None);
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], script).into_response()
 }
 
 async fn file(
@@ -89,6 +154,7 @@ async fn file(
             } else {
                 log::info!("http: {peer} {raw:?}: {e}");
             }
+            state.report(peer, &String::from_utf8_lossy(&decoded), None, 0, Some(e.to_string()));
             return (status, format!("{e}\n")).into_response();
         }
     };
@@ -125,7 +191,13 @@ async fn file(
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     }
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(count), 256 * 1024);
+    let inner = tokio_util::io::ReaderStream::with_capacity(f.take(count), 256 * 1024);
+    let name = String::from_utf8_lossy(&decoded).into_owned();
+    let started = std::time::Instant::now();
+    let report: Report = Box::new(move |bytes, error| {
+        state.report(peer, &name, Some(bytes), started.elapsed().as_millis() as u64, error);
+    });
+    let stream = Counted { inner, sent: 0, expected: count, report: Some(report) };
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())

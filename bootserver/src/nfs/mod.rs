@@ -138,6 +138,8 @@ impl Cidr {
 /// file handle of every call.
 struct Policy {
     exports: Vec<(Export, Vec<Cidr>)>,
+    /// Mounts go to the boot-stage reports (the reads of a mount are not counted).
+    stages: crate::stages::Sink,
 }
 
 fn peer_ip(peer: &str) -> Option<IpAddr> {
@@ -167,6 +169,17 @@ impl AccessPolicy for Policy {
             log::info!("nfs: {peer} mounted {p}");
         } else {
             log::warn!("nfs: refused mount of {p:?} by {peer}");
+        }
+        if let Some(IpAddr::V4(ip)) = ip {
+            let error = (!ok).then(|| "mount refused: not a client of this export".to_string());
+            let event = crate::stages::Event::File {
+                name: format!("mount {p}"),
+                protocol: crate::stages::Protocol::Nfs,
+                bytes: None,
+                ms: 0,
+                error,
+            };
+            self.stages.record_from(ip, event);
         }
         ok
     }
@@ -227,12 +240,13 @@ pub async fn run(
     netmask: Ipv4Addr,
     cfg: NfsConfig,
     state_dir: PathBuf,
+    stages: crate::stages::Sink,
 ) -> anyhow::Result<()> {
     let exports = validate(&cfg, address, netmask)?;
     let limits = cfg.limits()?;
     let key = export::handle_key(&state_dir)?;
     let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect(), &key)?;
-    let policy: Arc<dyn AccessPolicy> = Arc::new(Policy { exports });
+    let policy: Arc<dyn AccessPolicy> = Arc::new(Policy { exports, stages });
     let addr = SocketAddr::new(address.into(), cfg.port);
     let listener = crate::net::tcp_listener(&interface, addr)?;
     // One table for the NFS and portmapper ports: a client needs both, and descriptors run
@@ -307,7 +321,7 @@ pub fn fuzz_one(data: &[u8]) {
         let exports = vec![(Export { name: "/client".into(), path: root }, vec![Cidr::parse("0.0.0.0/0").ok()?])];
         let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect(), &[1; 32]).ok()?;
         let context = nfsserve::context::RPCContext {
-            policy: Arc::new(Policy { exports }),
+            policy: Arc::new(Policy { exports, stages: Default::default() }),
             local_port: 2049,
             client_addr: "10.0.0.2:700".into(),
             auth: Default::default(),

@@ -2,7 +2,7 @@
 //! and its own socket (a new transfer ID, RFC 1350) bound to the same interface and address.
 
 use std::io::{BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ pub struct Service {
     limits: Limits,
     /// Running transfers and request rates.
     admission: Mutex<Admission>,
+    /// Each transfer's end goes to the boot-stage reports.
+    stages: crate::stages::Sink,
 }
 
 impl Service {
@@ -71,6 +73,21 @@ impl Service {
             config,
             limits,
             admission: Mutex::new(admission),
+            stages: crate::stages::Sink::default(),
+        }
+    }
+
+    pub fn with_stages(mut self, stages: crate::stages::Sink) -> Self {
+        self.stages = stages;
+        self
+    }
+
+    /// Once per transfer, off its per-block path.
+    fn report(&self, peer: SocketAddr, name: &str, bytes: Option<u64>, started: Instant, error: Option<String>) {
+        if let IpAddr::V4(ip) = peer.ip() {
+            let ms = started.elapsed().as_millis() as u64;
+            let protocol = crate::stages::Protocol::Tftp;
+            self.stages.record_from(ip, crate::stages::Event::File { name: name.to_string(), protocol, bytes, ms, error });
         }
     }
 
@@ -308,6 +325,7 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
                 log::info!("tftp: {peer} asked for {name:?}: {e}");
             }
             let (code, msg) = open_error(&e);
+            service.report(peer, &name, None, Instant::now(), Some(e.to_string()));
             return send_error(&sock, code, msg).await;
         }
     };
@@ -351,6 +369,7 @@ async fn serve_read(service: &Service, peer: SocketAddr, raw: &[u8]) -> anyhow::
         }
     };
     let secs = started.elapsed().as_secs_f64();
+    service.report(peer, &name, Some(t.bytes()), started, result.as_ref().err().map(|e| format!("{e:#}")));
     match result {
         Ok(()) => {
             let mib = t.bytes() as f64 / (1024.0 * 1024.0);
