@@ -390,7 +390,8 @@ memory_mib = 800
     let t = Instant::now();
     pc1.login("alice", "alice-pass-1");
     let alice_vm = sc.wait_desktop("user:alice", None);
-    let note = format!("alice's note {}", std::process::id());
+    // No quote in it: the command goes to the guest's shell inside single quotes.
+    let note = format!("note-of-alice-{}", std::process::id());
     assert_eq!(sc.console(&alice_vm, &format!("echo '{note}' >/data/alice-note && sync && cat /data/alice-note")), note);
     eprintln!("people: alice's desktop {alice_vm} on PC 1 in {:.0} s; note written", t.elapsed().as_secs_f64());
     assert_eq!(sc.desktops_of("user:alice")[0]["one_time"], false);
@@ -425,7 +426,7 @@ memory_mib = 800
     let k_vm = sc.wait_desktop(KIOSK, None);
     let d = sc.desktops_of(KIOSK);
     assert_eq!(d[0]["one_time"], true, "{d:?}");
-    let knote = format!("kiosk note {}", std::process::id());
+    let knote = format!("kiosk-note-{}", std::process::id());
     assert_eq!(sc.console(&k_vm, &format!("echo '{knote}' >/data/kiosk-note && sync && cat /data/kiosk-note")), knote);
     kiosk.qmp("system_reset", serde_json::json!({}));
     let k_vm2 = sc.wait_desktop(KIOSK, Some(&k_vm));
