@@ -8,7 +8,9 @@
 //!   login screen, told where they went;
 //! - a logout on PC 2 brings its login screen back while the VM runs on; after the grace period
 //!   (3 s here) the VM stops;
-//! - PC 3 (disabled) is refused; PC 4 (kiosk) gets a desktop with no login.
+//! - an account whose template no host has is told so on the login screen, and nothing starts;
+//! - PC 3 (disabled) is refused; PC 4 (kiosk) gets a one-time desktop with no login, which
+//!   stops once the PC has been gone `kiosk_grace_secs`, and its disks are gone from the host.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -101,9 +103,13 @@ impl Agent {
                 return;
             }
             loop {
-                while let Ok(m) = rx_out.try_recv() {
-                    if !write(&mut link, &m) {
-                        return;
+                loop {
+                    match rx_out.try_recv() {
+                        Ok(m) if !write(&mut link, &m) => return,
+                        Ok(_) => {}
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        // The test dropped the agent: the PC goes away (its connection ends).
+                        Err(mpsc::TryRecvError::Disconnected) => return,
                     }
                 }
                 match link.read(&mut buf) {
@@ -255,6 +261,7 @@ levels_mib = [256, 128]
 template = "desktop"
 health_interval_secs = 1
 disconnect_grace_secs = 3
+kiosk_grace_secs = 2
 stop_deadline_secs = 10
 switch_timeout_secs = 400
 
@@ -271,12 +278,15 @@ memory_mib = 512
         ),
     )
     .unwrap();
-    let mut add = Command::new(BIN);
-    add.args(["user", "add", "alice", "--password-stdin", "--state-dir"]).arg(&state).env("RUST_LOG", "warn");
-    add.stdin(Stdio::piped()).stdout(Stdio::null());
-    let mut child = add.spawn().unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait().unwrap().success(), "bootserver user add");
+    for extra in [&[][..], &["--template", "no-such-template"][..]] {
+        let name = if extra.is_empty() { "alice" } else { "oddie" };
+        let mut add = Command::new(BIN);
+        add.args(["user", "add", name, "--password-stdin", "--state-dir"]).arg(&state).args(extra).env("RUST_LOG", "warn");
+        add.stdin(Stdio::piped()).stdout(Stdio::null());
+        let mut child = add.spawn().unwrap();
+        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        assert!(child.wait().unwrap().success(), "bootserver user add {name}");
+    }
 
     let log = d.join("serve.log");
     let cfg = d.join("bootserver.toml");
@@ -307,6 +317,13 @@ memory_mib = 512
     let (_, message, user) = prompt_message(pc1.next(short, "the answer to a wrong password", &logs));
     assert_eq!((message.as_deref(), user.as_deref()), (Some("wrong user name or password"), Some("alice")));
     assert!(desktops(&lab, &state).is_empty(), "a wrong password started a desktop");
+    // A template the host does not have: said on the screen, nothing started.
+    pc1.login("oddie", PASSWORD);
+    assert!(matches!(pc1.next(short, "logged_in", &logs), Some(BrokerMessage::LoggedIn(_))));
+    let (_, message, _) = prompt_message(pc1.next(short, "the answer to a missing template", &logs));
+    let message = message.unwrap_or_default();
+    assert!(message.contains("\"no-such-template\" is not installed"), "{message}");
+    assert!(desktops(&lab, &state).is_empty(), "a login with a missing template started a desktop");
     pc1.login("alice", PASSWORD);
     match pc1.next(short, "logged_in", &logs) {
         Some(BrokerMessage::LoggedIn(l)) => assert_eq!((l.user.as_str(), l.logout_keys.as_str()), ("alice", "Ctrl+Alt+End")),
@@ -366,6 +383,8 @@ memory_mib = 512
         other => panic!("the kiosk got {other:?}\n{}", logs()),
     }
     assert_eq!(desktops(&lab, &state).iter().map(|(u, _)| u.clone()).collect::<Vec<_>>(), vec![macs[3].clone()]);
+    let kiosk = admin_get(&lab, &state, "/api/vms").unwrap();
+    assert_eq!(kiosk[0]["one_time"], true, "{kiosk}");
     // A login from the kiosk is not taken.
     pc4.login("alice", PASSWORD);
     assert_eq!(pc4.quiet(Duration::from_secs(2)), None, "the kiosk answered a login");
@@ -384,4 +403,31 @@ memory_mib = 512
     plain.login("alice", PASSWORD);
     assert_eq!(plain.quiet(Duration::from_secs(2)), None, "a login over plain TCP was answered");
     drop(pc2);
+
+    // The kiosk is switched off: its desktop stops after the kiosk grace, its disks go.
+    let owner = format!("t{}", macs[3].replace(':', "-"));
+    let disks = |lab: &Lab| {
+        let mut c = lab.cmd("curl");
+        c.args(["-sf", "-m", "10"]).args(pki.curl_args()).arg(format!("{HOST_API}/v1/users/{owner}"));
+        let out = sh(c);
+        assert!(out.status.success(), "GET /v1/users/{owner}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert!(disks(&lab)["data_disk_size"].is_u64(), "the kiosk's desktop has no data disk of its own: {}", disks(&lab));
+    drop(pc4);
+    let t_off = Instant::now();
+    while !desktops(&lab, &state).is_empty() {
+        assert!(t_off.elapsed() < Duration::from_secs(120), "the kiosk's desktop never stopped\n{}", logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The desktop leaves the broker's list first; its VM then powers off and its disks go.
+    loop {
+        let left = disks(&lab);
+        if left["vms"] == serde_json::json!([]) && left["data_disk_size"].is_null() && left["os_overlays"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(t_off.elapsed() < Duration::from_secs(120), "the kiosk's disks stayed: {left}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("kiosk desktop stopped and thrown away {:.1} s after the PC went (grace 2 s)", t_off.elapsed().as_secs_f64());
 }

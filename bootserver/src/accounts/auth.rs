@@ -124,6 +124,21 @@ impl Authenticator {
         Ok(Authenticator { backends })
     }
 
+    /// The policy of the local account `name`, for a kiosk's autologin (which asks no
+    /// password); `None` when no local store is in use or it has no such account.
+    pub fn local_policy(&self, name: &str) -> Option<Policy> {
+        self.backends.iter().find_map(|b| match b {
+            Backend::Local(store) => match store.credentials(name) {
+                Ok(c) => c.map(|c| c.account.policy),
+                Err(e) => {
+                    log::error!("policy of {}: {e}", crate::logsafe::Esc(name));
+                    None
+                }
+            },
+            Backend::Ldap(_) => None,
+        })
+    }
+
     /// Logs `name` in with `password`.
     pub async fn authenticate(&self, name: &str, password: &str) -> Result<Identity, LoginError> {
         // Not a name any backend could hold, or a password no one could have: refused like a

@@ -15,7 +15,7 @@ use crate::net::limits::{ConnLimiter, FdBudget, ServiceLimits};
 use crate::supervise::{Rebind, Supervisor};
 
 use super::hosts::HostRegistry;
-use super::orchestrator::{Notice, Orchestrator, Outcome};
+use super::orchestrator::{Notice, Orchestrator, Outcome, Spec};
 use super::proxy::{Proxy, ProxyOptions, ViewerTls};
 use super::sessions::SessionStore;
 use super::settings::BrokerConfig;
@@ -108,11 +108,12 @@ pub fn assignment(proxy: SocketAddr, token: String) -> Assignment {
     Assignment { vnc: proxy, session_token: token, password: Some(PasswordSource::SessionToken) }
 }
 
-/// What to send an agent that announced itself as `user` (its MAC).
-pub async fn on_announce(orch: &Orchestrator, user: &str) -> BrokerMessage {
-    match orch.arrive(user).await {
+/// What to send an agent that announced itself as `user` (its MAC), whose desktop is made
+/// after `spec`.
+pub async fn on_announce(orch: &Orchestrator, user: &str, spec: Spec) -> BrokerMessage {
+    match orch.arrive_as(user, spec).await {
         Ok(Outcome::Assigned { proxy, token }) => BrokerMessage::Assignment(assignment(proxy, token)),
-        Ok(Outcome::Refused { message }) => BrokerMessage::Refused { reason: message },
+        Ok(Outcome::Refused { message } | Outcome::NoTemplate { message }) => BrokerMessage::Refused { reason: message },
         Err(e) => {
             log::error!("broker: announce of {user}: {e:#}");
             BrokerMessage::Refused { reason: format!("the broker could not start a desktop: {e}") }

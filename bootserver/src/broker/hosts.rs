@@ -158,6 +158,16 @@ impl HostClient {
         self.call("POST", &format!("/vms/{vm}/assign"), Some(&req), Duration::from_secs(120)).await
     }
 
+    /// The templates the host can make desktops from.
+    pub async fn templates(&self, timeout: Duration) -> Result<Vec<host::TemplateInfo>, HostError> {
+        self.call("GET", "/templates", None::<&()>, timeout).await
+    }
+
+    /// Throws away the user's disks on the host (it refuses while a VM of theirs runs).
+    pub async fn reset(&self, user: &str) -> Result<host::Event, HostError> {
+        self.call("POST", &format!("/users/{user}/reset"), None::<&()>, Duration::from_secs(60)).await
+    }
+
     pub async fn balloon(&self, vm: &str, memory_mib: u64) -> Result<VmInfo, HostError> {
         let req = host::Balloon { memory_mib };
         self.call("POST", &format!("/vms/{vm}/balloon"), Some(&req), Duration::from_secs(60)).await

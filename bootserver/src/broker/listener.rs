@@ -41,6 +41,9 @@ pub struct Broker {
     pub desktops: Option<Arc<Orchestrator>>,
     /// A PC whose agent connection stays gone this long has left: its desktop stops.
     pub leave_after: Duration,
+    /// The same for a kiosk PC's own desktop, which is thrown away: short, so that what was
+    /// written is gone soon after the PC is switched off, yet a network blip keeps it.
+    pub kiosk_grace: Duration,
     /// Messages one connection may send per second, and in a burst; the rest are dropped.
     pub messages_per_sec: u32,
     pub message_burst: u32,
@@ -75,6 +78,7 @@ impl Broker {
             hello_timeout: Duration::from_secs(10),
             desktops: None,
             leave_after: Duration::from_secs(120),
+            kiosk_grace: Duration::from_secs(15),
             messages_per_sec: 20,
             message_burst: 100,
             tls: None,
@@ -278,16 +282,20 @@ async fn serve(
     }
     let tx = broker.live().get(&mac).map(|(_, tx)| tx.clone());
     let mut pc = None;
+    let kiosk_own = policy.mode == Mode::Kiosk && policy.autologin.is_none();
     if let (Some(orch), Some(tx)) = (&broker.desktops, tx) {
         let me = super::login::Pc { broker: broker.clone(), orch: orch.clone(), mac: mac.clone(), conn: id, tx: tx.clone() };
         match (policy.mode, policy.autologin) {
+            // A fresh boot (no token of an earlier welcome): the last one's desktop goes.
             (Mode::Kiosk, None) => {
                 broker.stages.record(&mac, crate::stages::Event::Login { person: None, how: "kiosk".into() });
-                assign(orch.clone(), Some(tx), mac.clone())
+                assign(orch.clone(), Some(tx), mac.clone(), hello.resume_token.is_none())
             }
             (Mode::Kiosk, Some(account)) => {
                 let me = me.clone();
-                tokio::spawn(async move { me.seat(&account, false).await });
+                let policy = broker.auth.as_ref().and_then(|a| a.local_policy(&account)).unwrap_or_default();
+                let spec = orch.spec_of(&policy);
+                tokio::spawn(async move { me.seat(&account, false, spec).await });
             }
             (_, _) if version.minor < LOGIN_MINOR => {
                 let text = "this PC's boot image is too old for logins; ask an administrator to update it".into();
@@ -315,17 +323,24 @@ async fn serve(
     }
     broker.registry.disconnected(&mac, now_secs());
     super::login::pc_gone(broker, &mac, id);
-    leave_unless_back(broker, mac);
+    let wait = if kiosk_own { broker.kiosk_grace } else { broker.leave_after };
+    leave_unless_back(broker, mac, wait);
     result
 }
 
-/// Starts or finds the PC's desktop and sends the assignment, or the refusal as a message on its
-/// screen (the agent takes `Refused` only in answer to its hello). In a task of its own: a VM
-/// boot takes a while and pings must go on meanwhile.
-fn assign(orch: Arc<Orchestrator>, tx: Option<mpsc::UnboundedSender<BrokerMessage>>, mac: String) {
+/// Starts or finds the kiosk PC's one-time desktop and sends the assignment, or the refusal as
+/// a message on its screen (the agent takes `Refused` only in answer to its hello). `fresh`:
+/// the PC booted again, so a desktop of its last boot is thrown away first. In a task of its
+/// own: a VM boot takes a while and pings must go on meanwhile.
+fn assign(orch: Arc<Orchestrator>, tx: Option<mpsc::UnboundedSender<BrokerMessage>>, mac: String, fresh: bool) {
     let Some(tx) = tx else { return };
     tokio::spawn(async move {
-        let msg = match super::flow::on_announce(&orch, &mac).await {
+        if fresh {
+            if let Err(e) = orch.leave(&mac).await {
+                log::error!("client {mac}: stopping the desktop of its last boot: {e:#}");
+            }
+        }
+        let msg = match super::flow::on_announce(&orch, &mac, orch.kiosk_spec()).await {
             BrokerMessage::Refused { reason } => {
                 log::warn!("client {mac}: no desktop: {reason}");
                 BrokerMessage::Command(Command::ShowMessage { text: reason })
@@ -338,17 +353,17 @@ fn assign(orch: Arc<Orchestrator>, tx: Option<mpsc::UnboundedSender<BrokerMessag
     });
 }
 
-/// After a connection ends: if the same PC has not connected again within `leave_after`, it
-/// has left for good and its desktop is stopped.
-fn leave_unless_back(broker: &Arc<Broker>, mac: String) {
+/// After a connection ends: if the same PC has not connected again within `wait`, it has left
+/// for good and its desktop is stopped.
+fn leave_unless_back(broker: &Arc<Broker>, mac: String, wait: Duration) {
     let Some(orch) = broker.desktops.clone() else { return };
     let broker = broker.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(broker.leave_after).await;
+        tokio::time::sleep(wait).await;
         if broker.is_connected(&mac) {
             return;
         }
-        log::info!("client {mac}: gone for {:?}, stopping its desktop", broker.leave_after);
+        log::info!("client {mac}: gone for {wait:?}, stopping its desktop");
         if let Err(e) = orch.leave(&mac).await {
             log::error!("client {mac}: stopping its desktop: {e:#}");
         }
@@ -477,6 +492,7 @@ pub async fn start(
     let mut broker = Broker::new(Registry::open(&db)?, limits.registry_flush)
         .with_context(|| format!("starting the client registry's thread for {}", db.display()))?;
     broker.leave_after = Duration::from_secs(settings.desktops.leave_after_secs);
+    broker.kiosk_grace = Duration::from_secs(settings.desktops.kiosk_grace_secs);
     broker.pcs = settings.pcs.clone();
     broker.logins = Logins::new(Duration::from_secs(settings.desktops.disconnect_grace_secs));
     broker.hello_timeout = limits.broker.handshake_timeout;
@@ -533,7 +549,8 @@ pub async fn start(
     // A desktop that came back from the session store is kept only if its PC reconnects.
     for user in recovered {
         if !super::login::recovered(&broker, &user) {
-            leave_unless_back(&broker, user);
+            let wait = broker.leave_after;
+            leave_unless_back(&broker, user, wait);
         }
     }
     let addr = settings.broker;

@@ -11,7 +11,7 @@ use proto::agent::{BrokerMessage, Command, Enrolment, LoggedIn, LoginPrompt, Mac
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::listener::Broker;
-use super::orchestrator::{person_id, Orchestrator, PERSON_PREFIX};
+use super::orchestrator::{person_id, Orchestrator, Outcome, Spec, PERSON_PREFIX};
 use super::seats::{Effect, Seats};
 use crate::logsafe::Esc;
 
@@ -163,14 +163,15 @@ impl Pc {
                     id.role,
                     started.elapsed().as_millis()
                 );
-                self.seat(&id.name, true).await;
+                let spec = self.orch.spec_of(&id.policy);
+                self.seat(&id.name, true, spec).await;
             }
         }
     }
 
     /// `name` sits down at this PC: a login, or a kiosk's autologin (with no `logged_in`, as
-    /// a kiosk has no logout). Their desktop follows.
-    pub async fn seat(&self, name: &str, logged_in: bool) {
+    /// a kiosk has no logout). Their desktop follows; a new one is made after `spec`.
+    pub async fn seat(&self, name: &str, logged_in: bool, spec: Spec) {
         let user = person_id(name);
         let effects = {
             let _gate = self.broker.logins.gate.lock().await;
@@ -197,20 +198,27 @@ impl Pc {
         if logged_in {
             self.send(BrokerMessage::LoggedIn(LoggedIn { user: name.to_string(), logout_keys: LOGOUT_KEYS.into() }));
         }
-        match super::flow::on_announce(&self.orch, &user).await {
-            BrokerMessage::Refused { reason } => {
-                log::warn!("client {}: no desktop for {}: {reason}", self.mac, Esc(name));
-                // Nothing runs for them: their seat is given up at once.
-                lock(&self.broker.logins.seats).pc_gone(&self.mac, self.conn, Instant::now());
-                let text = no_capacity(&self.orch, &reason);
-                self.send(if logged_in {
-                    prompt(&self.broker, &self.mac, Some(text), Some(name.to_string()))
-                } else {
-                    BrokerMessage::Command(Command::ShowMessage { text })
-                });
+        let refusal = match self.orch.arrive_as(&user, spec).await {
+            Ok(Outcome::Assigned { proxy, token }) => {
+                self.send(BrokerMessage::Assignment(super::flow::assignment(proxy, token)));
+                return;
             }
-            other => self.send(other),
-        }
+            Ok(Outcome::Refused { message }) => no_capacity(&self.orch, &message),
+            // Not a matter of room: trying again later does not help.
+            Ok(Outcome::NoTemplate { message }) => message,
+            Err(e) => {
+                log::error!("broker: login of {}: {e:#}", Esc(name));
+                format!("the broker could not start a desktop: {e}")
+            }
+        };
+        log::warn!("client {}: no desktop for {}: {refusal}", self.mac, Esc(name));
+        // Nothing runs for them: their seat is given up at once.
+        lock(&self.broker.logins.seats).pc_gone(&self.mac, self.conn, Instant::now());
+        self.send(if logged_in {
+            prompt(&self.broker, &self.mac, Some(refusal), Some(name.to_string()))
+        } else {
+            BrokerMessage::Command(Command::ShowMessage { text: refusal })
+        });
     }
 
     /// The person at this PC logs out: the login screen comes back, the desktop keeps running
@@ -268,6 +276,108 @@ pub async fn expire(broker: Arc<Broker>, orch: Arc<Orchestrator>, tick: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::memory::{Event, Levels, Planner, State};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A PC boots to its login screen.
+        Screen(u8),
+        Login(u8, u8),
+        Logout(u8),
+        /// The PC's connection ends.
+        Gone(u8),
+        KioskOn(u8),
+        KioskOff(u8),
+        Wait(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4).prop_map(Op::Screen),
+            (0u8..4, 0u8..3).prop_map(|(pc, p)| Op::Login(pc, p)),
+            (0u8..4).prop_map(Op::Logout),
+            (0u8..4).prop_map(Op::Gone),
+            (0u8..2).prop_map(Op::KioskOn),
+            (0u8..2).prop_map(Op::KioskOff),
+            (0u16..400).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        /// The memory algorithm counts people (and kiosk PCs) with a running desktop, not PCs:
+        /// the seats' events are fed to the planner as the login flow feeds the orchestrator
+        /// (a seat arrives under the person's id, an ended grace leaves, a kiosk PC's own
+        /// desktop arrives under its MAC and leaves after the kiosk grace). A PC at its login
+        /// screen counts nothing, a person roaming over PCs counts once, a person in grace
+        /// counts until the desktop stops.
+        #[test]
+        fn the_memory_algorithm_counts_people_not_pcs(ops in proptest::collection::vec(op(), 1..50)) {
+            const GRACE: Duration = Duration::from_secs(300);
+            const KIOSK_GRACE: Duration = Duration::from_secs(15);
+            let levels = Levels::explicit(vec![1 << 30, 512 << 20, 256 << 20]).unwrap();
+            let planner = Planner::new(levels.clone());
+            // Room for everybody at the lowest level: a refusal would hide a miscount.
+            let mut state = State::uniform(2, 4 << 30);
+            let mut seats = Seats::new(GRACE);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut screens = std::collections::HashSet::new();
+            // Kiosk MAC -> Some(switched off at) or None while on.
+            let mut kiosks: HashMap<String, Option<Instant>> = HashMap::new();
+            let run = |state: &mut State, event: Event| {
+                let d = planner.decide(state, &event).unwrap();
+                state.apply(&levels, &d).unwrap();
+            };
+            for op in ops {
+                match op {
+                    Op::Screen(pc) => { screens.insert(format!("pc{pc}")); }
+                    Op::Login(pc, p) => {
+                        let (pc, person) = (format!("pc{pc}"), person_id(&format!("p{p}")));
+                        screens.insert(pc.clone());
+                        seats.login(&pc, 1, &person, now);
+                        if state.user(&person).is_none() {
+                            run(&mut state, Event::Arrive { user: person });
+                        }
+                    }
+                    Op::Logout(pc) => { seats.logout(&format!("pc{pc}"), now); }
+                    Op::Gone(pc) => {
+                        let pc = format!("pc{pc}");
+                        seats.pc_gone(&pc, 1, now);
+                        screens.remove(&pc);
+                    }
+                    Op::KioskOn(k) => {
+                        let mac = format!("52:54:00:00:0a:0{k}");
+                        if !kiosks.contains_key(&mac) {
+                            run(&mut state, Event::Arrive { user: mac.clone() });
+                        }
+                        kiosks.insert(mac, None);
+                    }
+                    Op::KioskOff(k) => {
+                        if let Some(off @ None) = kiosks.get_mut(&format!("52:54:00:00:0a:0{k}")) {
+                            *off = Some(now);
+                        }
+                    }
+                    Op::Wait(secs) => {
+                        now += Duration::from_secs(secs.into());
+                        for user in seats.expire(now) {
+                            run(&mut state, Event::Leave { user });
+                        }
+                        let gone: Vec<String> = kiosks.iter().filter(|(_, off)| off.is_some_and(|t| t + KIOSK_GRACE <= now)).map(|(m, _)| m.clone()).collect();
+                        for mac in gone {
+                            kiosks.remove(&mac);
+                            run(&mut state, Event::Leave { user: mac });
+                        }
+                    }
+                }
+                let people: std::collections::HashSet<&str> = seats.people().collect();
+                prop_assert_eq!(state.users.len(), people.len() + kiosks.len(), "screens: {}", screens.len());
+                for u in &state.users {
+                    prop_assert!(people.contains(u.id.as_str()) || kiosks.contains_key(&u.id), "{} counted", u.id);
+                }
+            }
+        }
+    }
 
     #[test]
     fn five_attempts_a_minute_per_pc() {

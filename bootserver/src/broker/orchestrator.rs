@@ -56,7 +56,34 @@ pub enum Notice {
 pub enum Outcome {
     /// Connect the viewer to the proxy with this token.
     Assigned { proxy: SocketAddr, token: String },
+    /// No room, or the start failed.
     Refused { message: String },
+    /// The user's template is on no host: nothing was started.
+    NoTemplate { message: String },
+}
+
+/// Which desktop a user gets: the template it is made from, and whether its disks outlive it.
+///
+/// A one-time desktop is kept on its host under a name of its own ([`host_user`]) as if it
+/// were persistent, so that a handoff to another memory size hands its data disk over like a
+/// persistent one's; its disks are thrown away (the host's user reset) when it stops and again
+/// before it starts, so the next start is clean even if the last reset failed. The host's own
+/// `persistent: false` would lose the disk at the first handoff. The separate name keeps a
+/// person's persistent disk safe when their policy switches between the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Spec {
+    pub template: String,
+    pub one_time: bool,
+}
+
+impl Spec {
+    pub fn kind(&self) -> &'static str {
+        if self.one_time {
+            "one-time"
+        } else {
+            "persistent"
+        }
+    }
 }
 
 /// A user's desktop VM as the admin API shows it.
@@ -68,6 +95,9 @@ pub struct Desktop {
     pub level: usize,
     pub memory_mib: u64,
     pub vnc: String,
+    pub template: String,
+    /// Its disks are thrown away when it stops.
+    pub one_time: bool,
     /// SHA-256 of the session's current token (the token itself is never kept here).
     #[serde(skip)]
     token_hash: TokenHash,
@@ -124,6 +154,8 @@ pub struct Orchestrator {
 struct View {
     state: State,
     desktops: HashMap<String, Desktop>,
+    /// The spec of each arrival being planned (a user with a desktop keeps the desktop's).
+    arriving: HashMap<String, Spec>,
     decisions: VecDeque<DecisionRecord>,
 }
 
@@ -148,6 +180,23 @@ pub fn host_user_name(user: &str) -> String {
     }
     s.truncate(40);
     s
+}
+
+/// The host's user name of `user`'s desktop: a one-time desktop's disks are kept apart from
+/// the persistent ones (a `t` first: neither a MAC's nor a person's name starts so).
+pub fn host_user(user: &str, one_time: bool) -> String {
+    let name = host_user_name(user);
+    if one_time {
+        format!("t{name}")
+    } else {
+        name
+    }
+}
+
+/// Whether a host's user name is a one-time desktop's (see [`host_user`]): other names start
+/// with a hex digit, `u` or `user`.
+pub fn one_time_host_user(name: &str) -> bool {
+    name.starts_with('t')
 }
 
 /// The orchestrator's user id of a person who logged in, `user:NAME`: a MAC id has no `u`.
@@ -213,7 +262,7 @@ impl Orchestrator {
             proxy,
             proxy_addr,
             run_lock: tokio::sync::Mutex::new(()),
-            view: Mutex::new(View { state, desktops: HashMap::new(), decisions: VecDeque::new() }),
+            view: Mutex::new(View { state, desktops: HashMap::new(), arriving: HashMap::new(), decisions: VecDeque::new() }),
             notices: tx,
             recovery: Default::default(),
             pool,
@@ -258,14 +307,44 @@ impl Orchestrator {
         self.view().decisions.iter().cloned().collect()
     }
 
-    /// A client announced itself: give it its desktop (the one it has, after a reconnect),
-    /// with a fresh token.
+    /// The deployment's default desktop: persistent, of `desktops.template`.
+    pub fn default_spec(&self) -> Spec {
+        Spec { template: self.cfg.template.clone(), one_time: false }
+    }
+
+    /// A kiosk PC's own desktop: thrown away when the PC goes.
+    pub fn kiosk_spec(&self) -> Spec {
+        Spec { one_time: true, ..self.default_spec() }
+    }
+
+    /// The desktop of an account with `policy`.
+    pub fn spec_of(&self, policy: &crate::accounts::Policy) -> Spec {
+        Spec {
+            template: policy.template.clone().unwrap_or_else(|| self.cfg.template.clone()),
+            one_time: policy.desktop == crate::accounts::Desktop::OneTime,
+        }
+    }
+
+    /// A client announced itself with the default desktop spec.
     pub async fn arrive(&self, user: &str) -> anyhow::Result<Outcome> {
+        self.arrive_as(user, self.default_spec()).await
+    }
+
+    /// A client announced itself: give it its desktop (the one it has, after a reconnect, even
+    /// if its policy changed since), with a fresh token; a new one is made after `spec`.
+    pub async fn arrive_as(&self, user: &str, spec: Spec) -> anyhow::Result<Outcome> {
         let _one = self.run_lock.lock().await;
         if self.view().desktops.contains_key(user) {
             return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: self.new_token(user)? });
         }
-        let record = self.run(Event::Arrive { user: user.to_string() }).await?;
+        if let Some(message) = self.missing_template(&spec.template).await {
+            log::warn!("broker: {user}: {message}");
+            return Ok(Outcome::NoTemplate { message });
+        }
+        self.view().arriving.insert(user.to_string(), spec);
+        let record = self.run(Event::Arrive { user: user.to_string() }).await;
+        self.view().arriving.remove(user);
+        let record = record?;
         if self.view().desktops.contains_key(user) {
             return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: self.new_token(user)? });
         }
@@ -276,6 +355,41 @@ impl Orchestrator {
             .or_else(|| record.steps.iter().find_map(|s| s.error.clone()))
             .unwrap_or_else(|| "no desktop could be started".into());
         Ok(Outcome::Refused { message })
+    }
+
+    /// Why a desktop of `template` cannot start: no host that answers has it. `None` when one
+    /// has it, or when none answers (the start then fails with the host's own words). The
+    /// default template is not asked about: a host without it is a setup fault for every user.
+    async fn missing_template(&self, template: &str) -> Option<String> {
+        if template == self.cfg.template {
+            return None;
+        }
+        let up: Vec<String> = self.view().state.hosts.iter().filter(|h| h.up).map(|h| h.id.clone()).collect();
+        let mut answered = Vec::new();
+        for host in up {
+            let Some(client) = self.hosts.client(&host) else { continue };
+            match client.templates(std::time::Duration::from_secs(5)).await {
+                Ok(list) if list.iter().any(|t| t.name == template) => return None,
+                Ok(_) => answered.push(host),
+                Err(e) => log::warn!("broker: asking {host} for its templates: {e}"),
+            }
+        }
+        if answered.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "your desktop template \"{template}\" is not installed on the desktop servers ({}); ask an administrator",
+            answered.join(", ")
+        ))
+    }
+
+    /// Throws away the one-time disks of `user` on `host`.
+    async fn discard(&self, user: &str, host: &str) -> anyhow::Result<()> {
+        let client = self.hosts.client(host).with_context(|| format!("host {host} is not configured"))?;
+        let name = host_user(user, true);
+        let ev = client.reset(&name).await.with_context(|| format!("throwing away {user}'s one-time disks on {host}"))?;
+        log::info!("broker: {user}'s one-time disks on {host} thrown away ({})", ev.detail);
+        Ok(())
     }
 
     /// Rotates the user's token: the proxy takes the new one, the desktop and the session store
@@ -417,17 +531,19 @@ impl Orchestrator {
         }
     }
 
-    async fn create_vm(&self, user: &str, host: &str, bytes: u64) -> anyhow::Result<(String, Backend, u64)> {
+    async fn create_vm(&self, user: &str, host: &str, bytes: u64, spec: &Spec) -> anyhow::Result<(String, Backend, u64)> {
         let client = self.hosts.client(host).with_context(|| format!("host {host} is not configured"))?;
-        let name = format!("{}-{}", host_user_name(user), now_ms() % 100_000_000);
+        let owner = host_user(user, spec.one_time);
+        let name = format!("{owner}-{}", now_ms() % 100_000_000);
         let t0 = Instant::now();
         let created = client
             .create(&CreateVm {
                 name: name.clone(),
-                template: self.cfg.template.clone(),
+                template: spec.template.clone(),
                 memory_mib: bytes >> 20,
                 vcpus: 1,
-                user: host_user_name(user),
+                user: owner,
+                // One-time too: see [`Spec`].
                 persistent: true,
                 vnc_password: None,
                 pool: false,
@@ -460,8 +576,11 @@ impl Orchestrator {
     }
 
     /// The desktop of `user`, whose proxy session is open already.
-    fn desktop(&self, user: &str, host: &str, vm: &str, level: usize, bytes: u64, backend: Backend) -> Desktop {
+    #[allow(clippy::too_many_arguments)]
+    fn desktop(&self, user: &str, host: &str, vm: &str, level: usize, bytes: u64, backend: Backend, spec: &Spec) -> Desktop {
         Desktop {
+            template: spec.template.clone(),
+            one_time: spec.one_time,
             user: user.to_string(),
             host: host.to_string(),
             vm: vm.to_string(),
@@ -477,17 +596,29 @@ impl Orchestrator {
     async fn execute(&self, action: &Action) -> anyhow::Result<serde_json::Value> {
         match action {
             Action::Start { user, host, level, bytes, .. } => {
-                let existing = self.view().desktops.contains_key(user);
-                let pooled = if existing { None } else { self.pool.claim(host, *level, user).await };
+                let (existing, spec) = {
+                    let v = self.view();
+                    let mine = v.desktops.get(user).map(|d| Spec { template: d.template.clone(), one_time: d.one_time });
+                    (mine.is_some(), mine.or_else(|| v.arriving.get(user).cloned()))
+                };
+                let spec = spec.unwrap_or_else(|| self.default_spec());
+                if spec.one_time {
+                    // Whatever an earlier one-time desktop left (a reset that failed) goes.
+                    self.discard(user, host).await?;
+                }
+                // Pool VMs are of the default template.
+                let poolable = !existing && spec.template == self.cfg.template;
+                let pooled =
+                    if poolable { self.pool.claim(host, *level, user, &host_user(user, spec.one_time)).await } else { None };
                 let (vm, backend, create_ms) = match pooled {
                     Some((vm, backend)) => {
                         // Its token goes out with the assignment (`arrive` issues one).
                         self.proxy.open_session(user, backend.clone());
-                        let d = self.desktop(user, host, &vm, *level, *bytes, backend);
+                        let d = self.desktop(user, host, &vm, *level, *bytes, backend, &spec);
                         self.view().desktops.insert(user.clone(), d);
-                        return Ok(json!({ "vm": vm, "pool": true }));
+                        return Ok(json!({ "vm": vm, "pool": true, "template": spec.template, "desktop": spec.kind() }));
                     }
-                    None => self.create_vm(user, host, *bytes).await?,
+                    None => self.create_vm(user, host, *bytes, &spec).await?,
                 };
                 let frame = if existing {
                     // The user's host died: move the live session to the new VM.
@@ -497,9 +628,12 @@ impl Orchestrator {
                     self.proxy.open_session(user, backend.clone());
                     r
                 };
-                let d = self.desktop(user, host, &vm, *level, *bytes, backend);
+                let d = self.desktop(user, host, &vm, *level, *bytes, backend, &spec);
                 self.view().desktops.insert(user.clone(), d);
-                Ok(json!({ "vm": vm, "create_ms": create_ms, "first_frame_ms": frame.first_frame_ms, "switch": frame }))
+                Ok(json!({
+                    "vm": vm, "create_ms": create_ms, "first_frame_ms": frame.first_frame_ms, "switch": frame,
+                    "template": spec.template, "desktop": spec.kind(),
+                }))
             }
             Action::Handoff { user, from_host, to_host, to_level, to_bytes, .. } => {
                 let old = self.view().desktops.get(user).cloned().with_context(|| format!("{user} has no desktop"))?;
@@ -519,7 +653,8 @@ impl Orchestrator {
                         "broker: {user} moves from {from_host} to {to_host}: the data disk follows only where the hosts share storage"
                     );
                 }
-                let (vm, backend, create_ms) = self.create_vm(user, to_host, *to_bytes).await?;
+                let spec = Spec { template: old.template.clone(), one_time: old.one_time };
+                let (vm, backend, create_ms) = self.create_vm(user, to_host, *to_bytes, &spec).await?;
                 let ready_ms = match self.wait_desktop(&old.backend, &backend).await {
                     Ok(ms) => ms,
                     Err(e) => {
@@ -569,7 +704,16 @@ impl Orchestrator {
                 if let Some(c) = self.hosts.client(host) {
                     c.stop(&d.vm, self.cfg.stop_deadline_secs).await?;
                 }
-                Ok(json!({ "vm": d.vm, "stop_ms": t0.elapsed().as_millis() as u64 }))
+                let stop_ms = t0.elapsed().as_millis() as u64;
+                // The VM is off: nothing holds the disks any more.
+                let discarded = d.one_time && {
+                    let r = self.discard(user, host).await;
+                    if let Err(e) = &r {
+                        log::error!("broker: {e:#}; they go before the next start");
+                    }
+                    r.is_ok()
+                };
+                Ok(json!({ "vm": d.vm, "stop_ms": stop_ms, "discarded": discarded }))
             }
             Action::Refuse { user, message } => {
                 if self.view().desktops.remove(user).is_some() {
@@ -600,5 +744,14 @@ mod tests {
             assert!(seen.insert(h.clone()), "{n} shares {h}");
         }
         assert_eq!(host_user_name(&person_id("alice")), "user-alice");
+        // One-time desktops keep their disks apart, under names no other user id maps to.
+        assert_eq!(host_user(&person_id("alice"), true), "tuser-alice");
+        assert_eq!(host_user(&person_id("alice"), false), "user-alice");
+        assert_eq!(host_user("52:54:00:AB:cd:01", true), "t52-54-00-ab-cd-01");
+        for id in ["52:54:00:ab:cd:01", "fe:00:00:00:00:01", "-x", &person_id("tom"), &person_id(&"t".repeat(32))] {
+            assert!(!one_time_host_user(&host_user(id, false)), "{id}");
+            assert!(one_time_host_user(&host_user(id, true)), "{id}");
+            assert!(proto::host::valid_name(&host_user(id, true)), "{id}");
+        }
     }
 }

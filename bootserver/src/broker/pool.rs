@@ -215,9 +215,10 @@ impl Pool {
         turn
     }
 
-    /// Takes the ready pool VM at `host` and `level` for `user`, if there is one, and gives it
-    /// to the user on its host. `None` when there is none or the host would not assign it.
-    pub(crate) async fn claim(&self, host: &str, level: usize, user: &str) -> Option<(String, Backend)> {
+    /// Takes the ready pool VM at `host` and `level` for `user` (`host_user` on the host), if
+    /// there is one, and gives it to the user on its host. `None` when there is none or the
+    /// host would not assign it.
+    pub(crate) async fn claim(&self, host: &str, level: usize, user: &str, host_user: &str) -> Option<(String, Backend)> {
         let p = {
             let mut l = self.list();
             let i = l.iter().position(|p| p.ready && p.host == host && p.level == level)?;
@@ -225,7 +226,7 @@ impl Pool {
         };
         let client = self.hosts.client(host)?;
         let t0 = Instant::now();
-        match client.assign(&p.vm, &host_user_name(user)).await {
+        match client.assign(&p.vm, host_user).await {
             Ok(_) => {
                 log::info!("broker: pool: {} on {host} given to {user} in {} ms", p.vm, t0.elapsed().as_millis());
                 Some((p.vm.clone(), p.backend.clone()?))

@@ -116,6 +116,11 @@ impl Seats {
         self.pcs.get(pc).map(|(p, _)| p.as_str())
     }
 
+    /// Everyone seated or in grace: the people whose desktops run.
+    pub fn people(&self) -> impl Iterator<Item = &str> {
+        self.people.keys().map(String::as_str)
+    }
+
     /// Whether `person`'s desktop is in grace.
     pub fn in_grace(&self, person: &str) -> bool {
         matches!(self.people.get(person), Some(Whereabouts::Grace(_)))

@@ -27,6 +27,11 @@ pub struct StoredSession {
     pub arrived: u64,
     /// Unix seconds.
     pub since: u64,
+    /// The template the desktop was made from; `None` in rows of an earlier version (the
+    /// deployment's default).
+    pub template: Option<String>,
+    /// A one-time desktop: its disks are thrown away when it stops.
+    pub one_time: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +55,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     vnc          TEXT NOT NULL,
     vnc_password TEXT,
     arrived      INTEGER NOT NULL,
-    since        INTEGER NOT NULL
+    since        INTEGER NOT NULL,
+    template     TEXT,
+    one_time     INTEGER NOT NULL DEFAULT 0
 );";
 
 /// The SQLite-backed store; one short write per start, handoff or stop, so one connection
@@ -68,6 +75,7 @@ impl SessionStore {
         let conn = Connection::open(path).map_err(sql)?;
         upgrade(&conn).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        add_spec_columns(&conn).map_err(sql)?;
         Ok(SessionStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
 
@@ -84,8 +92,9 @@ impl SessionStore {
         self.lock()
             .execute(
                 "INSERT OR REPLACE INTO sessions
-                   (user, host, vm, level, memory_mib, token_sha256, vnc, vnc_password, arrived, since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   (user, host, vm, level, memory_mib, token_sha256, vnc, vnc_password, arrived, since,
+                    template, one_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     s.user,
                     s.host,
@@ -96,7 +105,9 @@ impl SessionStore {
                     s.vnc,
                     s.vnc_password,
                     s.arrived as i64,
-                    s.since as i64
+                    s.since as i64,
+                    s.template,
+                    s.one_time
                 ],
             )
             .map_err(|e| self.sql(e))?;
@@ -113,7 +124,8 @@ impl SessionStore {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT user, host, vm, level, memory_mib, token_sha256, vnc, vnc_password, arrived, since
+                "SELECT user, host, vm, level, memory_mib, token_sha256, vnc, vnc_password, arrived, since,
+                        template, one_time
                  FROM sessions ORDER BY arrived, user",
             )
             .map_err(|e| self.sql(e))?;
@@ -130,12 +142,13 @@ impl SessionStore {
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, i64>(8)?,
                     r.get::<_, i64>(9)?,
+                    (r.get::<_, Option<String>>(10)?, r.get::<_, bool>(11)?),
                 ))
             })
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (user, host, vm, level, memory_mib, token_hash, vnc, vnc_password, arrived, since) =
+            let (user, host, vm, level, memory_mib, token_hash, vnc, vnc_password, arrived, since, (template, one_time)) =
                 row.map_err(|e| self.sql(e))?;
             let unsigned = |what: &str, v: i64| {
                 u64::try_from(v).map_err(|_| StoreError::Row {
@@ -155,6 +168,8 @@ impl SessionStore {
                 token_hash,
                 vnc,
                 vnc_password,
+                template,
+                one_time,
             });
         }
         Ok(out)
@@ -187,6 +202,21 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("VACUUM")
 }
 
+/// A store of an earlier version has no desktop spec: its desktops were all persistent ones
+/// of the default template.
+fn add_spec_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |col: &str| -> rusqlite::Result<bool> {
+        conn.query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('sessions') WHERE name = ?1", [col], |r| r.get(0))
+    };
+    if !has("template")? {
+        conn.execute_batch("ALTER TABLE sessions ADD COLUMN template TEXT")?;
+    }
+    if !has("one_time")? {
+        conn.execute_batch("ALTER TABLE sessions ADD COLUMN one_time INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +233,8 @@ mod tests {
             vnc_password: Some("secret".into()),
             arrived,
             since: 1_700_000_000,
+            template: (arrived > 0).then(|| "office".to_string()),
+            one_time: arrived > 0,
         }
     }
 
@@ -245,7 +277,10 @@ mod tests {
         let path = dir.path().join("sessions.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(&SCHEMA.replace("token_sha256", "token")).unwrap();
+            // That version had no desktop spec either.
+            let old = SCHEMA.replace("token_sha256", "token").replace(",\n    template     TEXT,\n    one_time     INTEGER NOT NULL DEFAULT 0", "");
+            assert!(!old.contains("one_time"));
+            conn.execute_batch(&old).unwrap();
             conn.execute(
                 "INSERT INTO sessions VALUES ('u-a', 'h1', 'u-a-1', 0, 256, 'Plain-Token_1', '127.0.0.1:5901', NULL, 1, 2)",
                 [],
@@ -257,6 +292,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         let want = crate::broker::proxy::auth::hash_hex(&crate::broker::proxy::auth::token_hash("Plain-Token_1"));
         assert_eq!(rows[0].token_hash, want);
+        assert_eq!((rows[0].template.as_deref(), rows[0].one_time), (None, false));
         drop(store);
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.windows(13).any(|w| w == b"Plain-Token_1"), "the token is still in the file");

@@ -14,6 +14,7 @@
 //! stop_deadline_secs = 30          # guest's time to power off before it is killed
 //! leave_after_secs = 120           # a PC whose agent stays disconnected this long has left
 //! disconnect_grace_secs = 600      # a person's desktop runs this long after logout or PC loss
+//! kiosk_grace_secs = 15            # a kiosk PC's own desktop is thrown away this long after it goes
 //! balloon = false                  # shrink in place where host and guest can, no handoff
 //! sessions_file = "sessions.sqlite" # running desktops, kept across restarts (in state_dir)
 //! pool = 0                         # desktop VMs booted ahead for the next arrivals
@@ -63,6 +64,10 @@ pub struct BrokerConfig {
     /// After a logout, or when the PC of a logged-in person goes away, their desktop keeps
     /// running this long so that a login anywhere gets it at once; then it stops.
     pub disconnect_grace_secs: u64,
+    /// A kiosk PC (no autologin) whose connection stays gone this long has been switched off:
+    /// its one-time desktop stops and its disks are thrown away. Short, but longer than a
+    /// network blip.
+    pub kiosk_grace_secs: u64,
     pub balloon: bool,
     /// The session store; a relative path is taken inside the boot server's `state_dir`.
     pub sessions_file: PathBuf,
@@ -92,6 +97,7 @@ impl Default for BrokerConfig {
             stop_deadline_secs: 30,
             leave_after_secs: 120,
             disconnect_grace_secs: 600,
+            kiosk_grace_secs: 15,
             balloon: false,
             sessions_file: PathBuf::from("sessions.sqlite"),
             pool: 0,

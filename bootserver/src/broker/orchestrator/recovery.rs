@@ -85,6 +85,8 @@ impl Orchestrator {
                 vnc_password: d.backend.password.clone(),
                 arrived: v.state.user(user).map_or(0, |u| u.arrived),
                 since: d.since,
+                template: Some(d.template.clone()),
+                one_time: d.one_time,
             })
         };
         let res = match row {
@@ -165,6 +167,8 @@ impl Orchestrator {
             level,
             memory_mib: row.memory_mib,
             vnc: backend.describe(),
+            template: row.template.clone().unwrap_or_else(|| self.cfg.template.clone()),
+            one_time: row.one_time,
             token_hash,
             backend,
             since: row.since,
@@ -245,6 +249,12 @@ impl Orchestrator {
                     }
                     self.proxy.close_session(&d.user);
                     self.persist(&d.user);
+                    if d.one_time {
+                        // Its VM ended while the broker was away; the disks are still there.
+                        if let Err(e) = self.discard(&d.user, host).await {
+                            log::error!("broker: recovery: {e:#}; they go before the next start");
+                        }
+                    }
                     let what = format!(
                         "drop {}: VM {} no longer runs on {host}; a new desktop starts at the next announce",
                         d.user, d.vm
@@ -269,11 +279,17 @@ impl Orchestrator {
             // (and so every announce) for the whole stop deadline otherwise. Its name is never
             // used again, so nothing can race with the stop.
             let (c, name, deadline) = (client.clone(), vm.name.clone(), self.cfg.stop_deadline_secs);
+            let one_time = one_time_host_user(&vm.user).then(|| vm.user.clone());
             tokio::spawn(async move {
                 let t0 = Instant::now();
                 match c.stop(&name, deadline).await {
                     Ok(_) => log::info!("broker: recovery: unclaimed VM {name} stopped in {:?}", t0.elapsed()),
                     Err(e) => log::error!("broker: recovery: stopping unclaimed VM {name}: {e}"),
+                }
+                if let Some(owner) = one_time {
+                    if let Err(e) = c.reset(&owner).await {
+                        log::error!("broker: recovery: throwing away the one-time disks of {owner}: {e}");
+                    }
                 }
             });
             let what = format!("stop VM {} on {host} ({} MiB): no session claims it", vm.name, vm.memory_mib);
@@ -317,6 +333,8 @@ mod tests {
             vnc_password: Some("pw".into()),
             arrived,
             since: 1,
+            template: None,
+            one_time: false,
         }
     }
 
