@@ -96,9 +96,21 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     // The leases as the broker sees them, in memory: a hello must come from its MAC's lease.
     let leases = crate::dhcp::LeaseView::default();
+    // Which PCs are enrolled: the broker's approval screens and the DHCP server's PXE answers.
+    let enrolments = Arc::new(crate::broker::enrolment::Gate::open_in(&settings.state_dir)?);
     if settings.enable_dhcp {
         let (s, p, l) = (settings.clone(), plan.clone(), leases.clone());
-        let mut dhcp = Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p, l.clone()))).await?;
+        let gate = settings.dhcp.pxe_enrolled_only.then(|| enrolments.clone());
+        let mut dhcp = Rebind::new(move || {
+            let service = crate::dhcp::Service::bind(&s, &p, l.clone()).map(|mut d| {
+                if let Some(g) = &gate {
+                    d.enrolled_only(g.clone());
+                }
+                d
+            });
+            ready(service)
+        })
+        .await?;
         sup.add("dhcp", move || {
             let d = dhcp.bound();
             async move { d.await?.run().await }
@@ -144,7 +156,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {
         let binding = crate::broker::hello_binding::HelloBinding::of(&settings, leases);
-        crate::broker::listener::start(&settings, desktops, binding, &mut sup, &budget).await?;
+        crate::broker::listener::start(&settings, desktops, binding, enrolments, &mut sup, &budget).await?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
