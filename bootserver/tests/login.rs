@@ -401,7 +401,9 @@ memory_mib = 512
 /// The real `bootserver` command against the running serve, in the lab.
 fn cli(lab: &Lab, state: &Path, args: &[&str]) -> (bool, String) {
     let mut c = lab.cmd(BIN);
-    c.args(args).arg("--state-dir").arg(state).env("BOOTSERVER_ADMIN", ADMIN).env("RUST_LOG", "warn");
+    // The flags before the subcommand's own words (`client MAC approve`).
+    c.arg(args[0]).arg("--state-dir").arg(state).args(&args[1..]);
+    c.env("BOOTSERVER_ADMIN", ADMIN).env("RUST_LOG", "warn");
     let out = sh(c);
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
