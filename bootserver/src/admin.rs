@@ -13,6 +13,9 @@
 //! - `POST /api/clients/{mac}/action` `{"action":"reboot"}`, `{"action":"poweroff"}` or
 //!   `{"action":"message","text":"..."}`; 202 when queued on the PC's connection, 404 for an
 //!   unknown PC, 409 when it is not connected.
+//! - `POST /api/clients/{mac}/approve`, `/deny` `{}` or `{"by":"NAME"}`: enrolment (a MAC never
+//!   seen may be decided beforehand); `GET /api/enrolment` every entry; `POST /api/enrolment`
+//!   `{"code":"K7Q-2MX","approve":true}` decides the PC that shows that code.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path as FsPath, PathBuf};
@@ -31,6 +34,7 @@ use proto::agent::{Command, MacAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::listener::Broker;
+use crate::broker::enrolment::Entry;
 use crate::broker::registry::ClientRecord;
 use crate::net::limits::{serve_router, ConnLimiter};
 
@@ -58,6 +62,9 @@ pub struct ClientView {
     /// The current boot's stages (`GET /api/clients/{mac}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages: Option<crate::stages::StagesView>,
+    /// Where the PC stands with `[pcs] enrolment` (see `broker::enrolment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolment: Option<Entry>,
 }
 
 /// What the admin asks a PC to do.
@@ -88,11 +95,23 @@ fn parse_mac(text: &str) -> Result<String, Response> {
 }
 
 async fn list(State(broker): State<Arc<Broker>>) -> Response {
+    let mut enrolled: std::collections::HashMap<String, Entry> = match &broker.enrolments {
+        Some(g) => match g.list().await {
+            Ok(all) => all.into_iter().map(|e| (e.mac.clone(), e)).collect(),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        None => Default::default(),
+    };
     match broker.registry.list().await {
         Ok(rows) => {
             let views: Vec<ClientView> = rows
                 .into_iter()
-                .map(|record| ClientView { connected: broker.is_connected(&record.mac), record, stages: None })
+                .map(|record| {
+                    let enrolment = broker.enrolments.as_ref().map(|_| {
+                        enrolled.remove(&record.mac).unwrap_or_else(|| Entry::unknown(&record.mac))
+                    });
+                    ClientView { connected: broker.is_connected(&record.mac), record, stages: None, enrolment }
+                })
                 .collect();
             Json(views).into_response()
         }
@@ -108,7 +127,14 @@ async fn one(State(broker): State<Arc<Broker>>, Path(mac): Path<String>) -> Resp
     match broker.registry.get(&mac).await {
         Ok(Some(record)) => {
             let stages = broker.stages.view(&mac);
-            Json(ClientView { connected: broker.is_connected(&mac), record, stages }).into_response()
+            let enrolment = match &broker.enrolments {
+                Some(g) => match g.get(&mac).await {
+                    Ok(e) => Some(e),
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                },
+                None => None,
+            };
+            Json(ClientView { connected: broker.is_connected(&mac), record, stages, enrolment }).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no client {mac} has ever announced itself")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -274,7 +300,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/clients", get(list))
         .route("/api/clients/:mac", get(one))
         .route("/api/clients/:mac/action", post(action))
-        .with_state(broker)
+        .with_state(broker.clone())
+        .merge(crate::broker::enrolment::router(broker))
 }
 
 /// Serves the clients' routes, merged with `extra` (the desktops' routes) where given, within
@@ -350,16 +377,17 @@ pub fn print_clients(api: &Endpoint, json: bool) -> anyhow::Result<()> {
 /// The human-readable list: one line per PC.
 pub fn table(clients: &[ClientView], now: u64) -> String {
     let mut out = format!(
-        "{:<17}  {:<11}  {:<9}  {:<15}  {:>8}  {:>4}  {:>8}  {:>5}  {:<10}  {}\n",
-        "MAC", "STATE", "CONNECTED", "ADDRESS", "RAM_MIB", "CPUS", "BOOT_S", "BOOTS", "LAST_SEEN", "VIEWER"
+        "{:<17}  {:<11}  {:<9}  {:<15}  {:<15}  {:>8}  {:>4}  {:>8}  {:>5}  {:<10}  {}\n",
+        "MAC", "STATE", "CONNECTED", "ENROLMENT", "ADDRESS", "RAM_MIB", "CPUS", "BOOT_S", "BOOTS", "LAST_SEEN", "VIEWER"
     );
     for c in clients {
         let r = &c.record;
         out.push_str(&format!(
-            "{:<17}  {:<11}  {:<9}  {:<15}  {:>8}  {:>4}  {:>8.1}  {:>5}  {:<10}  {}\n",
+            "{:<17}  {:<11}  {:<9}  {:<15}  {:<15}  {:>8}  {:>4}  {:>8.1}  {:>5}  {:<10}  {}\n",
             r.mac,
             serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
             if c.connected { "yes" } else { "no" },
+            crate::broker::enrolment::column(c.enrolment.as_ref()),
             r.address,
             r.hardware.ram_bytes >> 20,
             r.hardware.cpu_count,

@@ -69,6 +69,18 @@ enum Command {
         #[command(flatten)]
         api: AdminArgs,
     },
+    /// Approve (or deny) the PC whose screen shows CODE, under `[pcs] enrolment = "approve"`.
+    ///
+    /// Example: bootserver enrol K7Q-2MX
+    Enrol {
+        /// The code on the PC's approval screen.
+        code: String,
+        /// Deny the PC instead.
+        #[arg(long)]
+        deny: bool,
+        #[command(flatten)]
+        api: AdminArgs,
+    },
     /// Show what the memory algorithm does as users arrive (the paper's Table 3 by default).
     Plan(bootserver::broker::explain::PlanArgs),
     /// The deployment's certificate authority: boot images trust what it signs.
@@ -133,6 +145,11 @@ enum ClientAction {
         #[arg(long)]
         json: bool,
     },
+    /// Enrol the PC (`[pcs] enrolment = "approve"`): it moves on from its approval screen at
+    /// once. A MAC never seen may be approved beforehand.
+    Approve,
+    /// Refuse the PC: it is told so, and refused whenever it comes back.
+    Deny,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -163,6 +180,18 @@ fn main() -> anyhow::Result<()> {
         Command::Host { command } => return bootserver::ca::cli::host(command),
         Command::User { command } => return bootserver::accounts::cli::run(command),
         Command::Clients { json, api } => return bootserver::admin::print_clients(&api.endpoint()?, json),
+        Command::Enrol { code, deny, api } => {
+            use bootserver::broker::enrolment as e;
+            let body = serde_json::to_string(&e::ByCode { code, approve: !deny, by: Some(e::cli_user()) })?;
+            return e::send_decision(&api.endpoint()?, "/api/enrolment", body);
+        }
+        Command::Client { mac, action: action @ (ClientAction::Approve | ClientAction::Deny), api } => {
+            use bootserver::broker::enrolment as e;
+            let mac = mac.parse::<proto::agent::MacAddr>().map_err(|e| anyhow::anyhow!(e))?;
+            let verb = if matches!(action, ClientAction::Approve) { "approve" } else { "deny" };
+            let body = serde_json::json!({ "by": e::cli_user() }).to_string();
+            return e::send_decision(&api.endpoint()?, &format!("/api/clients/{mac}/{verb}"), body);
+        }
         Command::Client { mac, action, api } => {
             use bootserver::admin::Action;
             let action = match action {
@@ -170,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 ClientAction::Poweroff => Action::Poweroff,
                 ClientAction::Message { text } => Action::Message { text: text.join(" ") },
                 ClientAction::Stages { json } => return bootserver::stages::api::print_stages(&api.endpoint()?, &mac, json),
+                ClientAction::Approve | ClientAction::Deny => anyhow::bail!("approve and deny go to the enrolment routes"),
             };
             return bootserver::admin::send_action(&api.endpoint()?, &mac, &action);
         }

@@ -102,11 +102,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             async move { crate::http::run(l.await?, state, limiter).await }
         });
     }
+    // Which PCs are enrolled: the broker's approval screens and the DHCP server's PXE answers.
+    let enrolments = Arc::new(crate::broker::enrolment::Gate::open_in(&settings.state_dir)?);
     if settings.enable_dhcp {
         let (s, p, l, st) = (settings.clone(), plan.clone(), leases.clone(), stages.clone());
-        let mut dhcp =
-            Rebind::new(move || ready(crate::dhcp::Service::bind(&s, &p, l.clone()).map(|d| d.with_stages(st.clone()))))
-                .await?;
+        let gate = settings.dhcp.pxe_enrolled_only.then(|| enrolments.clone());
+        let mut dhcp = Rebind::new(move || {
+            let service = crate::dhcp::Service::bind(&s, &p, l.clone()).map(|d| {
+                let mut d = d.with_stages(st.clone());
+                if let Some(g) = &gate {
+                    d.enrolled_only(g.clone());
+                }
+                d
+            });
+            ready(service)
+        })
+        .await?;
         sup.add("dhcp", move || {
             let d = dhcp.bound();
             async move { d.await?.run().await }
@@ -154,7 +165,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The broker: the agents' announces, the client registry and the admin API.
     if settings.enable_broker {
         let binding = crate::broker::hello_binding::HelloBinding::of(&settings, leases);
-        crate::broker::listener::start(&settings, desktops, binding, &mut sup, &budget, stages.clone()).await?;
+        crate::broker::listener::start(&settings, desktops, binding, enrolments, &mut sup, &budget, stages.clone()).await?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -76,7 +76,7 @@ fn udhcpc_script(dir: &Path) -> PathBuf {
     std::fs::write(
         &p,
         "#!/bin/sh\n\
-         echo \"event=$1 ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease serverid=$serverid hostname=$hostname\"\n\
+         echo \"event=$1 ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease serverid=$serverid hostname=$hostname boot_file=$boot_file siaddr=$siaddr\"\n\
          case \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\" ;; deconfig) ip addr flush dev \"$interface\" ;; esac\n",
     )
     .unwrap();
@@ -643,4 +643,60 @@ fn a_random_mac_flood_does_not_keep_known_pcs_out() {
     assert!(still_flooding, "the flood ended before the PC's lease; the test proves nothing");
     assert_eq!(again["ip"], first["ip"], "{again:?}");
     assert!(log.contains("over the service's message rate"), "the flood never spent the allowance:\n{log}");
+}
+
+/// `[dhcp] pxe_enrolled_only`: udhcpc posing as a PXE ROM from a MAC not enrolled gets an address
+/// but no boot file, and the MAC shows as pending in the admin API; once approved there (curl),
+/// its next request gets the boot file.
+#[test]
+fn pxe_boot_file_only_for_enrolled_macs() {
+    let lab = Lab::with_subnet(0, 1, "10.90.0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = "range = \"10.90.0.100-10.90.0.120\"\n[dhcp]\nrouter_advertisement = false\nping_check = false\npxe_enrolled_only = true\n";
+    let mut server = start(&lab, d, config, &[]);
+    wait_for_text(&server.log, "admin API on", Duration::from_secs(30)).unwrap();
+    let script = udhcpc_script(d);
+    let pxe = ["-V", "PXEClient:Arch:00000:UNDI:002001"];
+    let mac = String::from_utf8(lab.host_cmd(1, "cat").arg("/sys/class/net/eth0/address").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin = |args: &[&str]| -> String {
+        let auth = testkit::admin_auth(&d.join("state")).unwrap();
+        let out = lab.cmd("curl").args(["-sf", "-m", "10", "-H", &auth]).args(args).output().unwrap();
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let held = udhcpc(&lab, 1, &script, &pxe);
+    assert!(held["ip"].starts_with("10.90.0."), "{held:?}");
+    assert_eq!(held.get("boot_file").map(String::as_str), Some(""), "an unenrolled MAC got a boot file: {held:?}");
+    server.assert_alive();
+    assert!(server.log().contains(&format!("dhcp: {mac}: PXE request from a MAC not enrolled")), "{}", server.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = admin(&["http://127.0.0.1:7001/api/enrolment"]);
+        if list.contains(&mac) && list.contains("\"pending\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pending entry for {mac}: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let approved = admin(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{}",
+        &format!("http://127.0.0.1:7001/api/clients/{mac}/approve"),
+    ]);
+    assert!(approved.contains("\"approved\""), "{approved}");
+    let booted = udhcpc(&lab, 1, &script, &pxe);
+    assert_eq!(booted.get("boot_file").map(String::as_str), Some("undionly.kpxe"), "{booted:?}");
+    assert_eq!(booted.get("siaddr").map(String::as_str), Some("10.90.0.1"), "{booted:?}");
+    let log = server.stop();
+    assert_eq!(log.matches("PXE request from a MAC not enrolled").count(), 1, "logged more than once:\n{log}");
 }

@@ -56,6 +56,16 @@ fn address(lab: &Lab, k: u32, ip: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The MACs of lab hosts 1..=n, and the addresses given them (.2, .3, ...).
+fn lab_pcs(lab: &Lab, n: u32, subnet: &str) -> (Vec<String>, Vec<String>) {
+    let macs: Vec<String> = (1..=n).map(|k| host_mac(lab, k)).collect();
+    let ips: Vec<String> = (1..=n).map(|k| format!("{subnet}.{}", k + 1)).collect();
+    for k in 1..=n {
+        address(lab, k, &ips[k as usize - 1]);
+    }
+    (macs, ips)
+}
+
 /// A PC played by a thread: it answers pings, sends what the test gives it and passes on
 /// every other message of the broker.
 struct Agent {
@@ -177,6 +187,27 @@ impl Drop for Vms {
     }
 }
 
+/// A real `server-host` in the lab on 127.0.0.1:8470, its state and log in `d`.
+fn start_server_host(lab: &Lab, d: &Path, pki: &testkit::HostPki, templates: &Path) -> (Vms, KillOnDrop) {
+    let vms = Vms(d.join("server-host"));
+    std::fs::write(
+        d.join("server-host.toml"),
+        testkit::server_host_config(&pki.tls_dir, "127.0.0.1:8470", &d.join("server-host"), templates),
+    )
+    .unwrap();
+    let host = KillOnDrop::spawn(
+        lab.cmd(sibling_bin("server-host"))
+            .args(["serve", "--config"])
+            .arg(d.join("server-host.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("server-host.log")).unwrap()),
+    )
+    .unwrap();
+    (vms, host)
+}
+
 fn admin_get(lab: &Lab, state: &Path, path: &str) -> Option<serde_json::Value> {
     let mut c = lab.cmd("curl");
     c.args(["-sf", "-m", "10", "-H", &testkit::admin_auth(state).ok()?]).arg(format!("http://{ADMIN}{path}"));
@@ -209,28 +240,9 @@ fn people_log_in_roam_log_out_and_pcs_follow_their_policy() {
     let state = d.join("bootserver");
     std::fs::create_dir(d.join("boot")).unwrap();
     let pki = testkit::host_pki(Path::new(BIN), &state, "h1", &["127.0.0.1"]).unwrap();
-    let _vms = Vms(d.join("server-host"));
-    std::fs::write(
-        d.join("server-host.toml"),
-        testkit::server_host_config(&pki.tls_dir, "127.0.0.1:8470", &d.join("server-host"), &templates),
-    )
-    .unwrap();
-    let _host = KillOnDrop::spawn(
-        lab.cmd(sibling_bin("server-host"))
-            .args(["serve", "--config"])
-            .arg(d.join("server-host.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("server-host.log")).unwrap()),
-    )
-    .unwrap();
+    let (_vms, _host) = start_server_host(&lab, d, &pki, &templates);
 
-    let macs: Vec<String> = (1..=4).map(|k| host_mac(&lab, k)).collect();
-    let ips: Vec<String> = (1..=4).map(|k| format!("{SUBNET}.{}", k + 1)).collect();
-    for k in 1..=4 {
-        address(&lab, k, &ips[k as usize - 1]);
-    }
+    let (macs, ips) = lab_pcs(&lab, 4, SUBNET);
     let s = lab.server_addr();
     std::fs::write(
         d.join("bootserver.toml"),
@@ -430,4 +442,150 @@ memory_mib = 512
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!("kiosk desktop stopped and thrown away {:.1} s after the PC went (grace 2 s)", t_off.elapsed().as_secs_f64());
+}
+
+/// The real `bootserver` command against the running serve, in the lab.
+fn cli(lab: &Lab, state: &Path, args: &[&str]) -> (bool, String) {
+    let mut c = lab.cmd(BIN);
+    // The flags before the subcommand's own words (`client MAC approve`).
+    c.arg(args[0]).arg("--state-dir").arg(state).args(&args[1..]);
+    c.env("BOOTSERVER_ADMIN", ADMIN).env("RUST_LOG", "warn");
+    let out = sh(c);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn approval_code(m: Option<BrokerMessage>, logs: &dyn Fn() -> String) -> String {
+    match m {
+        Some(BrokerMessage::Approval { code, .. }) => code,
+        other => panic!("expected the approval screen, got {other:?}\n{}", logs()),
+    }
+}
+
+/// `[pcs] enrolment = "approve"` with PCs played by lab hosts over TLS: a new PC waits with a
+/// code (no desktop, its logins ignored), keeps the code across a reconnect, and moves on to its
+/// login screen on the same connection once approved with the real CLI; a denied PC is refused,
+/// then and at every later hello; a PC is approved by its code.
+#[test]
+fn new_pcs_wait_for_approval_and_move_on_without_a_reboot() {
+    let templates = testkit::cache_dir().join("templates");
+    assert!(templates.join("desktop").exists(), "no desktop template in the cache: run scripts/build-desktop-template");
+    let subnet = "10.89.0";
+    let lab = Lab::with_subnet(0, 3, subnet).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("bootserver");
+    let pki = testkit::host_pki(Path::new(BIN), &state, "h1", &["127.0.0.1"]).unwrap();
+    let (_vms, _host) = start_server_host(&lab, d, &pki, &templates);
+    let (macs, ips) = lab_pcs(&lab, 3, subnet);
+    let s = lab.server_addr();
+    std::fs::write(
+        d.join("bootserver.toml"),
+        format!(
+            r#"interface = "br0"
+address = "{s}"
+state_dir = "{}"
+
+[pcs]
+policy = "login"
+enrolment = "approve"
+
+[desktops]
+levels_mib = [256, 128]
+template = "desktop"
+health_interval_secs = 1
+
+[[desktops.hosts]]
+name = "h1"
+url = "{HOST_API}"
+memory_mib = 512
+"#,
+            state.display(),
+        ),
+    )
+    .unwrap();
+    let log = d.join("serve.log");
+    let cfg = d.join("bootserver.toml");
+    let _serve = testkit::serve_admin(lab.cmd(BIN), &["--config", cfg.to_str().unwrap()], &state, &d.join("boot"), ADMIN, &log).unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ca = state.join("ca/ca.pem");
+    let broker: SocketAddr = format!("{s}:7000").parse().unwrap();
+    let short = Duration::from_secs(10);
+    let welcome = |a: &Agent| {
+        assert!(matches!(a.next(short, "welcome", &logs), Some(BrokerMessage::Welcome(_))), "{}", logs());
+    };
+
+    // PC 1: the approval screen with a code; the admin API shows it pending with that code.
+    let pc1 = Agent::start(&lab, 1, broker, &ca, &macs[0], &ips[0]);
+    welcome(&pc1);
+    let code1 = approval_code(pc1.next(short, "the approval screen", &logs), &logs);
+    assert!(code1.len() == 7 && !code1.contains(['0', 'O', '1', 'I']), "{code1}");
+    let row = admin_get(&lab, &state, &format!("/api/clients/{}", macs[0])).expect("GET /api/clients/MAC");
+    assert_eq!(row["enrolment"]["state"], "pending", "{row}");
+    assert_eq!(row["enrolment"]["code"], code1.as_str(), "{row}");
+    assert_eq!(row["enrolment"]["first_from"], ips[0].as_str(), "{row}");
+    // A login from the approval screen is not taken, and no desktop runs.
+    pc1.login("alice", "whatever");
+    assert_eq!(pc1.quiet(Duration::from_secs(2)), None, "a pending PC's login was answered");
+    assert!(desktops(&lab, &state).is_empty(), "a pending PC has a desktop");
+
+    // PC 2 gets a code of its own; `bootserver clients` shows both pending with their codes.
+    let pc2 = Agent::start(&lab, 2, broker, &ca, &macs[1], &ips[1]);
+    welcome(&pc2);
+    let code2 = approval_code(pc2.next(short, "the approval screen", &logs), &logs);
+    assert_ne!(code1, code2);
+    let (ok, table) = cli(&lab, &state, &["clients"]);
+    assert!(ok, "{table}");
+    assert!(table.contains(&format!("pending {code1}")) && table.contains(&format!("pending {code2}")), "{table}");
+
+    // PC 3 keeps its code when it comes back (a reboot), then is approved by that code.
+    let pc3 = Agent::start(&lab, 3, broker, &ca, &macs[2], &ips[2]);
+    welcome(&pc3);
+    let code3 = approval_code(pc3.next(short, "the approval screen", &logs), &logs);
+    drop(pc3);
+    let pc3 = Agent::start(&lab, 3, broker, &ca, &macs[2], &ips[2]);
+    welcome(&pc3);
+    assert_eq!(approval_code(pc3.next(short, "the approval screen again", &logs), &logs), code3);
+
+    // Approval with the real CLI: PC 1's login screen comes on the same connection.
+    let t0 = Instant::now();
+    let (ok, out) = cli(&lab, &state, &["client", &macs[0], "approve"]);
+    assert!(ok, "{out}");
+    let (name, message, _) = prompt_message(pc1.next(short, "the login screen after approval", &logs));
+    eprintln!("approval to login screen: {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    assert_eq!((name.starts_with("pc-"), message), (true, None));
+    let row = admin_get(&lab, &state, &format!("/api/clients/{}", macs[0])).unwrap();
+    assert_eq!(row["enrolment"]["state"], "approved", "{row}");
+    assert_eq!(row["boots"], 1, "approval took a new boot: {row}");
+    assert!(row["enrolment"].get("code").is_none(), "{row}");
+
+    // Deny PC 2 through the API: refused on its live connection, which ends, and at its next hello.
+    let mut c = lab.cmd("curl");
+    c.args(["-sf", "-m", "10", "-X", "POST", "-H", "Content-Type: application/json", "-d", "{\"by\":\"test\"}"])
+        .args(["-H", &testkit::admin_auth(&state).unwrap()])
+        .arg(format!("http://{ADMIN}/api/clients/{}/deny", macs[1]));
+    let out = sh(c);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = |m: Option<BrokerMessage>| match m {
+        Some(BrokerMessage::Refused { reason }) => assert!(reason.contains("denied"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}\n{}", logs()),
+    };
+    refused(pc2.next(short, "the refusal", &logs));
+    assert_eq!(pc2.next(short, "the end of the connection", &logs), None);
+    let pc2 = Agent::start(&lab, 2, broker, &ca, &macs[1], &ips[1]);
+    refused(pc2.next(short, "the refusal of the next hello", &logs));
+
+    // Approval by code (typed in lower case, no dash) with the CLI; a wrong code is an error.
+    let (ok, out) = cli(&lab, &state, &["enrol", "2345ZZ"]);
+    assert!(!ok && out.contains("no PC waits with code"), "{out}");
+    let (ok, out) = cli(&lab, &state, &["enrol", &code3.to_lowercase().replace('-', "")]);
+    assert!(ok, "{out}");
+    prompt_message(pc3.next(short, "PC 3's login screen", &logs));
+    // Pre-enrolment: a MAC never seen, approved beforehand.
+    let (ok, out) = cli(&lab, &state, &["client", "52:54:00:89:00:99", "approve"]);
+    assert!(ok && out.contains("approved"), "{out}");
+    assert!(desktops(&lab, &state).is_empty());
+    let text = logs();
+    for (mac, verb) in [(&macs[0], "approved"), (&macs[1], "denied"), (&macs[2], "approved")] {
+        assert!(text.contains(&format!("enrolment: {mac} {verb} by")), "no log line for {mac} {verb}");
+    }
 }

@@ -30,11 +30,25 @@ pub(crate) async fn connect(path: &Path) -> Result<(Service, Events)> {
 }
 
 /// Runs one command with a deadline, naming the VM in errors.
-pub(crate) async fn exec<C: qapi::qmp::QmpCommand>(svc: &Service, vm: &str, cmd: C) -> Result<C::Ok> {
+///
+/// The command runs to its end in a task of its own, and the deadline (or a caller that goes
+/// away, such as an HTTP client that hangs up) only stops the waiting. The `qapi` crate keeps a
+/// command's answer slot until its answer is read; a command future dropped before that leaves
+/// the slot behind, and the VM's next command then panics ("duplicate command id") with the
+/// crate's lock poisoned, so that every later command of that VM, its listing in `/v1/vms`
+/// included, would fail. A task that runs on keeps the connection's commands in order: the
+/// crate holds its write lock until the answer comes.
+pub(crate) async fn exec<C>(svc: &Service, vm: &str, cmd: C) -> Result<C::Ok>
+where
+    C: qapi::qmp::QmpCommand + Send + 'static,
+    C::Ok: Send + 'static,
+{
     let name = <C as qapi::Command>::NAME;
-    match tokio::time::timeout(Duration::from_secs(30), svc.execute(cmd)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Error::Internal(format!("VM {vm}: QMP {name}: {e}"))),
+    let task = tokio::spawn(svc.execute(cmd));
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(Error::Internal(format!("VM {vm}: QMP {name}: {e}"))),
+        Ok(Err(e)) => Err(Error::Internal(format!("VM {vm}: QMP {name}: the command's task failed: {e}"))),
         Err(_) => Err(Error::Internal(format!("VM {vm}: QMP {name}: no answer within 30 s"))),
     }
 }
@@ -51,7 +65,11 @@ pub(crate) async fn hmp(svc: &Service, vm: &str, line: &str) -> Result<()> {
 
 /// Runs a command before the VM's watcher owns the event stream: answers arrive through that
 /// stream, so it is driven here meanwhile (events this early carry nothing we act on).
-pub(crate) async fn exec_early<C: qapi::qmp::QmpCommand>(svc: &Service, events: &mut Events, vm: &str, cmd: C) -> Result<C::Ok> {
+pub(crate) async fn exec_early<C>(svc: &Service, events: &mut Events, vm: &str, cmd: C) -> Result<C::Ok>
+where
+    C: qapi::qmp::QmpCommand + Send + 'static,
+    C::Ok: Send + 'static,
+{
     use futures::StreamExt;
     let fut = exec(svc, vm, cmd);
     tokio::pin!(fut);
@@ -62,5 +80,43 @@ pub(crate) async fn exec_early<C: qapi::qmp::QmpCommand>(svc: &Service, events: 
                 return Err(Error::Internal(format!("VM {vm}: QEMU closed QMP while starting")));
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers that give up on a command (a deadline, a client that hung up) must not break
+    /// the VM's next commands: against a real QEMU, a command dropped right after it was
+    /// started is followed at once by another, many times over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_given_up_on_leaves_the_next_ones_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("qmp.sock");
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _qemu = Kill(std::process::Command::new("qemu-system-x86_64")
+            .args(["-machine", "none", "-display", "none", "-nodefaults", "-S", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (scripts/setup installs it)"));
+        let (svc, events) = connect(&sock).await.unwrap();
+        let pump = tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut events = events;
+            while events.next().await.is_some() {}
+        });
+        for _ in 0..200 {
+            let _ = tokio::time::timeout(Duration::ZERO, exec(&svc, "t", qapi::qmp::query_status {})).await;
+            exec(&svc, "t", qapi::qmp::query_status {}).await.unwrap();
+        }
+        pump.abort();
     }
 }

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::agent_tls::{AgentIo, AgentTls};
+use super::enrolment::{EnrolmentMode, Gate, Verdict};
 use super::flow::Desktops;
 use super::hello_binding::HelloBinding;
 use super::login::Logins;
@@ -59,6 +60,8 @@ pub struct Broker {
     pub logins: Logins,
     /// Boot-stage reports: hellos, logins and desktops shown.
     pub stages: crate::stages::Sink,
+    /// Which PCs an administrator approved (`[pcs] enrolment`); `bootserver serve` sets it.
+    pub enrolments: Option<Arc<Gate>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +90,7 @@ impl Broker {
             pcs: PcsConfig::default(),
             logins: Logins::new(Duration::from_secs(600)),
             stages: crate::stages::Sink::default(),
+            enrolments: None,
         })
     }
 
@@ -267,6 +271,21 @@ async fn serve(
         broker.registry.disconnected(&mac, now_secs());
         return Ok(format!("refused: {reason} (key `pcs`)"));
     }
+    // Under `enrolment = "approve"` an unapproved PC is recorded as pending and waits.
+    let enrolment = match (&broker.enrolments, broker.pcs.enrolment) {
+        (Some(gate), EnrolmentMode::Approve) => {
+            let entry = gate.seen(&mac, &peer.ip().to_string(), now_secs()).await?;
+            let verdict = super::enrolment::verdict(EnrolmentMode::Approve, entry.state);
+            Some((gate.clone(), verdict, entry.code.unwrap_or_default()))
+        }
+        _ => None,
+    };
+    if let Some((_, Verdict::Refuse, _)) = &enrolment {
+        let reason = DENIED.to_string();
+        send(&mut wr, &BrokerMessage::Refused { reason: reason.clone() }).await?;
+        broker.registry.disconnected(&mac, now_secs());
+        return Ok(format!("refused: {reason} (enrolment)"));
+    }
     let welcome = Welcome {
         version,
         resume_token: token,
@@ -281,40 +300,47 @@ async fn serve(
         drop(old);
     }
     let tx = broker.live().get(&mac).map(|(_, tx)| tx.clone());
-    let mut pc = None;
     let kiosk_own = policy.mode == Mode::Kiosk && policy.autologin.is_none();
-    if let (Some(orch), Some(tx)) = (&broker.desktops, tx) {
-        let me = super::login::Pc { broker: broker.clone(), orch: orch.clone(), mac: mac.clone(), conn: id, tx: tx.clone() };
-        match (policy.mode, policy.autologin) {
-            // A fresh boot (no token of an earlier welcome): the last one's desktop goes.
-            (Mode::Kiosk, None) => {
-                broker.stages.record(&mac, crate::stages::Event::Login { person: None, how: "kiosk".into() });
-                assign(orch.clone(), Some(tx), mac.clone(), hello.resume_token.is_none())
-            }
-            (Mode::Kiosk, Some(account)) => {
-                let me = me.clone();
-                let policy = broker.auth.as_ref().and_then(|a| a.local_policy(&account)).unwrap_or_default();
-                let spec = orch.spec_of(&policy);
-                tokio::spawn(async move { me.seat(&account, false, spec).await });
-            }
-            (_, _) if version.minor < LOGIN_MINOR => {
-                let text = "this PC's boot image is too old for logins; ask an administrator to update it".into();
-                let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
-            }
-            // An old agent let in by `agent_plain_tcp`: a password typed there would cross the
-            // LAN in clear, so it gets no login screen and its logins are ignored.
-            (_, _) if !encrypted => {
-                log::warn!("agent {who}: no login screen on a plain TCP connection (agent_plain_tcp)");
-                let text = "logins need an encrypted connection to the broker; ask an administrator to rebuild this PC's boot image with the server's CA".into();
-                let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
-            }
-            (_, _) => {
-                let _ = tx.send(super::login::prompt(broker, &mac, None, None));
-                pc = Some(me);
+    let fresh = hello.resume_token.is_none();
+    let pc = Arc::new(std::sync::OnceLock::new());
+    let admission = Admission { broker: broker.clone(), policy, version, encrypted, who: who.clone(), mac: mac.clone(), id, fresh };
+    match (enrolment, tx) {
+        (Some((gate, Verdict::Wait, code)), Some(tx)) => {
+            log::info!("client {mac}: waits for approval with code {code}");
+            let decided = gate.wait(&mac, id);
+            let _ = tx.send(BrokerMessage::Approval { pc: admission.policy.name.clone(), code });
+            let pc = pc.clone();
+            tokio::spawn(async move {
+                match decided.await {
+                    Ok(true) => {
+                        if let Some(me) = admission.admit(tx) {
+                            let _ = pc.set(me);
+                        }
+                    }
+                    Ok(false) => {
+                        let _ = tx.send(BrokerMessage::Refused { reason: DENIED.into() });
+                        log::info!("agent {}: denied; closing its connection", admission.who);
+                        // The session ends once the refusal is written: no sender is left.
+                        let mut live = admission.broker.live();
+                        if live.get(&admission.mac).is_some_and(|(i, _)| *i == admission.id) {
+                            live.remove(&admission.mac);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            });
+        }
+        (_, Some(tx)) => {
+            if let Some(me) = admission.admit(tx) {
+                let _ = pc.set(me);
             }
         }
+        (_, None) => {}
     }
-    let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who, pc.as_ref()).await;
+    let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who, &pc).await;
+    if let Some(gate) = &broker.enrolments {
+        gate.forget(&mac, id);
+    }
     {
         let mut live = broker.live();
         if live.get(&mac).is_some_and(|(i, _)| *i == id) {
@@ -326,6 +352,59 @@ async fn serve(
     let wait = if kiosk_own { broker.kiosk_grace } else { broker.leave_after };
     leave_unless_back(broker, mac, wait);
     result
+}
+
+const DENIED: &str = "an administrator has denied this PC; ask them to approve it";
+
+/// What a welcomed PC gets once it may have it (at once, or when an administrator approves it).
+struct Admission {
+    broker: Arc<Broker>,
+    policy: super::pcs::PcPolicy,
+    version: proto::agent::ProtocolVersion,
+    encrypted: bool,
+    who: String,
+    mac: String,
+    id: u64,
+    /// A hello without the token of an earlier welcome: the PC booted again.
+    fresh: bool,
+}
+
+impl Admission {
+    /// Sends what the PC's policy says: a kiosk desktop, or the login screen (whose logins
+    /// the returned [`super::login::Pc`] then takes).
+    fn admit(&self, tx: mpsc::UnboundedSender<BrokerMessage>) -> Option<super::login::Pc> {
+        let (broker, mac, who) = (&self.broker, &self.mac, &self.who);
+        let orch = broker.desktops.as_ref()?;
+        let me = super::login::Pc { broker: broker.clone(), orch: orch.clone(), mac: mac.clone(), conn: self.id, tx: tx.clone() };
+        match (self.policy.mode, self.policy.autologin.clone()) {
+            // A fresh boot: the last one's desktop goes.
+            (Mode::Kiosk, None) => {
+                broker.stages.record(mac, crate::stages::Event::Login { person: None, how: "kiosk".into() });
+                assign(orch.clone(), Some(tx), mac.clone(), self.fresh)
+            }
+            (Mode::Kiosk, Some(account)) => {
+                let policy = broker.auth.as_ref().and_then(|a| a.local_policy(&account)).unwrap_or_default();
+                let spec = orch.spec_of(&policy);
+                tokio::spawn(async move { me.seat(&account, false, spec).await });
+            }
+            (_, _) if self.version.minor < LOGIN_MINOR => {
+                let text = "this PC's boot image is too old for logins; ask an administrator to update it".into();
+                let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
+            }
+            // An old agent let in by `agent_plain_tcp`: a password typed there would cross the
+            // LAN in clear, so it gets no login screen and its logins are ignored.
+            (_, _) if !self.encrypted => {
+                log::warn!("agent {who}: no login screen on a plain TCP connection (agent_plain_tcp)");
+                let text = "logins need an encrypted connection to the broker; ask an administrator to rebuild this PC's boot image with the server's CA".into();
+                let _ = tx.send(BrokerMessage::Command(Command::ShowMessage { text }));
+            }
+            (_, _) => {
+                let _ = tx.send(super::login::prompt(broker, mac, None, None));
+                return Some(me);
+            }
+        }
+        None
+    }
 }
 
 /// Starts or finds the kiosk PC's one-time desktop and sends the assignment, or the refusal as
@@ -380,7 +459,7 @@ async fn session(
     broker: &Broker,
     mac: &str,
     who: &str,
-    pc: Option<&super::login::Pc>,
+    pc: &std::sync::OnceLock<super::login::Pc>,
 ) -> anyhow::Result<String> {
     let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut ping = tokio::time::interval(broker.ping_interval);
@@ -432,12 +511,12 @@ async fn session(
                     }
                 }
                 Some(AgentMessage::Hello(_)) => bail!("sent a second hello on one connection"),
-                Some(AgentMessage::Login { user, password }) => match pc {
+                Some(AgentMessage::Login { user, password }) => match pc.get() {
                     Some(pc) => pc.login(user, password, busy.clone()),
                     // Never prompted for one: this PC's desktop comes without a login.
                     None => log::warn!("agent {who}: ignoring a login as {} that nobody asked for", Esc(&user)),
                 },
-                Some(AgentMessage::Logout) => match pc {
+                Some(AgentMessage::Logout) => match pc.get() {
                     Some(pc) => pc.logout(),
                     None => log::info!("agent {who}: ignoring a logout: this PC has no logins"),
                 },
@@ -483,6 +562,7 @@ pub async fn start(
     settings: &crate::config::Settings,
     desktops: Option<Desktops>,
     binding: HelloBinding,
+    enrolments: Arc<Gate>,
     sup: &mut Supervisor,
     budget: &Arc<FdBudget>,
     stages: crate::stages::Sink,
@@ -514,6 +594,10 @@ pub async fn start(
     }
     broker.binding = binding;
     broker.stages = stages.clone();
+    broker.enrolments = Some(enrolments);
+    if settings.pcs.enrolment == EnrolmentMode::Approve {
+        log::info!("broker: enrolment = approve: a new PC waits for an administrator (bootserver client MAC approve)");
+    }
     // The accounts: their admin routes, and the backends a login is checked against.
     let accounts = Arc::new(crate::accounts::AccountStore::open_in(&settings.state_dir)?);
     broker.auth = Some(Arc::new(

@@ -4,6 +4,7 @@
 
 pub mod admin_routes;
 pub mod agent_tls;
+pub mod enrolment;
 pub mod explain;
 pub mod flow;
 pub mod hello_binding;

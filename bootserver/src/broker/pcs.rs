@@ -5,6 +5,7 @@
 //! ```toml
 //! [pcs]
 //! policy = "login"                 # login | kiosk | disabled, for PCs no rule matches
+//! enrolment = "open"               # open | approve: an administrator approves each new PC
 //! autologin = "hall"               # kiosk only: the account whose desktop a kiosk shows
 //!
 //! [pcs.groups]
@@ -51,6 +52,8 @@ pub struct Rule {
 #[serde(deny_unknown_fields, default)]
 pub struct PcsConfig {
     pub policy: Mode,
+    /// `open` (every PC is taken) or `approve` (see `broker::enrolment`).
+    pub enrolment: super::enrolment::EnrolmentMode,
     pub autologin: Option<String>,
     pub groups: BTreeMap<String, Vec<String>>,
     #[serde(rename = "rule")]

@@ -73,6 +73,9 @@ pub struct DhcpConfig {
     /// Milliseconds a lease change that need not be on disk before the reply (a renewal, a
     /// release, an expiry) may wait to be saved. New bindings are saved before their ACK.
     pub lease_save_ms: u64,
+    /// PXE and iPXE boot information only for MACs an administrator approved (see
+    /// `broker::enrolment`); others get an address without it and show as pending.
+    pub pxe_enrolled_only: bool,
 }
 
 impl Default for DhcpConfig {
@@ -96,6 +99,7 @@ impl Default for DhcpConfig {
             total_rate: 200,
             total_burst: 400,
             lease_save_ms: 1000,
+            pxe_enrolled_only: false,
         }
     }
 }
@@ -187,6 +191,8 @@ pub struct Service {
     save_due: Option<tokio::time::Instant>,
     /// Offers and acknowledgements go to the boot-stage reports.
     stages: crate::stages::Sink,
+    /// `pxe_enrolled_only`: where held-back PCs are recorded as pending.
+    enrolments: Option<std::sync::Arc<crate::broker::enrolment::Gate>>,
 }
 
 /// Datagrams already queued that are decided together, with one save of the lease table for
@@ -286,6 +292,7 @@ impl Service {
             save_every: Duration::from_millis(d.lease_save_ms),
             save_due: None,
             stages: crate::stages::Sink::default(),
+            enrolments: None,
         })
     }
 
@@ -396,10 +403,25 @@ impl Service {
         }
     }
 
+    /// Gives PXE boot information only to the MACs `gate` holds approved (`pxe_enrolled_only`).
+    pub fn enrolled_only(&mut self, gate: std::sync::Arc<crate::broker::enrolment::Gate>) {
+        log::info!("dhcp: PXE boot information only for enrolled MACs (pxe_enrolled_only)");
+        self.server.pxe_allowed = Some(gate.approved());
+        self.enrolments = Some(gate);
+    }
+
     fn datagram(&mut self, data: &[u8], via: Via, peer: SocketAddr) {
         let SocketAddr::V4(peer) = peer else { return };
         let result = self.server.handle(data, via, peer, now());
         self.act(result, Origin::Datagram(data.len(), peer));
+        for mac in std::mem::take(&mut self.server.held_back) {
+            let Some(gate) = self.enrolments.clone() else { continue };
+            tokio::spawn(async move {
+                if let Err(e) = gate.seen(&mac, "DHCP (before its address)", now()).await {
+                    log::error!("dhcp: recording {mac} as pending: {e}");
+                }
+            });
+        }
     }
 
     /// Saves the lease table if a reply waits for it or its time has come, then sends the

@@ -154,6 +154,12 @@ pub(crate) struct Server {
     limiter: Option<Limiter>,
     /// Messages dropped by the limits since the caller last took the count.
     pub rate_limited: u64,
+    /// `pxe_enrolled_only`: the MACs that get boot information; None: every MAC does.
+    pub pxe_allowed: Option<crate::broker::enrolment::Approved>,
+    /// MACs whose PXE request was answered without boot information, each once, for the
+    /// caller to record as pending.
+    pub held_back: Vec<String>,
+    held_seen: std::collections::HashSet<String>,
 }
 
 impl Server {
@@ -165,7 +171,16 @@ impl Server {
             total: Bucket::new(limits.total, now),
             known: Bucket::new(limits.total, now),
         });
-        Server { cfg, leases, probes: HashMap::new(), limiter, rate_limited: 0 }
+        Server {
+            cfg,
+            leases,
+            probes: HashMap::new(),
+            limiter,
+            rate_limited: 0,
+            pxe_allowed: None,
+            held_back: Vec::new(),
+            held_seen: Default::default(),
+        }
     }
 
     /// Counts `req` against the limits.
@@ -184,6 +199,24 @@ impl Server {
             self.rate_limited += 1;
         }
         r
+    }
+
+    /// Under `pxe_enrolled_only` a PXE client whose MAC is not approved is answered as a plain
+    /// client: an address, no boot information. It is not ignored: without an address its ROM
+    /// would retry for minutes before the PC falls back to its next boot device.
+    fn enrolled_kind(&mut self, req: &Request, kind: ClientKind) -> ClientKind {
+        let Some(allowed) = &self.pxe_allowed else { return kind };
+        let mac = req.mac_string();
+        if !kind.is_pxe() || allowed.read().unwrap_or_else(|e| e.into_inner()).contains(&mac) {
+            return kind;
+        }
+        if self.held_seen.len() < TRACKED_CLIENTS && self.held_seen.insert(mac.clone()) {
+            log::info!(
+                "dhcp: {mac}: PXE request from a MAC not enrolled: no boot information (pxe_enrolled_only); approve it with `bootserver client {mac} approve`"
+            );
+            self.held_back.push(mac);
+        }
+        ClientKind::Plain
     }
 
     fn in_subnet(&self, ip: Ipv4Addr) -> bool {
@@ -207,7 +240,7 @@ impl Server {
     ) -> Result<Action, Dropped> {
         let req = Request::parse(data)?;
         self.admit(&req, at)?;
-        let kind = ClientKind::of(&req);
+        let kind = self.enrolled_kind(&req, ClientKind::of(&req));
         if self.cfg.proxy {
             return self.proxy(&req, kind, via, peer).map(Action::Reply);
         }
@@ -949,6 +982,32 @@ mod tests {
             vec![(opt::VENDOR_CLASS, PXE_BIOS), (opt::CLIENT_ARCH, &arch_opt), (opt::CLIENT_UUID, &uuid)];
         o.extend_from_slice(extra);
         msg(1, MAC, &o)
+    }
+
+    #[test]
+    fn pxe_boot_information_only_for_enrolled_macs() {
+        let mut s = server();
+        let allowed = crate::broker::enrolment::Approved::default();
+        s.pxe_allowed = Some(allowed.clone());
+        // Not enrolled: an address, but no next-server, boot file or PXE options; held back once.
+        for now in 0..2 {
+            let r = go(&mut s, &pxe_discover(0, &[]), now).reply;
+            assert_eq!((r.msg_type, r.yiaddr), (Msg::Offer, ip(100)));
+            assert_eq!((r.file.as_deref(), r.siaddr, r.option(opt::VENDOR_CLASS)), (None, Ipv4Addr::UNSPECIFIED, None));
+            assert_eq!(r.option(opt::BOOTFILE_NAME), None);
+        }
+        let ipxe = go(&mut s, &msg(1, MAC, &[(opt::USER_CLASS, b"iPXE")]), 2).reply;
+        assert_eq!(ipxe.file, None);
+        assert_eq!(std::mem::take(&mut s.held_back), vec!["02:00:00:00:00:01".to_string()]);
+        // Approved: the boot file at the next request, nothing held back.
+        allowed.write().unwrap().insert("02:00:00:00:00:01".into());
+        let r = go(&mut s, &pxe_discover(0, &[]), 3).reply;
+        assert_eq!((r.file.as_deref(), r.siaddr), (Some("undionly.kpxe"), SERVER));
+        assert!(s.held_back.is_empty());
+        // In proxyDHCP mode an unenrolled PXE client is not answered at all.
+        let mut p = server_with(MemoryStore::default(), true);
+        p.pxe_allowed = Some(crate::broker::enrolment::Approved::default());
+        assert!(silent(&mut p, &pxe_discover(0, &[]), 0).contains("not a PXE client"));
     }
 
     #[test]
