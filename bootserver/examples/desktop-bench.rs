@@ -275,7 +275,7 @@ async fn broker(host: &Host, pool: usize, balloon: bool) -> anyhow::Result<Broke
 async fn arrive(b: &Broker, user: &str) -> anyhow::Result<String> {
     match b.orch.arrive(user).await? {
         Outcome::Assigned { token, .. } => Ok(token),
-        Outcome::Refused { message } => bail!("{user} refused: {message}"),
+        Outcome::Refused { message } | Outcome::NoTemplate { message } => bail!("{user} refused: {message}"),
     }
 }
 

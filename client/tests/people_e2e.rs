@@ -10,6 +10,13 @@
 //! 3. alice logs in on PC 2, once her first desktop has stopped, and finds her file.
 //! 4. While alice is on PC 2 she logs in on PC 1: PC 2 returns to its login screen, and only one
 //!    VM of hers runs (the broker's desktops and the host's own VM list).
+//! 0. Enrolment (`enrolment = "approve"`): PC 1 and the kiosk are approved before they are
+//!    ever seen; PC 2 is not: it shows its approval code and starts no VM, and once the real
+//!    CLI approves that code it shows its login screen with no reboot.
+//!
+//! Along the way PC 1's boot-stage report (`/api/clients/{mac}`) must list its stages in order,
+//! from the DHCP offer to the desktop shown.
+//!
 //! 5. PC 2 is switched off and a kiosk PC boots on its wire: a desktop with no login, one-time;
 //!    a file is written on it, the PC is reset (a fresh boot), and the new desktop has no file.
 //!
@@ -66,6 +73,19 @@ impl Scenario<'_> {
             .expect("curl");
         assert!(out.status.success(), "GET /api/{path}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("/api/{path}: {e}"))
+    }
+
+    /// POSTs JSON `body` to the admin API.
+    fn post(&self, path: &str, body: &str) -> serde_json::Value {
+        let out = self
+            .lab
+            .cmd("curl")
+            .args(["-sf", "-m", "10", "-X", "POST", "-H", "Content-Type: application/json", "-d", body, "-H", &self.auth])
+            .arg(format!("http://{ADMIN}/api/{path}"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "POST /api/{path}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
     /// The broker's desktops of orchestrator user `user`.
@@ -314,6 +334,7 @@ cmdline = "console=ttyS0 tc.error_delay=5"
 
 [pcs]
 policy = "login"
+enrolment = "approve"
 
 [[pcs.rule]]
 match = "{PC1}"
@@ -368,11 +389,35 @@ memory_mib = 800
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // 0. Enrolment: PC 1 and the kiosk approved ahead, PC 2 waits with its code.
+    for mac in [PC1, KIOSK] {
+        sc.post(&format!("clients/{mac}/approve"), "{}");
+    }
     let t0 = Instant::now();
     let pc1 = sc.power_on("pc1", PC1, 0);
     let mut pc2 = sc.power_on("pc2", PC2, 1);
     pc1.wait_for("login screen reads", 1);
-    pc2.wait_for("login screen reads", 1);
+    let log = pc2.wait_for("== Waiting for approval ==", 1);
+    let code: String = log.split("Code: ").nth(1).expect("the approval screen shows a code").chars().take(7).collect();
+    let entry = sc.admin(&format!("clients/{PC2}"));
+    assert_eq!(entry["enrolment"]["state"], "pending", "{entry}");
+    assert_eq!(entry["enrolment"]["code"], code.as_str(), "{entry}");
+    assert_eq!(sc.admin("vms"), serde_json::json!([]), "a PC waiting for approval started a desktop");
+    let out = sc
+        .lab
+        .cmd(&bootserver)
+        .args(["enrol", &code, "--state-dir"])
+        .arg(&state)
+        .env("BOOTSERVER_ADMIN", ADMIN)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bootserver enrol {code}: {}", String::from_utf8_lossy(&out.stderr));
+    pc2.wait_for("pc-two (enrolled): waiting for a login", 1);
+    let entry = sc.admin(&format!("clients/{PC2}"));
+    assert_eq!(entry["enrolment"]["state"], "approved", "{entry}");
+    assert_eq!(entry["boots"], 1, "PC 2 rebooted to move on: {entry}");
+    eprintln!("people: PC 2 waited with code {code}, no VM; approved by the CLI, it shows its login screen with no reboot");
     eprintln!("people: both PCs show their login screens after {:.0} s", t0.elapsed().as_secs_f64());
 
     // 1. Refusals, each with its message and no VM.
@@ -395,6 +440,23 @@ memory_mib = 800
     assert_eq!(sc.console(&alice_vm, &format!("echo '{note}' >/data/alice-note && sync && cat /data/alice-note")), note);
     eprintln!("people: alice's desktop {alice_vm} on PC 1 in {:.0} s; note written", t.elapsed().as_secs_f64());
     assert_eq!(sc.desktops_of("user:alice")[0]["one_time"], false);
+    // PC 1's boot, stage by stage, up to alice's desktop on its screen.
+    let want = ["dhcp_offered", "boot_file", "agent_hello", "login", "desktop_shown"];
+    let t = Instant::now();
+    let stages = loop {
+        let v = sc.admin(&format!("clients/{PC1}"));
+        let names: Vec<String> =
+            v["stages"]["current"].as_array().into_iter().flatten().map(|s| s["stage"].as_str().unwrap_or("").to_string()).collect();
+        if names.iter().any(|n| n == "desktop_shown") {
+            break (names, v["stages"].clone());
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "PC 1's stages never reached desktop_shown: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let firsts: Vec<usize> = want.iter().map(|w| stages.0.iter().position(|n| n == w).unwrap_or_else(|| panic!("no {w}: {}", stages.1))).collect();
+    assert!(firsts.windows(2).all(|p| p[0] < p[1]), "PC 1's stages out of order: {}", stages.1);
+    assert!(stages.1["stuck"].is_null(), "{}", stages.1);
+    eprintln!("people: PC 1's boot report lists {want:?} in order");
     pc1.keys(&["ctrl", "alt", "end"]);
     pc1.wait_for("pc-one (enrolled): logged out", 1);
     sc.wait_no_desktop("user:alice");
