@@ -6,81 +6,16 @@
 //! a local account still logs in; a directory whose certificate the CA did not sign is not
 //! trusted.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bootserver::accounts::auth::BackendKind;
 use bootserver::accounts::core::hash_password;
 use bootserver::accounts::{AccountStore, AuthConfig, Authenticator, Desktop, LoginError, Policy, Role};
-use testkit::{KillOnDrop, Lab};
+use testkit::Lab;
 
 const SUBNET: &str = "10.97.0";
-const SUFFIX: &str = "dc=example,dc=org";
-
-fn slappasswd(pw: &str) -> String {
-    let out = Command::new("/usr/sbin/slappasswd").args(["-s", pw]).output().expect("slappasswd (package slapd)");
-    assert!(out.status.success(), "slappasswd: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A CA and a certificate for `ip` signed by it: (ca.pem, cert.pem, key.pem) in `dir`.
-fn pki(dir: &Path, ip: &str, name: &str) -> std::path::PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![ip.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}-cert.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
-    dir.join(format!("{name}-ca.pem"))
-}
-
-/// A slapd config and directory in `dir`: alice in staff, bob in kiosk, carol in no group.
-fn directory(dir: &Path) {
-    let d = dir.display();
-    std::fs::create_dir_all(dir.join("db")).unwrap();
-    std::fs::write(
-        dir.join("slapd.conf"),
-        format!(
-            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
-             include /etc/ldap/schema/inetorgperson.schema\ninclude /etc/ldap/schema/nis.schema\n\
-             modulepath /usr/lib/ldap\nmoduleload back_mdb\npidfile {d}/slapd.pid\nargsfile {d}/slapd.args\n\
-             TLSCACertificateFile {d}/ldap-ca.pem\nTLSCertificateFile {d}/ldap-cert.pem\n\
-             TLSCertificateKeyFile {d}/ldap-key.pem\n\
-             database mdb\nsuffix \"{SUFFIX}\"\nrootdn \"cn=admin,{SUFFIX}\"\ndirectory {d}/db\n"
-        ),
-    )
-    .unwrap();
-    let mut ldif = format!(
-        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
-         dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
-         dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n"
-    );
-    for user in ["alice", "bob", "carol"] {
-        let hash = slappasswd(&format!("{user}'s secret"));
-        ldif += &format!(
-            "dn: uid={user},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {user}\ncn: {user}\nsn: {user}\n\
-             userPassword: {hash}\n\n"
-        );
-    }
-    for (group, member) in [("staff", "alice"), ("kiosk", "bob")] {
-        ldif += &format!(
-            "dn: cn={group},ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: {group}\n\
-             member: uid={member},ou=people,{SUFFIX}\n\n"
-        );
-    }
-    std::fs::write(dir.join("data.ldif"), ldif).unwrap();
-    let out = Command::new("/usr/sbin/slapadd").arg("-f").arg(dir.join("slapd.conf")).arg("-l").arg(dir.join("data.ldif")).output();
-    let out = out.expect("slapadd (package slapd)");
-    assert!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
-}
+const SUFFIX: &str = testkit::ldap::SUFFIX;
 
 fn auth_config(text: &str) -> AuthConfig {
     toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -98,36 +33,16 @@ fn directory_users_log_in_with_their_groups_policies_and_failures_read_alike() {
     let conf = dir.path().join("slapd");
     std::fs::create_dir(&conf).unwrap();
     let slapd_ip = format!("{SUBNET}.2");
-    let ca = pki(&conf, &slapd_ip, "ldap");
-    let other_ca = pki(dir.path(), &slapd_ip, "other");
-    directory(&conf);
+    let users: Vec<(String, String)> = ["alice", "bob", "carol"].iter().map(|u| (u.to_string(), format!("{u}'s secret"))).collect();
+    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    // alice in staff, bob in kiosk, carol in no group.
+    let ca = testkit::ldap::directory(&conf, &slapd_ip, &users, &[("staff", &["alice"]), ("kiosk", &["bob"])]).unwrap();
+    let other_ca = testkit::ldap::pki(dir.path(), &slapd_ip, "other").unwrap();
     for (k, ip) in [(1, &slapd_ip), (2, &format!("{SUBNET}.3"))] {
         let st = lab.host_cmd(k, "ip").args(["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).status().unwrap();
         assert!(st.success());
     }
-    let log = dir.path().join("slapd.log");
-    // -d keeps slapd in the foreground, where KillOnDrop stops it.
-    let _slapd = KillOnDrop::spawn(
-        lab.host_cmd(1, "/usr/sbin/slapd")
-            .args(["-d", "256", "-h", &format!("ldap://{slapd_ip}/ ldaps://{slapd_ip}/"), "-f"])
-            .arg(conf.join("slapd.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    )
-    .unwrap();
-    let ldaps: SocketAddr = format!("{slapd_ip}:636").parse().unwrap();
-    let up = in_host2(&lab, async move {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if tokio::net::TcpStream::connect(ldaps).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        false
-    });
-    assert!(up, "slapd did not listen: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let _slapd = testkit::ldap::slapd(&lab, 1, &conf, &slapd_ip, &dir.path().join("slapd.log")).unwrap();
 
     let store = Arc::new(AccountStore::open_in(&dir.path().join("state")).unwrap());
     store.add("dave", &hash_password("dave's secret").unwrap(), Role::User, &Policy::default()).unwrap();

@@ -17,7 +17,10 @@
 //! Along the way PC 1's boot-stage report (`/api/clients/{mac}`) must list its stages in order,
 //! from the DHCP offer to the login.
 //!
-//! 5. PC 2 is switched off and a kiosk PC boots on its wire: a desktop with no login, one-time;
+//! 5. LDAP: erin, a user of Debian's slapd (in a second lab host, over ldaps:// with its own
+//!    CA) whose group gives one-time desktops, logs in on PC 1 by typed keys; her desktop is
+//!    one-time: a file written there is gone at her next login.
+//! 6. PC 2 is switched off and a kiosk PC boots on its wire: a desktop with no login, one-time;
 //!    a file is written on it, the PC is reset (a fresh boot), and the new desktop has no file.
 //!
 //! Needs root (network namespaces), qemu-system-x86_64, the static agent
@@ -301,8 +304,15 @@ fn people_log_in_roam_and_are_refused_and_kiosks_forget() {
     }
     run(Command::new(&bootserver).args(["user", "disable", "carol", "--state-dir"]).arg(&state), "");
 
-    let lab = Lab::with_subnet(2, 0, "10.94.0").unwrap();
+    let lab = Lab::with_subnet(2, 1, "10.94.0").unwrap();
     let s = lab.server_addr();
+    // The directory: erin in the group "once" (one-time desktops), in lab host 1.
+    let slapd_ip = format!("{}.2", lab.subnet);
+    let ldap_dir = dir.join("slapd");
+    let ldap_ca = testkit::ldap::directory(&ldap_dir, &slapd_ip, &[("erin", "erin-pass-4444")], &[("once", &["erin"])]).unwrap();
+    let st = lab.host_cmd(1, "ip").args(["addr", "add", &format!("{slapd_ip}/24"), "dev", "eth0"]).status().unwrap();
+    assert!(st.success());
+    let _slapd = testkit::ldap::slapd(&lab, 1, &ldap_dir, &slapd_ip, &dir.join("slapd.log")).unwrap();
     let sh_cfg = dir.join("server-host.toml");
     write_file(&sh_cfg, &testkit::server_host_config(&pki.tls_dir, HOST_API, &dir.join("server-host"), &cache.join("templates")));
     let host = Host {
@@ -346,6 +356,17 @@ name = "pc-two"
 match = "{KIOSK}"
 policy = "kiosk"
 
+[auth]
+backends = ["local", "ldap"]
+[auth.ldap]
+url = "ldaps://{slapd_ip}"
+user_dn = "uid={{user}},ou=people,{suffix}"
+group_base = "ou=groups,{suffix}"
+ca_file = "{ldap_ca}"
+[[auth.ldap.group]]
+name = "once"
+desktop = "one-time"
+
 [desktops]
 # One level: no handoffs, which would only slow the steps down here.
 levels_mib = [160]
@@ -367,6 +388,8 @@ memory_mib = 800
             state = state.display(),
             cache = cache.display(),
             image = image.display(),
+            suffix = testkit::ldap::SUFFIX,
+            ldap_ca = ldap_ca.display(),
         ),
     );
     let bs_log = dir.join("bootserver.log");
@@ -474,7 +497,23 @@ memory_mib = 800
     assert_eq!(sc.host_vms_of("user-alice"), vec![alice_vm2.clone()], "the host runs another VM of alice's");
     eprintln!("people: alice took her desktop to PC 1; PC 2 shows its login screen; one VM of hers");
 
-    // 5. A kiosk PC on PC 2's wire: one-time desktop, gone after a reset.
+    // 5. erin, from the directory, on PC 1: her group's one-time desktop forgets her note.
+    pc1.keys(&["ctrl", "alt", "end"]);
+    pc1.wait_for("pc-one (enrolled): logged out", 3);
+    pc1.login("erin", "erin-pass-4444");
+    let erin_vm = sc.wait_desktop("user:erin", None);
+    assert_eq!(sc.desktops_of("user:erin")[0]["one_time"], true, "erin's group gives one-time desktops");
+    let enote = format!("note-of-erin-{}", std::process::id());
+    assert_eq!(sc.console(&erin_vm, &format!("echo '{enote}' >/data/erin-note && sync && cat /data/erin-note")), enote);
+    pc1.keys(&["ctrl", "alt", "end"]);
+    pc1.wait_for("pc-one (enrolled): logged out", 4);
+    sc.wait_no_desktop("user:erin");
+    pc1.login("erin", "erin-pass-4444");
+    let erin_vm2 = sc.wait_desktop("user:erin", Some(&erin_vm));
+    assert_eq!(sc.console(&erin_vm2, "test -e /data/erin-note && echo PRESENT || echo ABSENT"), "ABSENT");
+    eprintln!("people: erin (LDAP, group once) logged in on PC 1; her note is gone at her next login ({erin_vm} -> {erin_vm2})");
+
+    // 6. A kiosk PC on PC 2's wire: one-time desktop, gone after a reset.
     pc2.proc.stop(Duration::from_secs(2));
     let kiosk = sc.power_on("kiosk", KIOSK, 1);
     let k_vm = sc.wait_desktop(KIOSK, None);
