@@ -305,14 +305,23 @@ pub struct Gate {
     store: Arc<Enrolments>,
     /// The approved MACs, for the DHCP server (`pxe_enrolled_only`).
     approved: Approved,
+    /// The denied MACs: with `approved`, every decision, read where a waiter registers.
+    denied: RwLock<HashSet<String>>,
     /// Pending PCs connected now: MAC to (connection id, where the decision goes).
     waiting: Mutex<HashMap<String, (u64, oneshot::Sender<bool>)>>,
 }
 
 impl Gate {
     pub fn new(store: Enrolments) -> Result<Self, EnrolError> {
-        let approved = store.list()?.into_iter().filter(|e| e.state == State::Approved).map(|e| e.mac).collect();
-        Ok(Gate { store: Arc::new(store), approved: Arc::new(RwLock::new(approved)), waiting: Mutex::new(HashMap::new()) })
+        let entries = store.list()?;
+        let of = |state| entries.iter().filter(|e| e.state == state).map(|e| e.mac.clone()).collect::<HashSet<_>>();
+        let (approved, denied) = (of(State::Approved), of(State::Denied));
+        Ok(Gate {
+            store: Arc::new(store),
+            approved: Arc::new(RwLock::new(approved)),
+            denied: RwLock::new(denied),
+            waiting: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The gate over `enrolment.sqlite` in `state_dir`.
@@ -356,10 +365,34 @@ impl Gate {
     }
 
     /// Connection `conn` of `mac` shows the approval screen: the decision arrives here.
+    ///
+    /// The hello read the PC's entry before this: a decision made in between found no waiter
+    /// to tell, so it is read here. Under the waiters' lock, which [`Gate::decide`] takes only
+    /// after its decision is in the sets: either this sees the decision or `decide` sees the
+    /// waiter.
     pub fn wait(&self, mac: &str, conn: u64) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(mac.to_string(), (conn, tx));
+        let mut waiting = self.lock();
+        match self.decided(mac) {
+            Some(approve) => {
+                let _ = tx.send(approve);
+            }
+            None => {
+                waiting.insert(mac.to_string(), (conn, tx));
+            }
+        }
         rx
+    }
+
+    /// The decision on `mac` so far, if any.
+    fn decided(&self, mac: &str) -> Option<bool> {
+        if self.approved.read().unwrap_or_else(|e| e.into_inner()).contains(mac) {
+            Some(true)
+        } else if self.denied.read().unwrap_or_else(|e| e.into_inner()).contains(mac) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// Connection `conn` of `mac` ended.
@@ -380,10 +413,13 @@ impl Gate {
         let entry = self.run(move |s| s.decide(&m, approve, &b, crate::broker::registry::now_secs())).await?;
         {
             let mut set = self.approved.write().unwrap_or_else(|e| e.into_inner());
+            let mut denied = self.denied.write().unwrap_or_else(|e| e.into_inner());
             if approve {
                 set.insert(mac.to_string());
+                denied.remove(mac);
             } else {
                 set.remove(mac);
+                denied.insert(mac.to_string());
             }
         }
         let waiter = self.lock().remove(mac);
@@ -601,6 +637,32 @@ mod tests {
         assert_eq!(e.list().unwrap().len(), 3);
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A decision between the hello's lookup (pending) and the connection's wait reaches the
+    /// wait; one made after the wait is pushed to it.
+    #[tokio::test]
+    async fn a_decision_made_before_the_wait_still_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Gate::open_in(dir.path()).unwrap();
+        let (a, b, c) = ("52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03");
+        for mac in [a, b, c] {
+            assert_eq!(gate.seen(mac, "10.0.0.5", 100).await.unwrap().state, State::Pending);
+        }
+        gate.decide(a, true, "admin").await.unwrap();
+        gate.decide(b, false, "admin").await.unwrap();
+        // Already decided: the answer is there at once, not at the next decision.
+        let now = |rx| tokio::time::timeout(std::time::Duration::from_secs(5), rx);
+        assert_eq!(now(gate.wait(a, 1)).await.expect("the approval is lost"), Ok(true));
+        assert_eq!(now(gate.wait(b, 2)).await.expect("the denial is lost"), Ok(false));
+        let waits = gate.wait(c, 3);
+        gate.decide(c, true, "admin").await.unwrap();
+        assert_eq!(waits.await, Ok(true));
+        // A broker restarted after the decisions knows them too.
+        drop(gate);
+        let gate = Gate::open_in(dir.path()).unwrap();
+        assert_eq!(now(gate.wait(b, 4)).await.unwrap(), Ok(false));
+        assert_eq!(now(gate.wait(a, 5)).await.unwrap(), Ok(true));
     }
 
     #[test]

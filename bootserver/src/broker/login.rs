@@ -17,8 +17,10 @@ use crate::logsafe::Esc;
 
 /// Shown on the viewer's status line; the agent watches for it.
 pub const LOGOUT_KEYS: &str = "Ctrl+Alt+End";
-/// Login attempts one PC may make per [`ATTEMPT_WINDOW`]: a person mistyping gets through, a
-/// LAN device guessing passwords gets five a minute.
+/// Failed login attempts one PC may make per [`ATTEMPT_WINDOW`]: a person mistyping gets
+/// through, a LAN device guessing passwords gets five a minute. A login that succeeds gives its
+/// attempt back, so that people who log in and out often are never held up, while guesses
+/// interleaved with a known account's logins still get only five a minute.
 const ATTEMPTS: usize = 5;
 const ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
 /// PCs whose attempts are remembered; past it, the oldest quiet ones are forgotten.
@@ -61,6 +63,16 @@ impl Logins {
         }
         times.push_back(now);
         Ok(())
+    }
+
+    /// The attempt of `pc` counted at `at` succeeded: it no longer counts.
+    fn refund(&self, pc: &str, at: Instant) {
+        let mut all = lock(&self.attempts);
+        if let Some(times) = all.get_mut(pc) {
+            if let Some(i) = times.iter().rposition(|t| *t == at) {
+                times.remove(i);
+            }
+        }
     }
 
     /// The PC an orchestrator user's messages go to: a person's current PC, or the MAC itself.
@@ -124,7 +136,8 @@ impl Pc {
             self.send(prompt(&self.broker, &self.mac, Some("wrong user name or password".into()), None));
             return;
         }
-        if let Err(wait) = self.broker.logins.attempt(&self.mac, Instant::now()) {
+        let at = Instant::now();
+        if let Err(wait) = self.broker.logins.attempt(&self.mac, at) {
             log::warn!("client {}: too many login attempts; refusing {} without checking", self.mac, Esc(&user));
             let text = format!("too many attempts: wait {} s and try again", wait.as_secs().max(1));
             self.send(prompt(&self.broker, &self.mac, Some(text), Some(user)));
@@ -136,12 +149,13 @@ impl Pc {
         }
         let pc = self.clone();
         tokio::spawn(async move {
-            pc.check(user, password).await;
+            pc.check(user, password, at).await;
             busy.store(false, Ordering::Release);
         });
     }
 
-    async fn check(&self, user: String, password: Password) {
+    /// `at`: when the attempt was counted, given back if the login succeeds.
+    async fn check(&self, user: String, password: Password, at: Instant) {
         let Some(auth) = self.broker.auth.clone() else {
             self.send(prompt(&self.broker, &self.mac, Some("logins are not set up on this broker".into()), None));
             return;
@@ -155,6 +169,7 @@ impl Pc {
                 self.send(prompt(&self.broker, &self.mac, Some(e.to_string()), Some(user)));
             }
             Ok(id) => {
+                self.broker.logins.refund(&self.mac, at);
                 log::info!(
                     "login of {} at {} ({:?} account, {:?}) in {} ms",
                     Esc(&id.name),
@@ -390,5 +405,29 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(50));
         assert!(l.attempt("pc2", t0 + Duration::from_secs(10)).is_ok(), "another PC has its own share");
         assert!(l.attempt("pc1", t0 + ATTEMPT_WINDOW).is_ok(), "the first attempt has aged out");
+    }
+
+    #[test]
+    fn logins_that_succeed_do_not_count_and_guesses_between_them_do() {
+        let l = Logins::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_millis(100 * i);
+        // Someone logging in and out many times a minute, with guesses in between.
+        let mut guesses = 0;
+        for i in 0..40u64 {
+            let ok = l.attempt("pc1", at(i)).is_ok();
+            if i % 2 == 0 {
+                assert!(ok || guesses == ATTEMPTS, "login {i} held up after {guesses} guesses");
+                if ok {
+                    l.refund("pc1", at(i));
+                }
+            } else if ok {
+                guesses += 1;
+            }
+        }
+        assert_eq!(guesses, ATTEMPTS, "guesses between good logins");
+        // A refund of an attempt that was never counted changes nothing.
+        l.refund("pc1", at(40));
+        assert!(l.attempt("pc1", at(41)).is_err());
     }
 }
