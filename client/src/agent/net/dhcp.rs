@@ -143,20 +143,21 @@ impl Device for Nic {
     }
 }
 
-/// How long to wait for an OFFER after the `n`th DISCOVER (0-based): 500 ms, doubling up to
-/// 4 s, each stretched by up to an eighth from `jitter` so that PCs powered on together drift
-/// apart. RFC 2131 suggests starting at 4 s; a PC on a quiet LAN that lost its first DISCOVER
-/// (a switch port still learning) should not wait that long. Not shorter either: each DISCOVER
-/// gets a new transaction ID, so an OFFER that is merely slow (a server's ping check) is
-/// dropped once the next DISCOVER has gone out.
+/// How long to wait for an OFFER after the `n`th DISCOVER (0-based): 4 s as RFC 2131 says,
+/// doubling up to 16 s, each stretched by up to an eighth from `jitter` so that PCs powered on
+/// together drift apart. Not shorter: smoltcp gives each DISCOVER a new transaction ID, so an
+/// OFFER that is merely slow (dnsmasq pings an address for up to 3 s before offering it) would
+/// be dropped once the next DISCOVER has gone out. Speed comes from sending the first DISCOVER
+/// the moment the carrier is up, not from retransmitting early.
 pub(crate) fn discover_backoff(n: u32, jitter: u64) -> Duration {
-    let base = Duration::from_millis(500) * (1u32 << n.min(3));
+    let base = Duration::from_secs(4) * (1u32 << n.min(2));
     base + base.mul_f64((jitter % 1000) as f64 / 8000.0)
 }
 
 /// The REQUEST timeout; smoltcp doubles it every second try and falls back to DISCOVER after
-/// its retries.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+/// its retries. Like a DISCOVER, each retransmission gets a new transaction ID, so this leaves
+/// a server time to store the lease before it answers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn now() -> Instant {
     Instant::from_micros(
@@ -255,9 +256,9 @@ mod tests {
     }
 
     #[test]
-    fn discover_retransmissions_back_off_to_four_seconds() {
+    fn discover_retransmissions_back_off_from_four_to_sixteen_seconds() {
         let ms = |n, j| discover_backoff(n, j).as_millis();
-        assert_eq!((ms(0, 0), ms(1, 0), ms(2, 0), ms(3, 0), ms(4, 0), ms(9, 0)), (500, 1000, 2000, 4000, 4000, 4000));
+        assert_eq!((ms(0, 0), ms(1, 0), ms(2, 0), ms(3, 0), ms(9, 0)), (4000, 8000, 16000, 16000, 16000));
         for n in 0..6 {
             let (lo, hi) = (discover_backoff(n, 0), discover_backoff(n, 999));
             assert!(hi > lo && hi <= lo + lo / 8, "{n}: {lo:?} {hi:?}");
