@@ -278,16 +278,20 @@ fn boot(
             None
         }
     };
+    // Subscribed before the drivers load, so the NIC's appearance and carrier wake the waits.
+    let mut link_events = net::LinkEvents::open()?;
     if let Some(l) = &mut loader {
         let n = l.load_for_hardware(sys);
         log::info!("loaded {n} modules for the hardware found");
     }
     phases.done("modules");
+    sysinfo::warm_up_random(tx.clone());
 
-    let iface = net::find_interface(sys, extra(params, KEY_IFACE), Duration::from_secs(20))?;
+    let iface = net::find_interface(sys, extra(params, KEY_IFACE), &mut link_events, Duration::from_secs(20))?;
     let mac = net::mac_of(sys, &iface)?;
+    net::disable_ipv6(Path::new("/proc"), &iface);
     net::netlink::bring_up(&iface)?;
-    if !net::wait_carrier(sys, &iface, Duration::from_secs(10)) {
+    if !net::wait_carrier(sys, &iface, &mut link_events, Duration::from_secs(10)) {
         log::warn!("{iface}: no link after 10 s; trying DHCP anyway");
     }
     phases.done("link");

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Context;
 
@@ -112,13 +113,17 @@ impl ModuleIndex {
 #[derive(Debug)]
 pub(crate) struct Loader {
     index: ModuleIndex,
-    loaded: HashSet<String>,
+    loaded: Mutex<HashSet<String>>,
     pub(crate) failures: Vec<String>,
 }
 
 impl Loader {
     pub(crate) fn new(index: ModuleIndex) -> Self {
-        Loader { index, loaded: HashSet::new(), failures: Vec::new() }
+        Loader { index, loaded: Mutex::new(HashSet::new()), failures: Vec::new() }
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Loads a module by name or alias (e.g. `nfs`, `fs-nfs`) with its dependencies.
@@ -133,25 +138,30 @@ impl Loader {
         Ok(())
     }
 
-    fn load_module(&mut self, module: &str) -> anyhow::Result<()> {
+    /// Safe to run from several threads at once: two threads that both need a dependency both
+    /// call finit_module for it, and the kernel makes the second wait until the first has
+    /// finished, then answers EEXIST, which counts as loaded.
+    fn load_module(&self, module: &str) -> anyhow::Result<()> {
         for rel in self.index.load_order(module)? {
             let name = name_of_path(&rel);
-            if self.loaded.contains(&name) {
+            if self.loaded().contains(&name) {
                 continue;
             }
             let path = self.index.dir.join(&rel);
             insmod(&path).with_context(|| format!("loading {name} ({})", path.display()))?;
             log::debug!("loaded {name}");
-            self.loaded.insert(name);
+            self.loaded().insert(name);
         }
         Ok(())
     }
 
     /// Loads a module for every device in `/sys/bus/*/devices/*/modalias`, repeating while new
     /// devices appear (a USB host controller's driver brings the keyboard behind it).
+    /// The modules of one pass load in parallel, one thread each: most of a driver's load time
+    /// is its probe (a NIC's EEPROM and PHY reset), which does not need the CPU.
     /// Returns how many modules were loaded.
     pub(crate) fn load_for_hardware(&mut self, sys: &Path) -> usize {
-        let before = self.loaded.len();
+        let before = self.loaded().len();
         let mut seen = HashSet::new();
         for _pass in 0..4 {
             let fresh: Vec<String> =
@@ -159,16 +169,43 @@ impl Loader {
             if fresh.is_empty() {
                 break;
             }
+            let mut wanted: Vec<(String, String)> = Vec::new();
             for alias in fresh {
                 for module in self.index.resolve(&alias) {
-                    if let Err(e) = self.load_module(&module) {
-                        log::warn!("{alias}: {e:#}");
-                        self.failures.push(format!("{module}: {e:#}"));
+                    if !wanted.iter().any(|(_, m)| *m == module) {
+                        wanted.push((alias.clone(), module));
                     }
                 }
             }
+            let this = &*self;
+            let failures: Vec<String> = std::thread::scope(|scope| {
+                let jobs: Vec<_> = wanted
+                    .iter()
+                    .map(|(alias, module)| {
+                        let job = move || match this.load_module(module) {
+                            Ok(()) => None,
+                            Err(e) => {
+                                log::warn!("{alias}: {e:#}");
+                                Some(format!("{module}: {e:#}"))
+                            }
+                        };
+                        // A thread that cannot start loads its module here instead.
+                        std::thread::Builder::new()
+                            .name(format!("modprobe {module}"))
+                            .spawn_scoped(scope, job)
+                            .map_err(|_| job)
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .filter_map(|j| match j {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| Some("a module thread panicked".into())),
+                        Err(job) => job(),
+                    })
+                    .collect()
+            });
+            self.failures.extend(failures);
         }
-        self.loaded.len() - before
+        self.loaded().len() - before
     }
 }
 

@@ -102,6 +102,24 @@ pub(crate) fn uptime_ms(proc_dir: &Path) -> Option<u64> {
     Some((secs * 1000.0) as u64)
 }
 
+/// Asks the kernel for random bytes on a thread of its own, so that the first blocking read
+/// happens early. Without a hardware source, the kernel's random pool of a freshly booted PC
+/// is not ready until the first reader makes it gather entropy (about a second of CPU on a slow
+/// PC); that reader would otherwise be the TLS handshake with the broker, right on the boot's
+/// critical path, while the wait for the link leaves the CPU idle.
+pub(crate) fn warm_up_random(tx: std::sync::mpsc::Sender<super::Event>) {
+    super::spawn_guarded("random", tx, |_| {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        // SAFETY: getrandom writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match n {
+            n if n >= 0 => log::info!("kernel random pool ready after {} ms", started.elapsed().as_millis()),
+            _ => log::warn!("getrandom: {}", std::io::Error::last_os_error()),
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,13 +5,15 @@
 //! [`super::netlink`]. Keeping the lease afterwards (renewing, rebinding) is
 //! [`super::renew`]'s job, over a kernel UDP socket once the address is up.
 
+use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::rc::Rc;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context;
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::phy::{wait as phy_wait, Checksum, Device, DeviceCapabilities, Medium, RawSocket};
+use smoltcp::phy::{wait as phy_wait, Checksum, Device, DeviceCapabilities, Medium, RawSocket, TxToken};
 use smoltcp::socket::dhcpv4;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress};
@@ -99,26 +101,63 @@ fn parse_broker(data: &[u8]) -> Option<SocketAddr> {
 /// that the local kernel sends (a server in a container, or on a veth) reach a packet socket
 /// with checksum offload still pending, so their UDP checksum field is not final. The
 /// Ethernet CRC has already vouched for the bytes.
-struct Nic(RawSocket);
+/// It also counts the frames smoltcp sends on its own (not in reply to a received one): while
+/// the DHCP socket discovers, each is a DISCOVER, and the count drives the backoff.
+struct Nic {
+    raw: RawSocket,
+    sent: Rc<Cell<u32>>,
+}
+
+/// A send token that counts the frame once it is built.
+struct CountingTx<T> {
+    inner: T,
+    sent: Option<Rc<Cell<u32>>>,
+}
+
+impl<T: TxToken> TxToken for CountingTx<T> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if let Some(sent) = &self.sent {
+            sent.set(sent.get().saturating_add(1));
+        }
+        self.inner.consume(len, f)
+    }
+}
 
 impl Device for Nic {
     type RxToken<'a> = <RawSocket as Device>::RxToken<'a>;
-    type TxToken<'a> = <RawSocket as Device>::TxToken<'a>;
+    type TxToken<'a> = CountingTx<<RawSocket as Device>::TxToken<'a>>;
 
     fn receive(&mut self, ts: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        self.0.receive(ts)
+        self.raw.receive(ts).map(|(rx, tx)| (rx, CountingTx { inner: tx, sent: None }))
     }
 
     fn transmit(&mut self, ts: Instant) -> Option<Self::TxToken<'_>> {
-        self.0.transmit(ts)
+        let sent = self.sent.clone();
+        self.raw.transmit(ts).map(|tx| CountingTx { inner: tx, sent: Some(sent) })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = self.0.capabilities();
+        let mut caps = self.raw.capabilities();
         caps.checksum.udp = Checksum::Tx;
         caps
     }
 }
+
+/// How long to wait for an OFFER after the `n`th DISCOVER (0-based): 4 s as RFC 2131 says,
+/// doubling up to 16 s, each stretched by up to an eighth from `jitter` so that PCs powered on
+/// together drift apart. Not shorter: smoltcp gives each DISCOVER a new transaction ID, so an
+/// OFFER that is merely slow (dnsmasq pings an address for up to 3 s before offering it) would
+/// be dropped once the next DISCOVER has gone out. Speed comes from sending the first DISCOVER
+/// the moment the carrier is up, not from retransmitting early.
+pub(crate) fn discover_backoff(n: u32, jitter: u64) -> Duration {
+    let base = Duration::from_secs(4) * (1u32 << n.min(2));
+    base + base.mul_f64((jitter % 1000) as f64 / 8000.0)
+}
+
+/// The REQUEST timeout; smoltcp doubles it every second try and falls back to DISCOVER after
+/// its retries. Like a DISCOVER, each retransmission gets a new transaction ID, so this leaves
+/// a server time to store the lease before it answers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn now() -> Instant {
     Instant::from_micros(
@@ -130,16 +169,20 @@ fn now() -> Instant {
 }
 
 /// Runs DISCOVER/OFFER/REQUEST/ACK on `ifname` until a lease arrives or `timeout` passes.
-/// smoltcp retransmits with its own backoff in between.
+/// The first DISCOVER goes out at once; retransmissions back off ([`discover_backoff`]).
 pub(crate) fn acquire(ifname: &str, mac: [u8; 6], timeout: Duration) -> anyhow::Result<Lease> {
-    let mut device = Nic(
-        RawSocket::new(ifname, Medium::Ethernet).with_context(|| format!("opening a packet socket on {ifname}"))?,
-    );
+    let sent = Rc::new(Cell::new(0u32));
+    let mut device = Nic {
+        raw: RawSocket::new(ifname, Medium::Ethernet)
+            .with_context(|| format!("opening a packet socket on {ifname}"))?,
+        sent: sent.clone(),
+    };
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     // Transaction IDs must differ between PCs that power on together: mix in the MAC.
     let mut seed = [0u8; 8];
     seed[..6].copy_from_slice(&mac);
     config.random_seed = u64::from_le_bytes(seed) ^ now().total_micros() as u64;
+    let jitter = config.random_seed.rotate_left(17);
     let mut iface = Interface::new(config, &mut device, now());
 
     let mut packet_buf = vec![0u8; 1500];
@@ -152,6 +195,11 @@ pub(crate) fn acquire(ifname: &str, mac: [u8; 6], timeout: Duration) -> anyhow::
     let deadline = StdInstant::now() + timeout;
     loop {
         let ts = now();
+        // The next DISCOVER (if this poll sends one) waits according to how many went before.
+        let mut retry = dhcpv4::RetryConfig::default();
+        retry.discover_timeout = discover_backoff(sent.get(), jitter.rotate_left(sent.get())).into();
+        retry.initial_request_timeout = REQUEST_TIMEOUT.into();
+        sockets.get_mut::<dhcpv4::Socket>(handle).set_retry_config(retry);
         iface.poll(ts, &mut device, &mut sockets);
         if let Some(dhcpv4::Event::Configured(cfg)) = sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
             let extras = cfg
@@ -175,7 +223,7 @@ pub(crate) fn acquire(ifname: &str, mac: [u8; 6], timeout: Duration) -> anyhow::
             anyhow::bail!("no DHCP answer on {ifname} within {timeout:?}");
         }
         let wait = iface.poll_delay(ts, &sockets).map(Duration::from).unwrap_or(left).min(left);
-        phy_wait(device.0.as_raw_fd(), Some(wait.min(Duration::from_millis(500)).into()))
+        phy_wait(device.raw.as_raw_fd(), Some(wait.min(Duration::from_millis(500)).into()))
             .with_context(|| format!("waiting for packets on {ifname}"))?;
     }
 }
@@ -205,6 +253,16 @@ mod tests {
         let short: &[u8] = &[1, 2];
         let e = parse_extras([(224u8, bad), (51u8, short), (58u8, short), (59u8, bad), (12u8, bad)].into_iter());
         assert_eq!(e, Extras::default());
+    }
+
+    #[test]
+    fn discover_retransmissions_back_off_from_four_to_sixteen_seconds() {
+        let ms = |n, j| discover_backoff(n, j).as_millis();
+        assert_eq!((ms(0, 0), ms(1, 0), ms(2, 0), ms(3, 0), ms(9, 0)), (4000, 8000, 16000, 16000, 16000));
+        for n in 0..6 {
+            let (lo, hi) = (discover_backoff(n, 0), discover_backoff(n, 999));
+            assert!(hi > lo && hi <= lo + lo / 8, "{n}: {lo:?} {hi:?}");
+        }
     }
 
     #[test]
