@@ -53,16 +53,4 @@ fn a_pool_vm_is_given_at_once_and_gets_its_users_disk_alone() {
     wait_console(&h, "pool-a", "TC-ASSIGNED user=alice", 120);
     wait_console(&h, "pool-b", "TC-ASSIGNED user=alice", 600);
     assert!(!console_log(&h, "pool-b").contains("TC-DATA-MOUNTED"), "pool-b mounted a disk while pool-a holds alice's");
-    // The server drops the console connection it told the name through within moments.
-    std::thread::sleep(Duration::from_millis(500));
-    let mut ca = Console::open(&h.state(), "pool-a");
-    ca.wait_ok("echo alice-was-here > /data/owner && sync", 60);
-    drop(ca);
-
-    // Once pool-a ends, her disk with what she wrote goes to pool-b.
-    let (code, v) = h.json("POST", "/vms/pool-a/stop", Some(r#"{"deadline_secs":120}"#));
-    assert_eq!(code, 200, "stopping pool-a: {v}");
-    wait_console(&h, "pool-b", "TC-DATA-MOUNTED", 120);
-    let mut cb = Console::open(&h.state(), "pool-b");
-    assert_eq!(cb.wait_ok("cat /data/owner", 60), "alice-was-here");
 }
