@@ -463,12 +463,19 @@ memory_mib = 800
     assert_eq!(sc.console(&alice_vm, &format!("echo '{note}' >/data/alice-note && sync && cat /data/alice-note")), note);
     eprintln!("people: alice's desktop {alice_vm} on PC 1 in {:.0} s; note written", t.elapsed().as_secs_f64());
     assert_eq!(sc.desktops_of("user:alice")[0]["one_time"], false);
-    // PC 1's boot, stage by stage, up to alice's login. (`desktop_shown` needs the agent to
-    // report its viewer's first frame, which it does not yet.)
-    let want = ["dhcp_offered", "boot_file", "agent_hello", "login"];
-    let v = sc.admin(&format!("clients/{PC1}"));
-    let names: Vec<String> =
-        v["stages"]["current"].as_array().into_iter().flatten().map(|s| s["stage"].as_str().unwrap_or("").to_string()).collect();
+    // PC 1's boot, stage by stage, up to alice's desktop on its screen (the agent reports its
+    // viewer's first frame drawn, which may come a moment after the note).
+    let want = ["dhcp_offered", "boot_file", "agent_hello", "login", "desktop_shown"];
+    let shown_by = Instant::now() + Duration::from_secs(120);
+    let (v, names) = loop {
+        let v = sc.admin(&format!("clients/{PC1}"));
+        let names: Vec<String> =
+            v["stages"]["current"].as_array().into_iter().flatten().map(|s| s["stage"].as_str().unwrap_or("").to_string()).collect();
+        if names.iter().any(|n| n == "desktop_shown") || Instant::now() > shown_by {
+            break (v, names);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let firsts: Vec<usize> = want.iter().map(|w| names.iter().position(|n| n == w).unwrap_or_else(|| panic!("no {w}: {v}"))).collect();
     assert!(firsts.windows(2).all(|p| p[0] < p[1]), "PC 1's stages out of order: {}", v["stages"]);
     eprintln!("people: PC 1's boot report lists {want:?} in order");

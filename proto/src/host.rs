@@ -97,7 +97,8 @@ pub struct CreateVm {
 /// (or waits, like at a handoff, until another VM of the user releases it), and the guest is
 /// told its user by the line `tc-assign USER` on its first serial port (a guest learns its
 /// user at boot from `tc.user=` on its kernel command line, which a running VM cannot change).
-/// The line is sent once the guest has printed `TC-READY` there, or after a minute.
+/// The line is sent once the guest has printed `TC-READY` there, or after a minute. The host
+/// answers once the VM is the user's, before the disk is attached and the guest told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignVm {

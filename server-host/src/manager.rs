@@ -417,38 +417,72 @@ impl Manager {
         ev
     }
 
-    /// Gives a pool VM to `user`: the user's data disk (now, or once the user's other VM
-    /// releases it) and the user's name on the guest's serial port.
-    pub async fn assign(&self, name: &str, user: &str) -> Result<VmInfo> {
+    /// Gives a pool VM to `user` and answers at once: the person is waiting for this desktop.
+    /// Who holds the user's data disk is decided here, under the ops lock, so that no other VM
+    /// of the user can take it meanwhile; making the disk (a new user's `mkfs`), hot-plugging
+    /// it and telling the guest its user follow in the background ([`Self::attach_assigned`]),
+    /// without waiting for a guest that may still be booting.
+    pub async fn assign(self: &Arc<Self>, name: &str, user: &str) -> Result<VmInfo> {
         if !valid_name(user) {
             return Err(Error::BadRequest(format!("user {user:?} is not a valid name")));
         }
-        let row = {
+        let (row, attach) = {
             let _ops = self.ops.lock().await;
             let row = self.row(name)?;
             if row.data_disk != DataDisk::None || !row.user.is_empty() {
                 return Err(Error::Conflict(format!("VM {name:?} is not a pool VM (user {:?})", row.user)));
             }
-            let q = self.live_qmp(name).ok_or_else(|| Error::Conflict(format!("VM {name:?} is ending")))?;
-            let udir = self.user_dir(user);
-            images::private_dir(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
-            let data = udir.join("data.img");
-            images::ensure_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
+            if self.live_qmp(name).is_none() {
+                return Err(Error::Conflict(format!("VM {name:?} is ending")));
+            }
             let rows = self.store().vms()?;
+            // Never two writers on one disk: the holder keeps it until its VM ends.
             let held = rows.iter().any(|r| r.user == user && r.persistent && r.data_disk == DataDisk::Attached);
             let disk = if held { DataDisk::Waiting } else { DataDisk::Attached };
-            if !held {
-                for line in qemu::data_disk_hotplug(&data) {
-                    qmp::hmp(&q, name, &line).await?;
-                }
-            }
             self.store().assign(name, user, disk)?;
-            let detail = format!("data disk {disk:?}");
-            let _ = self.emit(EventKind::Assigned, Some(name), Some(user), None, &detail);
-            self.row(name)?
+            let detail = if held { "data disk waiting for the user's other VM" } else { "data disk being attached" };
+            let _ = self.emit(EventKind::Assigned, Some(name), Some(user), None, detail);
+            (self.row(name)?, !held)
         };
-        self.tell_guest_user(name, user).await;
+        let me = self.clone();
+        let (vm, who) = (name.to_string(), user.to_string());
+        tokio::spawn(async move {
+            if attach {
+                me.attach_assigned(&vm, &who).await;
+            }
+            me.tell_guest_user(&vm, &who).await;
+        });
         Ok(self.info(&row).await)
+    }
+
+    /// Hot-plugs `user`'s data disk into the pool VM `name` just given to them, if the VM is
+    /// still theirs and still the disk's holder (it may have ended meanwhile and the disk gone
+    /// on to the user's next VM). A failure leaves the VM the holder, so that the disk goes on
+    /// to a waiting VM of the user when this one ends, as at a handoff.
+    async fn attach_assigned(&self, name: &str, user: &str) {
+        let _ops = self.ops.lock().await;
+        let Ok(row) = self.row(name) else { return };
+        if row.user != user || row.data_disk != DataDisk::Attached {
+            return;
+        }
+        let Some(q) = self.live_qmp(name) else { return };
+        let udir = self.user_dir(user);
+        let data = udir.join("data.img");
+        let r = async {
+            images::private_dir(&udir).map_err(crate::error::internal(format!("creating {}", udir.display())))?;
+            images::ensure_data_disk(&self.cfg.mkfs_ext4, &data, self.cfg.data_disk_mib)?;
+            for line in qemu::data_disk_hotplug(&data) {
+                qmp::hmp(&q, name, &line).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                let _ = self.emit(EventKind::DataDiskAttached, Some(name), Some(user), None, "given with the pool VM");
+            }
+            Err(e) => log::error!("VM {name}: attaching the data disk of {user}: {e}; the desktop runs without it"),
+        }
     }
 
     /// Sends `tc-assign USER` to the guest's serial shell, once the guest says it is ready

@@ -253,7 +253,7 @@ impl Orchestrator {
             users: Vec::new(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let pool = Pool::new(&cfg, Planner::new(levels.clone()), hosts.clone(), proxy.clone(), state.clone());
+        let pool = Pool::new(&cfg, Planner::new(levels.clone()), hosts.clone(), state.clone());
         pool.settle(state.clone());
         let me = Orchestrator {
             planner: Planner::new(levels),

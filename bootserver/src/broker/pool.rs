@@ -29,7 +29,9 @@ use serde::Serialize;
 use super::hosts::HostRegistry;
 use super::memory::{Action, ApplyError, Event, HostId, Levels, Planner, State, UserState};
 use super::orchestrator::{backend_of, host_user_name};
-use super::proxy::{Backend, Proxy};
+use super::proxy::backend::{prepare, Ready};
+use super::proxy::rfb::{self, PixelFormat, ServerFramer, ServerItem};
+use super::proxy::Backend;
 use super::settings::BrokerConfig;
 
 /// A pre-booted VM as the admin API shows it.
@@ -158,7 +160,6 @@ pub struct Pool {
     cfg: BrokerConfig,
     planner: Planner,
     hosts: Arc<HostRegistry>,
-    proxy: Arc<Proxy>,
     vms: Mutex<Vec<PoolVm>>,
     /// Held by a decision from its start to its end and by each refill step: a refill never
     /// plans on a state a decision is changing.
@@ -170,13 +171,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(cfg: &BrokerConfig, planner: Planner, hosts: Arc<HostRegistry>, proxy: Arc<Proxy>, state: State) -> Arc<Self> {
+    pub(crate) fn new(cfg: &BrokerConfig, planner: Planner, hosts: Arc<HostRegistry>, state: State) -> Arc<Self> {
         Arc::new(Pool {
             size: cfg.pool,
             cfg: cfg.clone(),
             planner,
             hosts,
-            proxy,
             vms: Mutex::new(Vec::new()),
             turn: Arc::new(tokio::sync::Mutex::new(())),
             latest: Mutex::new(state),
@@ -358,31 +358,73 @@ impl Pool {
     }
 
     /// Probes a new pool VM until its screen is a booted desktop's ([`Booted`]). Its first
-    /// frame is its firmware's, seconds before the guest's desktop: a person given it then
-    /// would sit through the boot, which is what the pool is there to spare them.
+    /// frame is its firmware's, seconds before the guest's desktop, and the kernel may switch
+    /// to the desktop's mode long before the desktop is drawn: a person given it then would sit
+    /// through the rest of the boot, which is what the pool is there to spare them.
     async fn wait_booted(&self, name: &str, backend: &Backend) -> anyhow::Result<()> {
         let mut booted = Booted::new(self.cfg.desktop_size().ok().flatten());
         let deadline = Instant::now() + Duration::from_secs(self.cfg.switch_timeout_secs);
         loop {
-            let r = self.proxy.probe(backend).await?;
-            if booted.seen((r.width, r.height)) {
+            let (size, blank) = probe_screen(backend).await?;
+            if booted.seen(size, blank) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                if booted.want.is_none() {
-                    // The firmware and the desktop may share a size; "auto" cannot tell them
-                    // apart, and a pool VM that is never ready helps nobody.
+                if booted.want.is_none() || !blank && booted.want == Some(size) {
+                    // The firmware and the desktop may share a size, and a desktop may be one
+                    // colour; a pool VM that is never ready helps nobody.
                     log::warn!(
-                        "broker: pool: {name} kept {}x{} for {} s; taking it as booted (set desktops.desktop_size to the desktop's size)",
-                        r.width, r.height, self.cfg.switch_timeout_secs
+                        "broker: pool: {name} kept a {} {}x{} screen for {} s; taking it as booted (set desktops.desktop_size to the desktop's size)",
+                        if blank { "blank" } else { "still" },
+                        size.0, size.1, self.cfg.switch_timeout_secs
                     );
                     return Ok(());
                 }
-                anyhow::bail!("its screen is {}x{}, not the desktop's {}", r.width, r.height, self.cfg.desktop_size);
+                anyhow::bail!("its screen is {}x{}{}, not the desktop's {}", size.0, size.1, if blank { " and blank" } else { "" }, self.cfg.desktop_size);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Connects to a VM's screen, reads its first frame and returns its size and whether it is
+/// blank ([`blank`]).
+async fn probe_screen(backend: &Backend) -> anyhow::Result<((u16, u16), bool)> {
+    let format = PixelFormat::rgb888();
+    let ready: Ready = prepare(backend, format, vec![rfb::enc::RAW], PROBE_TIMEOUT, Duration::ZERO).await?;
+    Ok(((ready.init.width, ready.init.height), blank(&ready.buffered, &format)))
+}
+
+/// How long one probe may take to connect and get a frame.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// True when 99 % or more of the pixels of the raw framebuffer update at the start of
+/// `update` (32 bits a pixel) have one colour: a booting kernel's black console, perhaps with a
+/// logo or a line of text, is no desktop, while a desktop has at least a bar or a few icons.
+pub(crate) fn blank(update: &[u8], format: &PixelFormat) -> bool {
+    let mut framer = ServerFramer::default();
+    let mut at = 0;
+    let mut counts: std::collections::HashMap<[u8; 3], u64> = std::collections::HashMap::new();
+    let mut total = 0u64;
+    while let Ok(Some((item, len))) = framer.next(&update[at..], format) {
+        if let ServerItem::Rect { width, height, encoding: rfb::enc::RAW, .. } = item {
+            let pixels = update.get(at + 12..at + len).unwrap_or(&[]);
+            let n = usize::from(width) * usize::from(height);
+            // A sparse grid is plenty to tell a screen of one colour from a desktop.
+            for i in (0..n).step_by(7) {
+                if let Some(p) = pixels.get(i * 4..i * 4 + 3) {
+                    *counts.entry([p[0], p[1], p[2]]).or_default() += 1;
+                    total += 1;
+                }
+            }
+        }
+        at += len;
+        if framer.at_boundary() {
+            break;
+        }
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    total == 0 || most * 100 >= total * 99
 }
 
 /// Tells a booted desktop's screen from its firmware's by the screen sizes probed in turn.
@@ -398,15 +440,19 @@ impl Booted {
         Booted { want, first: None, last: None }
     }
 
-    /// One more probe saw `size`; true once the desktop has booted: the configured size, or
-    /// with "auto" the same size twice in a row that is not the first frame's.
-    pub(crate) fn seen(&mut self, size: (u16, u16)) -> bool {
+    /// One more probe saw a screen of `size`, `blank` or not ([`blank`]); true once the
+    /// desktop has booted: a screen that is not blank, of the configured size or with "auto"
+    /// of the same size twice in a row that is not the first frame's and is no firmware's
+    /// (VGA text is 720x400, QEMU's screen before the guest sets a mode 640x480: a desktop is
+    /// at least 800x600).
+    pub(crate) fn seen(&mut self, size: (u16, u16), blank: bool) -> bool {
         let first = *self.first.get_or_insert(size);
         let again = self.last.replace(size) == Some(size);
-        match self.want {
-            Some(want) => size == want,
-            None => again && size != first,
-        }
+        !blank
+            && match self.want {
+                Some(want) => size == want,
+                None => again && size != first && size.0 >= 800 && size.1 >= 600,
+            }
     }
 }
 
@@ -420,17 +466,65 @@ mod tests {
         let text = (720, 400);
         let desk = (1280, 800);
         let mut b = Booted::new(Some(desk));
-        assert!(!b.seen(text));
-        assert!(b.seen(desk));
+        assert!(!b.seen(text, false));
+        assert!(!b.seen(desk, true), "the kernel switched to the desktop's mode, nothing drawn yet");
+        assert!(b.seen(desk, false));
         let mut auto = Booted::new(None);
-        assert!(!auto.seen(text));
-        assert!(!auto.seen(text), "the firmware's size, however long, is not the desktop");
-        assert!(!auto.seen(desk), "a new size must be seen twice: the guest may still be switching");
-        assert!(auto.seen(desk));
+        assert!(!auto.seen(text, false));
+        assert!(!auto.seen(text, false), "the firmware's size, however long, is not the desktop");
+        assert!(!auto.seen(desk, true));
+        assert!(!auto.seen(desk, true), "a blank screen of a new size is a booting kernel's");
+        assert!(auto.seen(desk, false));
+        let mut fresh = Booted::new(None);
+        assert!(!fresh.seen(text, false));
+        assert!(!fresh.seen(desk, false), "a new size must be seen twice: the guest may still be switching");
+        assert!(fresh.seen(desk, false));
         let mut blink = Booted::new(None);
         for s in [text, (640, 480), text] {
-            assert!(!blink.seen(s));
+            assert!(!blink.seen(s, false));
         }
+        // QEMU's screen before the guest sets a mode, then the firmware's text, with a line
+        // or two on it: no desktop, however long it stays.
+        let mut bios = Booted::new(None);
+        for s in [(640, 480), text, text, text] {
+            assert!(!bios.seen(s, false));
+        }
+    }
+
+    /// A FramebufferUpdate of one raw rectangle of `w` x `h` pixels, `paint(i)` the colour of
+    /// pixel `i`.
+    fn raw_update(w: u16, h: u16, paint: impl Fn(usize) -> [u8; 3]) -> Vec<u8> {
+        let mut b = vec![0, 0, 0, 1];
+        for v in [0u16, 0, w, h] {
+            b.extend(v.to_be_bytes());
+        }
+        b.extend(rfb::enc::RAW.to_be_bytes());
+        for i in 0..usize::from(w) * usize::from(h) {
+            let [r, g, bl] = paint(i);
+            b.extend([bl, g, r, 0]);
+        }
+        b
+    }
+
+    #[test]
+    fn a_black_screen_with_a_logo_is_blank_and_colour_bars_are_not() {
+        let f = PixelFormat::rgb888();
+        let (w, h) = (320u16, 200u16);
+        assert!(blank(&raw_update(w, h, |_| [0, 0, 0]), &f));
+        // A logo or a line of text in a corner: under 1 % of the screen.
+        let logo = |i: usize| if i % 320 < 30 && i / 320 < 20 { [255, 255, 0] } else { [0, 0, 0] };
+        assert!(blank(&raw_update(w, h, logo), &f));
+        // The desktop template's eight bars.
+        let bars = |i: usize| {
+            let k = (i % 320 / 40) as u8;
+            [k * 30, 255 - k * 30, k * 10]
+        };
+        assert!(!blank(&raw_update(w, h, bars), &f));
+        // A one-colour desktop with a task bar along its bottom.
+        let bar = |i: usize| if i / 320 >= 190 { [200, 200, 200] } else { [0, 80, 160] };
+        assert!(!blank(&raw_update(w, h, bar), &f));
+        // Nothing to judge: taken as blank, so that the probe goes on.
+        assert!(blank(&[], &f));
     }
 
     fn planner() -> Planner {

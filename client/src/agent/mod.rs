@@ -382,6 +382,10 @@ fn boot(
                         log::info!("viewer started (pid {pid})");
                         Status { viewer: ViewerState::Starting, error: None }
                     }
+                    supervise::Report::Shown => {
+                        log::info!("viewer shows the desktop");
+                        Status { viewer: ViewerState::Connected, error: None }
+                    }
                     supervise::Report::LoggedOut => {
                         console.lock().unwrap_or_else(|e| e.into_inner()).show(Screen::Waiting { detail: "Logging out.".into() });
                         let _ = status_tx.send(proto::agent::Input::Logout);

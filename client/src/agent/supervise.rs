@@ -39,6 +39,8 @@ pub(crate) enum Order {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Report {
     Started { pid: u32 },
+    /// The viewer drew its first frame of a connection: the person sees the desktop.
+    Shown,
     Exited { status: String, restart_in: Duration },
     /// The person pressed the logout keys; the viewer stays stopped.
     LoggedOut,
@@ -87,7 +89,7 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
     // its start, three times in a row, counts as one that cannot start.
     let mut give_up = GiveUp::new(3, Duration::from_secs(20));
     let mut target: Option<Target> = None;
-    let mut running: Option<(u32, Receiver<WaitStatus>, Instant)> = None;
+    let mut running: Option<Running> = None;
     let mut start_at: Option<Instant> = None;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(60));
     log::info!("viewer: {}", launch.describe());
@@ -116,7 +118,12 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                 return;
             }
         }
-        if let Some((_, rx, since)) = &running {
+        if let Some(r) = &running {
+            if r.shown() {
+                report(Report::Shown);
+            }
+        }
+        if let Some(Running { exit: rx, since, .. }) = &running {
             if let Ok(status) = rx.try_recv() {
                 let ran = since.elapsed();
                 if matches!(status, WaitStatus::Exited(_, LOGOUT_EXIT_CODE)) {
@@ -153,6 +160,13 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                 let spawned = launch.command(t.vnc).and_then(|mut cmd| {
                     // In the environment rather than argv: /proc/PID/cmdline is world-readable.
                     cmd.env("TC_SESSION_TOKEN", &t.token);
+                    let shown = match shown_pipe(&mut cmd) {
+                        Ok(fds) => Some(fds),
+                        Err(e) => {
+                            log::error!("making the viewer's first-frame pipe: {e}");
+                            None
+                        }
+                    };
                     if let Some(keys) = &t.logout_keys {
                         cmd.arg("--logout-keys").arg(keys);
                     }
@@ -168,14 +182,17 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                         None => None,
                     };
                     let spawned = children::spawn(&mut cmd);
-                    // The child holds its own copy of the read end now.
+                    // The child holds its own copies of the pipes' ends now; with the write
+                    // end closed here, the read end sees the end once the viewer is gone.
                     drop(password);
-                    Ok(spawned?)
+                    let shown = shown.map(|(read, _write)| read);
+                    let (pid, exit) = spawned?;
+                    Ok((pid, exit, shown))
                 });
                 match spawned {
-                    Ok((pid, rx)) => {
+                    Ok((pid, exit, shown)) => {
                         report(Report::Started { pid });
-                        running = Some((pid, rx, Instant::now()));
+                        running = Some(Running { pid, exit, since: Instant::now(), shown: shown.map(std::fs::File::from) });
                         start_at = None;
                     }
                     Err(e) if fallback.is_some() => {
@@ -215,18 +232,31 @@ fn restart_for(current: Option<&Target>, new: &Target) -> Restart {
     }
 }
 
-/// Puts `password` into a pipe whose read end the viewer inherits as `--password-fd`: the
-/// password never shows in argv or the environment, and the pipe is empty once read.
-fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
+/// A viewer that runs.
+struct Running {
+    pid: u32,
+    exit: Receiver<WaitStatus>,
+    since: Instant,
+    /// The read end of its `--shown-fd` pipe (non-blocking).
+    shown: Option<std::fs::File>,
+}
+
+impl Running {
+    /// True when the viewer signalled a first frame drawn since the last call.
+    fn shown(&self) -> bool {
+        use std::io::Read;
+        let Some(mut f) = self.shown.as_ref() else { return false };
+        let mut buf = [0u8; 16];
+        // Empty (WouldBlock) or the viewer gone (end): nothing new.
+        matches!(f.read(&mut buf), Ok(n) if n > 0)
+    }
+}
+
+/// Lets the child started by `cmd` inherit `fd` (made close-on-exec): cleared in the child
+/// only, so that other children started meanwhile do not inherit it.
+fn inherit(cmd: &mut Command, fd: std::os::fd::RawFd) {
     use std::os::unix::process::CommandExt;
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // A password is far smaller than a pipe's buffer: the write never blocks.
-    nix::unistd::write(&write, format!("{password}\n").as_bytes())?;
-    drop(write);
-    let fd = read.as_raw_fd();
-    cmd.arg("--password-fd").arg(fd.to_string());
-    // SAFETY: only fcntl(2) runs between fork and exec, which is async-signal-safe. Clearing
-    // close-on-exec there, not before, keeps other children started meanwhile from inheriting it.
+    // SAFETY: only fcntl(2) runs between fork and exec, which is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
@@ -235,11 +265,34 @@ fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
             Ok(())
         });
     }
+}
+
+/// Puts `password` into a pipe whose read end the viewer inherits as `--password-fd`: the
+/// password never shows in argv or the environment, and the pipe is empty once read.
+fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // A password is far smaller than a pipe's buffer: the write never blocks.
+    nix::unistd::write(&write, format!("{password}\n").as_bytes())?;
+    drop(write);
+    cmd.arg("--password-fd").arg(read.as_raw_fd().to_string());
+    inherit(cmd, read.as_raw_fd());
     Ok(read)
 }
 
-fn stop(running: &mut Option<(u32, Receiver<WaitStatus>, Instant)>) {
-    if let Some((pid, rx, _)) = running.take() {
+/// A pipe whose write end the viewer inherits as `--shown-fd`, where it writes a byte at each
+/// connection's first frame drawn: a real signal, not a scrape of its log. Returns (read end,
+/// non-blocking, for the supervisor's loop; write end, to close once the viewer holds it).
+fn shown_pipe(cmd: &mut Command) -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    cmd.arg("--shown-fd").arg(write.as_raw_fd().to_string());
+    inherit(cmd, write.as_raw_fd());
+    Ok((read, write))
+}
+
+fn stop(running: &mut Option<Running>) {
+    if let Some(Running { pid, exit: rx, .. }) = running.take() {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         if rx.recv_timeout(Duration::from_secs(3)).is_err() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -266,6 +319,44 @@ mod tests {
         assert_eq!(restart_for(Some(&t(5900, "a")), &t(5901, "b")), Restart::Yes);
     }
 
+    /// The supervisor running `program` as its viewer, and a reaper for its children.
+    struct Harness {
+        supervisor: std::thread::JoinHandle<()>,
+        reaping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        reaper: std::thread::JoinHandle<()>,
+    }
+
+    impl Harness {
+        fn start(program: std::path::PathBuf) -> (std::sync::mpsc::Sender<Order>, Receiver<Report>, Harness) {
+            let plan = Plan { first: super::super::viewer::Launch::Builtin { program }, fallback: None, env: vec![] };
+            let (orders, orders_rx) = std::sync::mpsc::channel();
+            let (reports_tx, reports) = std::sync::mpsc::channel();
+            let supervisor = std::thread::spawn(move || run(plan, orders_rx, |r| reports_tx.send(r).unwrap()));
+            let reaping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let reaper = {
+                let reaping = reaping.clone();
+                std::thread::spawn(move || {
+                    while reaping.load(std::sync::atomic::Ordering::Acquire) {
+                        children::reap();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            };
+            (orders, reports, Harness { supervisor, reaping, reaper })
+        }
+
+        /// Stops the viewer (acknowledged) and the supervisor.
+        fn stop(self, orders: std::sync::mpsc::Sender<Order>) {
+            let (done, gone) = std::sync::mpsc::channel();
+            orders.send(Order::Stop(done)).unwrap();
+            gone.recv_timeout(Duration::from_secs(10)).expect("Stop is acknowledged");
+            drop(orders);
+            self.supervisor.join().unwrap();
+            self.reaping.store(false, std::sync::atomic::Ordering::Release);
+            self.reaper.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_viewer_that_exits_for_a_logout_is_not_started_again_and_others_are() {
         use std::os::unix::fs::PermissionsExt;
@@ -283,20 +374,7 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let plan = Plan { first: super::super::viewer::Launch::Builtin { program }, fallback: None, env: vec![] };
-        let (orders, orders_rx) = std::sync::mpsc::channel();
-        let (reports_tx, reports) = std::sync::mpsc::channel();
-        let supervisor = std::thread::spawn(move || run(plan, orders_rx, |r| reports_tx.send(r).unwrap()));
-        let reaping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let reaper = {
-            let reaping = reaping.clone();
-            std::thread::spawn(move || {
-                while reaping.load(std::sync::atomic::Ordering::Acquire) {
-                    children::reap();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
+        let (orders, reports, h) = Harness::start(program);
         let target = Target {
             vnc: SocketAddr::from(([127, 0, 0, 1], 5901)),
             token: "t".into(),
@@ -314,13 +392,32 @@ mod tests {
         let argv = std::fs::read_to_string(&runs).unwrap();
         assert_eq!(argv.lines().count(), 2, "{argv}");
         assert!(argv.lines().all(|l| l.ends_with("--logout-keys Ctrl+Alt+End")), "{argv}");
-        let (done, gone) = std::sync::mpsc::channel();
-        orders.send(Order::Stop(done)).unwrap();
-        gone.recv_timeout(Duration::from_secs(5)).expect("Stop is acknowledged");
-        drop(orders);
-        supervisor.join().unwrap();
-        reaping.store(false, std::sync::atomic::Ordering::Release);
-        reaper.join().unwrap();
+        h.stop(orders);
+    }
+
+    #[test]
+    fn a_viewer_signalling_its_first_frame_is_reported_shown_once_per_signal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // Stands in for the viewer (the real one writes at "first frame drawn", shown by the
+        // people scenario): one byte on the fd after --shown-fd, then it stays up.
+        let program = dir.path().join("viewer");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --shown-fd ] && fd=$2; shift; done\n\
+             [ -n \"$fd\" ] || exit 4\neval \"printf S >&$fd\"\nexec sleep 30\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (orders, reports, h) = Harness::start(program);
+        let target =
+            Target { vnc: SocketAddr::from(([127, 0, 0, 1], 5901)), token: "t".into(), password: None, logout_keys: None };
+        orders.send(Order::Show(target)).unwrap();
+        let next = || reports.recv_timeout(Duration::from_secs(10)).expect("a report");
+        assert!(matches!(next(), Report::Started { .. }));
+        assert_eq!(next(), Report::Shown);
+        assert!(reports.recv_timeout(Duration::from_millis(500)).is_err(), "one byte, one report");
+        h.stop(orders);
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub(crate) struct ViewArgs {
     /// This is how the agent hands over the broker's session password.
     #[arg(long, env = "TC_VNC_PASSWORD_FD")]
     pub password_fd: Option<i32>,
+    /// Inherited file descriptor (a pipe's write end) that gets one byte whenever a
+    /// connection's first frame is on the screen. This is how the agent learns that the
+    /// desktop is shown.
+    #[arg(long)]
+    pub shown_fd: Option<i32>,
     /// The certificate authority a VeNCrypt server's certificate must come from (the boot
     /// image's by default). A viewer the agent starts gets the CA's PEM text in
     /// `TC_VNC_CA_PEM` instead, which also reaches a viewer chrooted into the NFS root.
@@ -127,6 +132,16 @@ fn read_password(args: &ViewArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(pw))
 }
 
+fn shown_signal(fd: i32) -> anyhow::Result<std::fs::File> {
+    if fd < 3 {
+        bail!("--shown-fd {fd}: standard streams cannot carry the signal");
+    }
+    // Refuses a number that is not an open descriptor before taking ownership of it.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).with_context(|| format!("--shown-fd {fd} is not open"))?;
+    // SAFETY: the descriptor is open and was handed to us for this purpose alone.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 /// glibc raises its mmap threshold each time a large block is freed, after which the
 /// desktop-sized buffers (several MiB per rectangle) come from the heap and their pages stay
 /// resident after use; extra per-thread arenas keep more such heaps. A fixed threshold returns
@@ -189,6 +204,9 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let shared = session::Shared::new();
+    if let Some(fd) = args.shown_fd {
+        shared.set_shown_signal(shown_signal(fd)?);
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let session = rt.spawn(session::run(cfg, Arc::clone(&shared), rx));
     if let Some(path) = args.screenshot.clone() {

@@ -159,6 +159,9 @@ pub(crate) struct Shared {
     /// The presenter has shown this connection's first frame (logged once per connection: the
     /// login benchmark reads that line as the desktop's arrival on the screen).
     shown: AtomicBool,
+    /// Gets one byte at each connection's first frame drawn (`--shown-fd`): the agent's signal
+    /// that the person sees the desktop.
+    shown_signal: Mutex<Option<std::fs::File>>,
     /// Set by the session after every change, read by presenters to skip idle polls cheaply.
     dirty: AtomicU64,
     /// Pixels arrived since the last complete update (set on the decoding task).
@@ -186,6 +189,7 @@ impl Shared {
                 hint: std::sync::OnceLock::new(),
                 frames: watch::channel(0).0,
                 shown: AtomicBool::new(false),
+                shown_signal: Mutex::new(None),
                 dirty: AtomicU64::new(0),
                 painted: AtomicBool::new(false),
                 resized: AtomicBool::new(false),
@@ -231,10 +235,29 @@ impl Shared {
     }
 
     /// A presenter put the screen's pixels on the display: the first time in a connection
-    /// after a complete update, that is logged.
+    /// after a complete update, that is logged and signalled.
     pub(crate) fn presented(&self) {
         if *self.frames.borrow() > 0 && !self.shown.swap(true, Ordering::AcqRel) {
             info!("first frame drawn");
+            self.signal_shown();
+        }
+    }
+
+    /// Where to signal each connection's first frame drawn.
+    pub(crate) fn set_shown_signal(&self, f: std::fs::File) {
+        *self.shown_signal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(f);
+    }
+
+    fn signal_shown(&self) {
+        use std::io::Write;
+        let mut g = self.shown_signal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = g.as_mut() {
+            // A pipe with a byte per connection never fills; a reader that went away only
+            // loses the signal, never the desktop.
+            if let Err(e) = f.write_all(b"S") {
+                log::warn!("signalling the first frame drawn: {e}; not signalling again");
+                *g = None;
+            }
         }
     }
 
