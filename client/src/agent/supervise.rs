@@ -144,11 +144,14 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                 }
             }
             Ok(Order::Stop(done)) => {
-                stop(&mut running);
-                handover = None;
-                standby = None;
+                // A viewer on standby holds neither the screen nor the keyboards: it stays for
+                // the next login (after a wrong password, say) instead of starting over.
+                if handover.is_none() {
+                    stop(&mut running);
+                    standby = None;
+                    start_at = None;
+                }
                 target = None;
-                start_at = None;
                 let _ = done.send(());
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -481,6 +484,7 @@ mod tests {
         let (done, gone) = std::sync::mpsc::channel();
         orders.send(Order::Stop(done)).unwrap();
         gone.recv_timeout(Duration::from_secs(10)).expect("Stop is acknowledged");
+        // Closing the orders stops the viewer.
         drop(orders);
         supervisor.join().unwrap();
         reaping.store(false, std::sync::atomic::Ordering::Release);
