@@ -304,6 +304,10 @@ pub struct LoginPrompt {
     /// The user name to put back in the field (after a failed login).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The VNC proxy a login's desktop will be shown through: the agent may connect its viewer
+    /// there while the form is up, so that only the credentials are left to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<SocketAddr>,
 }
 
 /// The login was accepted (1.1); the desktop follows as an [`Assignment`].

@@ -56,6 +56,7 @@ pub async fn start(
         handshake_timeout: limits.handshake_timeout,
         tls: Some(tls),
         legacy_vnc_auth: cfg.legacy_vnc_auth,
+        standby_timeout: std::time::Duration::from_secs(cfg.viewer_standby_secs),
         ..Default::default()
     });
     let mut listener = Rebind::new(move || async move {

@@ -94,7 +94,8 @@ fn pc_name(broker: &Broker, mac: &str) -> String {
 
 /// The login screen for the PC with `mac`.
 pub fn prompt(broker: &Broker, mac: &str, message: Option<String>, user: Option<String>) -> BrokerMessage {
-    BrokerMessage::LoginPrompt(LoginPrompt { pc: pc_name(broker, mac), enrolment: Enrolment::Enrolled, message, user })
+    let proxy = broker.desktops.as_ref().and_then(|o| o.standby_proxy());
+    BrokerMessage::LoginPrompt(LoginPrompt { pc: pc_name(broker, mac), enrolment: Enrolment::Enrolled, message, user, proxy })
 }
 
 /// Why no desktop could start, with the memory algorithm's figures.

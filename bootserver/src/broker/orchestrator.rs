@@ -292,6 +292,12 @@ impl Orchestrator {
         self.proxy_addr
     }
 
+    /// Where a PC at its login form may connect its viewer ahead of a login
+    /// (`viewer_standby_secs`), if anywhere.
+    pub fn standby_proxy(&self) -> Option<SocketAddr> {
+        (self.cfg.viewer_standby_secs > 0).then_some(self.proxy_addr)
+    }
+
     pub fn desktops(&self) -> Vec<Desktop> {
         let mut d: Vec<_> = self.view().desktops.values().cloned().collect();
         d.sort_by_key(|d| d.since);

@@ -21,6 +21,7 @@
 //! desktop_size = "auto"            # a pool VM is ready at this screen size ("WxH"), or, with
 //!                                  # "auto", once its screen left the firmware's mode
 //! legacy_vnc_auth = false          # also offer VNC authentication to viewers without VeNCrypt
+//! viewer_standby_secs = 300        # a PC's viewer may wait connected this long for a login
 //!
 //! [[desktops.hosts]]
 //! name = "h1"
@@ -80,6 +81,10 @@ pub struct BrokerConfig {
     /// Offer viewers VNC authentication after VeNCrypt, for old viewers: one recorded exchange
     /// gives their token away.
     pub legacy_vnc_auth: bool,
+    /// While a PC shows its login form, its viewer may wait at the proxy with VeNCrypt's TLS
+    /// done, for this long, for the credentials a login brings (one such wait per address);
+    /// 0: viewers connect only after a login.
+    pub viewer_standby_secs: u64,
     pub hosts: Vec<HostConfig>,
 }
 
@@ -103,6 +108,7 @@ impl Default for BrokerConfig {
             pool: 0,
             desktop_size: "auto".into(),
             legacy_vnc_auth: false,
+            viewer_standby_secs: 300,
             hosts: Vec::new(),
         }
     }

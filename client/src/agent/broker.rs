@@ -7,7 +7,8 @@
 //!
 //! Logins: a login prompt stops the viewer and puts up the form (its keyboard grabbed); the
 //! form's submission comes back through `requests` as [`Input::Login`], the viewer's logout
-//! keys as [`Input::Logout`]. The keyboard is let go before any viewer starts.
+//! keys as [`Input::Logout`]. The keyboard is let go before any viewer shows anything; the
+//! viewer waiting on standby at the proxy meanwhile holds no keyboard.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -141,6 +142,9 @@ pub(crate) fn run(
                         stop_viewer(&viewer);
                         lock().login(&p);
                         keys.grab();
+                        if let Some(proxy) = p.proxy {
+                            let _ = viewer.send(Order::Standby(proxy));
+                        }
                     }
                     Output::Approval { pc, code } => {
                         logout = None;
@@ -152,7 +156,12 @@ pub(crate) fn run(
                         log::info!("logged in as {}", l.user);
                         logout = Some(logout_keys(&l.logout_keys));
                         keys.release();
-                        show(Screen::Starting { user: l.user });
+                        // A desktop that already runs comes with the same read: drawing a
+                        // screen for the moment until it shows would only delay it.
+                        let assigned = inputs.iter().any(|i| matches!(i, Input::Received(BrokerMessage::Assignment(_))));
+                        if !assigned {
+                            show(Screen::Starting { user: l.user });
+                        }
                     }
                     Output::Waiting { reason, retry_in_ms } => {
                         log::warn!("{reason}; retrying in {retry_in_ms} ms");

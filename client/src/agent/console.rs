@@ -425,7 +425,7 @@ mod tests {
     }
 
     fn prompt(message: Option<&str>) -> LoginPrompt {
-        LoginPrompt { pc: "lab-07".into(), enrolment: Enrolment::Enrolled, message: message.map(Into::into), user: None }
+        LoginPrompt { pc: "lab-07".into(), enrolment: Enrolment::Enrolled, message: message.map(Into::into), user: None, proxy: None }
     }
 
     /// Types `codes` (press and release) into the console's form.

@@ -496,7 +496,7 @@ fn login_tool(pc: String, layout: crate::viewer::input::Layout, message: Option<
     lock().set_layout(layout);
     let (tx, rx) = channel();
     let mut keys = login::Keys::new(console.clone(), tx);
-    lock().login(&proto::agent::LoginPrompt { pc, enrolment: proto::agent::Enrolment::Enrolled, message, user: None });
+    lock().login(&proto::agent::LoginPrompt { pc, enrolment: proto::agent::Enrolment::Enrolled, message, user: None, proxy: None });
     keys.grab();
     let got = rx.recv();
     keys.release();

@@ -2,6 +2,12 @@
 //! it exits or crashes, waiting longer after each quick failure. A viewer with a fallback (the
 //! NFS root's SDL2 viewer) that keeps failing right at its start is replaced by the fallback.
 //! A viewer that exits because the person pressed the logout keys is not started again.
+//!
+//! While the login form is up, a viewer may wait on standby (`view --standby`): connected to
+//! the proxy and through the TLS handshake, holding neither the screen nor the keyboards. An
+//! assignment to that proxy then only hands it the password (and the logout keys) through its
+//! pipe, instead of starting a process and a TLS handshake, which take most of a second on a
+//! slow PC.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -30,6 +36,8 @@ pub(crate) struct Target {
 
 pub(crate) enum Order {
     Show(Target),
+    /// With nothing to show: keep a viewer on standby at this proxy for the next `Show`.
+    Standby(SocketAddr),
     /// Stop the viewer and do not start it again until the next `Show` (the login screen is up);
     /// the sender hears once it is gone, and with it its grab of the keyboards.
     Stop(std::sync::mpsc::Sender<()>),
@@ -90,11 +98,32 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
     let mut give_up = GiveUp::new(3, Duration::from_secs(20));
     let mut target: Option<Target> = None;
     let mut running: Option<Running> = None;
+    // Where a viewer should wait on standby while there is no target...
+    let mut standby: Option<SocketAddr> = None;
+    // ...and, while the running viewer is such a one, its proxy and its pipe's write end.
+    let mut handover: Option<(SocketAddr, OwnedFd)> = None;
     let mut start_at: Option<Instant> = None;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(60));
     log::info!("viewer: {}", launch.describe());
     loop {
         match orders.recv_timeout(Duration::from_millis(100)) {
+            Ok(Order::Show(t)) if handover.as_ref().is_some_and(|(addr, _)| *addr == t.vnc) && running.is_some() => {
+                let (_, pipe) = handover.take().expect("checked above");
+                let pid = running.as_ref().map_or(0, |r| r.pid);
+                standby = None;
+                match hand_over(pipe, &t) {
+                    Ok(()) => {
+                        log::info!("viewer (pid {pid}) on standby at {}: password handed over", t.vnc);
+                        report(Report::Started { pid });
+                    }
+                    Err(e) => {
+                        log::warn!("handing the password to the viewer on standby (pid {pid}): {e}; starting another");
+                        stop(&mut running);
+                        start_at = Some(Instant::now());
+                    }
+                }
+                target = Some(t);
+            }
             Ok(Order::Show(t)) => match restart_for(target.as_ref(), &t) {
                 Restart::No => {}
                 // The broker rotates the token at every reconnect and handoff: the viewer
@@ -102,14 +131,29 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                 Restart::NewTokenOnly => target = Some(t),
                 Restart::Yes => {
                     stop(&mut running);
+                    handover = None;
+                    standby = None;
                     target = Some(t);
                     start_at = Some(Instant::now());
                 }
             },
+            Ok(Order::Standby(addr)) => {
+                if target.is_none() && standby != Some(addr) {
+                    stop(&mut running);
+                    handover = None;
+                    standby = Some(addr);
+                    start_at = Some(Instant::now());
+                }
+            }
             Ok(Order::Stop(done)) => {
-                stop(&mut running);
+                // A viewer on standby holds neither the screen nor the keyboards: it stays for
+                // the next login (after a wrong password, say) instead of starting over.
+                if handover.is_none() {
+                    stop(&mut running);
+                    standby = None;
+                    start_at = None;
+                }
                 target = None;
-                start_at = None;
                 let _ = done.send(());
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -126,6 +170,16 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
         if let Some(Running { exit: rx, since, .. }) = &running {
             if let Ok(status) = rx.try_recv() {
                 let ran = since.elapsed();
+                if let Some((addr, _)) = handover.take() {
+                    // The form is on the screen: nothing to tell the person. A proxy that ends
+                    // an idle standby connection is the usual cause; the viewer reconnects by
+                    // itself, so an exit is a failure.
+                    let delay = backoff.after_run(ran);
+                    log::warn!("viewer on standby at {addr} {}; again in {} s", describe(&status), delay.as_secs());
+                    running = None;
+                    start_at = Some(Instant::now() + delay);
+                    continue;
+                }
                 if matches!(status, WaitStatus::Exited(_, LOGOUT_EXIT_CODE)) {
                     log::info!("viewer exited with status {LOGOUT_EXIT_CODE}: the logout keys were pressed");
                     running = None;
@@ -153,6 +207,19 @@ pub(crate) fn run(plan: Plan, orders: Receiver<Order>, mut report: impl FnMut(Re
                     report(Report::Exited { status, restart_in: delay });
                     start_at = Some(Instant::now() + delay);
                 }
+            }
+        }
+        if running.is_none() && start_at.is_some_and(|t| Instant::now() >= t) && target.is_none() {
+            if let Some(addr) = standby {
+                match start_standby(&launch, addr, &env) {
+                    Ok((running_now, pipe)) => {
+                        log::info!("viewer on standby at {addr} (pid {})", running_now.pid);
+                        running = Some(running_now);
+                        handover = Some((addr, pipe));
+                    }
+                    Err(e) => log::warn!("could not start a viewer on standby at {addr}: {e:#}"),
+                }
+                start_at = None;
             }
         }
         if running.is_none() && start_at.is_some_and(|t| Instant::now() >= t) {
@@ -232,6 +299,38 @@ fn restart_for(current: Option<&Target>, new: &Target) -> Restart {
     }
 }
 
+/// Puts `password` into a pipe whose read end the viewer inherits as `--password-fd`: the
+/// password never shows in argv or the environment, and the pipe is empty once read.
+fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // A password is far smaller than a pipe's buffer: the write never blocks.
+    nix::unistd::write(&write, format!("{password}\n").as_bytes())?;
+    drop(write);
+    inherit_as_password_fd(cmd, &read);
+    Ok(read)
+}
+
+/// Passes `read` to the viewer as `--password-fd`.
+fn inherit_as_password_fd(cmd: &mut Command, read: &OwnedFd) {
+    cmd.arg("--password-fd").arg(read.as_raw_fd().to_string());
+    inherit(cmd, read.as_raw_fd());
+}
+
+/// Lets the child started by `cmd` inherit `fd` (made close-on-exec).
+fn inherit(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only fcntl(2) runs between fork and exec, which is async-signal-safe. Clearing
+    // close-on-exec there, not before, keeps other children started meanwhile from inheriting it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A viewer that runs.
 struct Running {
     pid: u32,
@@ -252,33 +351,6 @@ impl Running {
     }
 }
 
-/// Lets the child started by `cmd` inherit `fd` (made close-on-exec): cleared in the child
-/// only, so that other children started meanwhile do not inherit it.
-fn inherit(cmd: &mut Command, fd: std::os::fd::RawFd) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only fcntl(2) runs between fork and exec, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Puts `password` into a pipe whose read end the viewer inherits as `--password-fd`: the
-/// password never shows in argv or the environment, and the pipe is empty once read.
-fn password_pipe(cmd: &mut Command, password: &str) -> nix::Result<OwnedFd> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // A password is far smaller than a pipe's buffer: the write never blocks.
-    nix::unistd::write(&write, format!("{password}\n").as_bytes())?;
-    drop(write);
-    cmd.arg("--password-fd").arg(read.as_raw_fd().to_string());
-    inherit(cmd, read.as_raw_fd());
-    Ok(read)
-}
-
 /// A pipe whose write end the viewer inherits as `--shown-fd`, where it writes a byte at each
 /// connection's first frame drawn: a real signal, not a scrape of its log. Returns (read end,
 /// non-blocking, for the supervisor's loop; write end, to close once the viewer holds it).
@@ -289,6 +361,32 @@ fn shown_pipe(cmd: &mut Command) -> nix::Result<(OwnedFd, OwnedFd)> {
     cmd.arg("--shown-fd").arg(write.as_raw_fd().to_string());
     inherit(cmd, write.as_raw_fd());
     Ok((read, write))
+}
+
+/// Starts a viewer on standby at `addr`; returns it and the write end of its password pipe.
+fn start_standby(launch: &super::viewer::Launch, addr: SocketAddr, env: &[(String, String)]) -> anyhow::Result<(Running, OwnedFd)> {
+    let mut cmd = launch.command(addr)?;
+    cmd.arg("--standby");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let (shown, shown_write) = shown_pipe(&mut cmd)?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    inherit_as_password_fd(&mut cmd, &read);
+    let (pid, exit) = children::spawn(&mut cmd)?;
+    // The child holds its own copies now.
+    drop((read, shown_write));
+    Ok((Running { pid, exit, since: Instant::now(), shown: Some(std::fs::File::from(shown)) }, write))
+}
+
+/// Writes what a viewer on standby waits for (the password, then the logout keys) and closes
+/// the pipe.
+fn hand_over(pipe: OwnedFd, t: &Target) -> nix::Result<()> {
+    let text = format!("{}\n{}\n", t.password.as_deref().unwrap_or(""), t.logout_keys.as_deref().unwrap_or(""));
+    // Far smaller than a pipe's buffer: the write never blocks.
+    let n = nix::unistd::write(&pipe, text.as_bytes())?;
+    if n != text.len() {
+        return Err(nix::errno::Errno::EPIPE);
+    }
+    Ok(())
 }
 
 fn stop(running: &mut Option<Running>) {
@@ -350,6 +448,7 @@ mod tests {
             let (done, gone) = std::sync::mpsc::channel();
             orders.send(Order::Stop(done)).unwrap();
             gone.recv_timeout(Duration::from_secs(10)).expect("Stop is acknowledged");
+            // Closing the orders stops the viewer.
             drop(orders);
             self.supervisor.join().unwrap();
             self.reaping.store(false, std::sync::atomic::Ordering::Release);
@@ -392,6 +491,56 @@ mod tests {
         let argv = std::fs::read_to_string(&runs).unwrap();
         assert_eq!(argv.lines().count(), 2, "{argv}");
         assert!(argv.lines().all(|l| l.ends_with("--logout-keys Ctrl+Alt+End")), "{argv}");
+        h.stop(orders);
+    }
+
+    #[test]
+    fn a_viewer_on_standby_is_handed_the_password_instead_of_a_new_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let got = dir.path().join("got");
+        // Stands in for `view --standby`: waits on its password fd, keeps what it was handed,
+        // then runs on as a viewer does.
+        let program = dir.path().join("viewer");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {r}\neval \"fd=\\${{$#}}\"\ncat /proc/self/fd/$fd > {g}.tmp\nmv {g}.tmp {g}\nexec sleep 30\n",
+                r = runs.display(),
+                g = got.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (orders, reports, h) = Harness::start(program);
+        let proxy = SocketAddr::from(([127, 0, 0, 1], 5901));
+        orders.send(Order::Standby(proxy)).unwrap();
+        let started = Instant::now();
+        while std::fs::read_to_string(&runs).map_or(true, |r| r.is_empty()) {
+            assert!(started.elapsed() < Duration::from_secs(10), "no viewer on standby");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Started silently: the form is on the screen.
+        assert!(reports.try_recv().is_err());
+        assert!(!got.exists(), "the viewer on standby was handed something before the login");
+        let target = Target {
+            vnc: proxy,
+            token: "tok".into(),
+            password: Some("tok".into()),
+            logout_keys: Some("Ctrl+Alt+End".into()),
+        };
+        orders.send(Order::Show(target)).unwrap();
+        assert!(matches!(reports.recv_timeout(Duration::from_secs(10)), Ok(Report::Started { .. })));
+        while !got.exists() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the password never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(std::fs::read_to_string(&got).unwrap(), "tok\nCtrl+Alt+End\n");
+        let argv = std::fs::read_to_string(&runs).unwrap();
+        assert_eq!(argv.lines().count(), 1, "the viewer was started again: {argv}");
+        assert!(argv.starts_with("view 127.0.0.1:5901 --presenter fbdev --standby --shown-fd "), "{argv}");
+        assert!(argv.contains(" --password-fd "), "{argv}");
         h.stop(orders);
     }
 

@@ -86,6 +86,14 @@ pub(crate) struct ViewArgs {
     /// this after a login.
     #[arg(long)]
     pub logout_keys: Option<input::Chord>,
+    /// Connect now and get as far as the password (through VeNCrypt's TLS handshake), then
+    /// wait for it on `--password-fd`: its first line is the password, a second line, if any,
+    /// the logout keys. The screen and the keyboards are taken only once it has arrived, and
+    /// the connection is kept ready (reconnecting as the server allows) until then. The agent
+    /// starts its viewer like this while the login form is up, so that a login only has the
+    /// password and the first frame left to wait for.
+    #[arg(long, requires = "password_fd")]
+    pub standby: bool,
     /// Exit when the connection ends instead of reconnecting with backoff.
     #[arg(long)]
     pub once: bool,
@@ -114,22 +122,41 @@ fn read_password(args: &ViewArgs) -> anyhow::Result<Option<String>> {
     let raw = if let Some(p) = &args.password_file {
         std::fs::read_to_string(p).with_context(|| format!("reading password file {}", p.display()))?
     } else if let Some(fd) = args.password_fd {
-        if fd < 3 {
-            bail!("--password-fd {fd}: standard streams cannot carry the password");
-        }
-        // SAFETY: the fd was handed to us for this purpose; the File closes it after reading.
-        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-        let mut s = String::new();
-        f.read_to_string(&mut s).with_context(|| format!("reading password from fd {fd}"))?;
-        s
+        read_fd(fd)?
     } else {
         return Ok(None);
     };
+    first_line(&raw).map(Some)
+}
+
+/// Reads the inherited `fd` to its end and closes it.
+fn read_fd(fd: i32) -> anyhow::Result<String> {
+    if fd < 3 {
+        bail!("--password-fd {fd}: standard streams cannot carry the password");
+    }
+    // SAFETY: the fd was handed to us for this purpose; the File closes it after reading.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut s = String::new();
+    f.read_to_string(&mut s).with_context(|| format!("reading password from fd {fd}"))?;
+    Ok(s)
+}
+
+fn first_line(raw: &str) -> anyhow::Result<String> {
     let pw = raw.lines().next().unwrap_or("").to_string();
     if pw.is_empty() {
         bail!("the password source is empty");
     }
-    Ok(Some(pw))
+    Ok(pw)
+}
+
+/// What a standby viewer is handed: the password, and the logout keys when a person logged in.
+fn standby_handover(raw: &str) -> anyhow::Result<(String, Option<input::Chord>)> {
+    let pw = first_line(raw)?;
+    let keys = match raw.lines().nth(1).map(str::trim).filter(|l| !l.is_empty()) {
+        Some(k) => Some(k.parse::<input::Chord>().map_err(|e| anyhow::anyhow!("logout keys {k:?}: {e}"))?),
+        None => None,
+    };
+    Ok((pw, keys))
 }
 
 fn shown_signal(fd: i32) -> anyhow::Result<std::fs::File> {
@@ -173,12 +200,18 @@ fn vencrypt_tls(args: &ViewArgs) -> anyhow::Result<Option<session::Tls>> {
     Ok(Some(session::Tls { config, origin: args.ca_cert.display().to_string() }))
 }
 
-pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: ViewArgs) -> anyhow::Result<()> {
     tune_allocator();
     let target = session::Target::parse(&args.server)?;
+    let (handover, password) = if args.standby {
+        let (tx, password) = session::Password::later();
+        (Some(tx), password)
+    } else {
+        (None, session::Password::known(read_password(&args)?))
+    };
     let cfg = session::SessionConfig {
         target,
-        password: read_password(&args)?,
+        password,
         tls: vencrypt_tls(&args)?,
         allow_vnc_auth: args.allow_vnc_auth,
         encoding: args.encoding,
@@ -188,15 +221,6 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
         backoff_max: Duration::from_secs_f64(args.reconnect_max_delay.clamp(0.5, 3600.0)),
         logout_hint: args.logout_keys.map(|c| format!("Log out: {c}")),
     };
-    let opts = presenter::Options {
-        layout: args.layout,
-        scale: !args.no_scale,
-        window: args.window,
-        renderer: args.renderer,
-        fbdev: args.fbdev.clone(),
-        logout: args.logout_keys,
-    };
-    let mut presenter = presenter::open(args.presenter, &opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,6 +253,51 @@ pub(crate) fn run(args: ViewArgs) -> anyhow::Result<()> {
             sh.request_quit();
         });
     }
+    // The screen is opened while the session connects (in standby: authenticates).
+    if let Some(handover) = handover {
+        let fd = args.password_fd.expect("clap: --standby requires --password-fd");
+        info!("standby: connecting to {}, waiting for the password", args.server);
+        let (done, arrived) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(read_fd(fd).and_then(|raw| standby_handover(&raw)));
+        });
+        let got = loop {
+            match arrived.recv_timeout(Duration::from_millis(100)) {
+                Ok(got) => break Some(got),
+                Err(_) if shared.quitting() => break None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            }
+        };
+        let Some(got) = got else {
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return Ok(());
+        };
+        // Whoever started us gave up on this connection: nothing to show.
+        let (pw, keys) = got.context("standby: the password")?;
+        if let Some(k) = keys {
+            shared.set_logout_hint(format!("Log out: {k}"));
+            args.logout_keys = Some(k);
+        }
+        handover.send_replace(Some(Some(pw)));
+        info!("standby: password received");
+    }
+    let opts = presenter::Options {
+        layout: args.layout,
+        scale: !args.no_scale,
+        window: args.window,
+        renderer: args.renderer,
+        fbdev: args.fbdev.clone(),
+        logout: args.logout_keys,
+    };
+    let mut presenter = match presenter::open(args.presenter, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            shared.request_quit();
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return Err(e);
+        }
+    };
     let shown = presenter.run(&shared, &tx);
     shared.request_quit();
     drop(tx);

@@ -85,10 +85,41 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The password, known from the start or handed over later (`--standby`): a connection gets
+/// as far as it can without it and waits there.
+#[derive(Clone)]
+pub(crate) struct Password(watch::Receiver<Option<Option<String>>>);
+
+impl Password {
+    /// A password known now (`None`: the server is not expected to ask for one).
+    pub(crate) fn known(p: Option<String>) -> Password {
+        Password(watch::channel(Some(p)).1)
+    }
+
+    /// A password that comes later, through the returned sender.
+    pub(crate) fn later() -> (watch::Sender<Option<Option<String>>>, Password) {
+        let (tx, rx) = watch::channel(None);
+        (tx, Password(rx))
+    }
+
+    /// Waits until the password is known; `Err` when it never will be (its sender is gone).
+    async fn get(&self) -> Result<Option<String>, vnc::VncError> {
+        let mut rx = self.0.clone();
+        let got = rx.wait_for(Option::is_some).await.map_err(|_| vnc::VncError::NoPassword)?;
+        Ok(got.clone().flatten())
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.borrow().is_some() { "Password(known)" } else { "Password(pending)" })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
     pub target: Target,
-    pub password: Option<String>,
+    pub password: Password,
     /// VeNCrypt X509Plain is used whenever the server offers it and this is set.
     pub tls: Option<Tls>,
     /// Answer VNC authentication when the server offers nothing better.
@@ -423,7 +454,7 @@ async fn connect_and_run(
             handshake(s, cfg, None, shared).await?
         }
     };
-    let result = drive(&client, shared, input, cfg.logout_hint.is_some()).await;
+    let result = drive(&client, shared, input).await;
     let _ = client.close().await;
     // JPEG rectangles of this connection still in flight, or their failure, are not the next
     // connection's business.
@@ -471,7 +502,7 @@ where
 {
     let password = cfg.password.clone();
     let mut c = VncConnector::new(stream)
-        .set_auth_method(async move { password.ok_or(vnc::VncError::NoPassword) })
+        .set_auth_method(async move { password.get().await?.ok_or(vnc::VncError::NoPassword) })
         .allow_vnc_auth(cfg.allow_vnc_auth)
         .allow_shared(true)
         .set_pixel_format(PixelFormat::bgra())
@@ -482,11 +513,16 @@ where
     for e in cfg.encodings() {
         c = c.add_encoding(e);
     }
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        c.build()?.try_start().await?.finish()
-    })
-    .await
-    .map_err(|_| anyhow!("RFB handshake did not finish within {CONNECT_TIMEOUT:?}"))?
+    // The time limit runs from the password's arrival: a standby connection waits for it after
+    // the TLS handshake, for as long as the server lets it.
+    let limit = async {
+        let _ = cfg.password.get().await;
+        tokio::time::sleep(CONNECT_TIMEOUT).await;
+    };
+    let client = tokio::select! {
+        r = async { c.build()?.try_start().await?.finish() } => r,
+        _ = limit => bail!("RFB handshake did not finish within {CONNECT_TIMEOUT:?}"),
+    }
     .map_err(|e| explain(e, cfg))
     .context("RFB handshake")?;
     Ok(client)
@@ -496,7 +532,6 @@ async fn drive(
     client: &VncClient,
     shared: &Arc<Shared>,
     input: &mut mpsc::UnboundedReceiver<InputEvent>,
-    hint: bool,
 ) -> anyhow::Result<()> {
     shared.frames.send_replace(0);
     shared.shown.store(false, Ordering::Release);
@@ -540,7 +575,7 @@ async fn drive(
                         if frames == 1 {
                             shared.set_status(None);
                             info!("first full frame received");
-                            if hint && !hint_shown {
+                            if shared.hint.get().is_some() && !hint_shown {
                                 hint_shown = true;
                                 hint_off.as_mut().reset(tokio::time::Instant::now() + HINT_FOR);
                             }

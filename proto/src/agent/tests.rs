@@ -55,6 +55,7 @@ fn prompt(message: Option<&str>) -> LoginPrompt {
         enrolment: Enrolment::Enrolled,
         message: message.map(str::to_string),
         user: message.map(|_| "alice".to_string()),
+        proxy: message.is_none().then(|| "10.0.0.1:5900".parse().unwrap()),
     }
 }
 

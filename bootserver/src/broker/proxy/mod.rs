@@ -95,6 +95,11 @@ pub struct ProxyOptions {
     /// Also offer VNC authentication (after VeNCrypt), for viewers without VeNCrypt
     /// (`desktops.legacy_vnc_auth`): their token can be cracked from one sniffed exchange.
     pub legacy_vnc_auth: bool,
+    /// How long a viewer past VeNCrypt's TLS handshake may wait before it sends its
+    /// credentials: a PC's viewer on standby while its login form is up
+    /// (`desktops.viewer_standby_secs`). One connection per address gets this wait, the others
+    /// only `handshake_timeout`; zero: none does.
+    pub standby_timeout: Duration,
 }
 
 /// The TLS server side of VeNCrypt: the certificate the deployment's CA issued to the boot
@@ -129,6 +134,7 @@ impl Default for ProxyOptions {
             handshake_timeout: Duration::from_secs(10),
             tls: None,
             legacy_vnc_auth: false,
+            standby_timeout: Duration::ZERO,
         }
     }
 }
@@ -171,11 +177,35 @@ pub struct Proxy {
     slots: Mutex<HashMap<String, Slot>>,
     opts: ProxyOptions,
     next_conn: AtomicU64,
+    /// Addresses with a viewer waiting on standby (see [`ProxyOptions::standby_timeout`]).
+    standby: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+}
+
+/// A viewer's place on standby; the address may wait again once it is dropped.
+pub(crate) struct Standby {
+    proxy: Arc<Proxy>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.proxy.standby.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.ip);
+    }
 }
 
 impl Proxy {
     pub fn new(opts: ProxyOptions) -> Arc<Self> {
-        Arc::new(Proxy { slots: Mutex::new(HashMap::new()), opts, next_conn: AtomicU64::new(1) })
+        Arc::new(Proxy { slots: Mutex::new(HashMap::new()), opts, next_conn: AtomicU64::new(1), standby: Mutex::default() })
+    }
+
+    /// A place on standby for a viewer at `ip`, unless standby is off or that address holds
+    /// one: a host may keep one connection waiting, not as many as the caps allow.
+    pub(crate) fn standby(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Standby> {
+        if self.opts.standby_timeout.is_zero() {
+            return None;
+        }
+        let fresh = self.standby.lock().unwrap_or_else(|p| p.into_inner()).insert(ip);
+        fresh.then(|| Standby { proxy: self.clone(), ip })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {

@@ -56,7 +56,55 @@ async fn refuse_types<S: AsyncWrite + Unpin>(sock: &mut S, minor: u8, reason: &s
 /// as password; VNC authentication with it where `legacy_vnc_auth` allows), ClientInit. Returns
 /// the stream the session goes on over (TLS after VeNCrypt). Generic over the stream so that
 /// the fuzz target can drive it from bytes.
-pub(super) async fn handshake<S>(proxy: &Proxy, mut sock: S) -> anyhow::Result<(Authed, Viewer)>
+pub(super) async fn handshake<S>(proxy: &Proxy, sock: S) -> anyhow::Result<(Authed, Viewer)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match open(proxy, sock).await? {
+        Opened::Authed(a, v) => Ok((a, v)),
+        Opened::Tls(mut tls, minor) => {
+            let head = plain_head(&mut tls).await?;
+            plain(proxy, tls, minor, head).await
+        }
+    }
+}
+
+/// How far [`open`] got: authenticated (VNC authentication), or through VeNCrypt's TLS
+/// handshake with the Plain credentials next (and the RFB minor version).
+pub(super) enum Opened<S> {
+    Authed(Authed, Viewer),
+    Tls(tokio_rustls::server::TlsStream<S>, u8),
+}
+
+/// The Plain message's lengths: the first bytes a viewer sends once TLS is up. A viewer on
+/// standby sends them only once its PC has a login.
+async fn plain_head<S: AsyncRead + Unpin>(tls: &mut S) -> anyhow::Result<[u8; 8]> {
+    let mut head = [0u8; 8];
+    tls.read_exact(&mut head).await.context("reading the Plain credentials")?;
+    Ok(head)
+}
+
+/// The rest of the Plain message after `head`, the token's check, SecurityResult, ClientInit.
+async fn plain<S>(
+    proxy: &Proxy,
+    mut tls: tokio_rustls::server::TlsStream<S>,
+    minor: u8,
+    head: [u8; 8],
+) -> anyhow::Result<(Authed, Viewer)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (user, pass) = vencrypt::plain_lengths(head)?;
+    let mut body = vec![0u8; user + pass];
+    tls.read_exact(&mut body).await.context("reading the Plain credentials")?;
+    let password = vencrypt::plain_password(&body, user)?;
+    let found = proxy.authenticate_token(&password);
+    let authed = finish(proxy, &mut tls, minor, found, vencrypt::SECURITY_TYPE).await?;
+    Ok((authed, Box::new(tls)))
+}
+
+/// The handshake up to the Plain credentials (VeNCrypt) or to the end (VNC authentication).
+pub(super) async fn open<S>(proxy: &Proxy, mut sock: S) -> anyhow::Result<Opened<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -99,22 +147,14 @@ where
     if chosen == vencrypt::VNC_AUTH {
         let found = vnc_auth(proxy, &mut sock).await?;
         let authed = finish(proxy, &mut sock, minor, found, chosen).await?;
-        return Ok((authed, Box::new(sock)));
+        return Ok(Opened::Authed(authed, Box::new(sock)));
     }
     let Some(tls) = &proxy.opts.tls else { bail!("VeNCrypt chosen without a certificate") };
     sock.write_all(&vencrypt::VERSION).await?;
     exchange(&mut sock, "version", vencrypt::version_reply, &vencrypt::VERSION_REFUSED).await?;
     exchange(&mut sock, "subtype", vencrypt::subtype_reply, &vencrypt::SUBTYPE_REFUSED).await?;
-    let mut tls = tls.0.accept(sock).await.context("TLS handshake")?;
-    let mut head = [0u8; 8];
-    tls.read_exact(&mut head).await.context("reading the Plain credentials")?;
-    let (user, pass) = vencrypt::plain_lengths(head)?;
-    let mut body = vec![0u8; user + pass];
-    tls.read_exact(&mut body).await.context("reading the Plain credentials")?;
-    let password = vencrypt::plain_password(&body, user)?;
-    let found = proxy.authenticate_token(&password);
-    let authed = finish(proxy, &mut tls, minor, found, chosen).await?;
-    Ok((authed, Box::new(tls)))
+    let tls = tls.0.accept(sock).await.context("TLS handshake")?;
+    Ok(Opened::Tls(tls, minor))
 }
 
 /// One VeNCrypt step before TLS: the viewer's `N` bytes, then the answer `reply` makes of
@@ -176,11 +216,28 @@ pub(crate) async fn run(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr) ->
     // A viewer that connects and stalls would hold its place for ever; the TLS handshake
     // counts too.
     let limit = proxy.opts.handshake_timeout;
-    let t_hs = Instant::now();
+    let late = || anyhow::anyhow!("no complete RFB handshake within {limit:?}");
+    let mut t_hs = Instant::now();
+    let opened = tokio::time::timeout(limit, open(&proxy, sock)).await.map_err(|_| late())??;
     // The session's identity, not its token: the token may be rotated under this connection.
-    let (Authed { session, label, backend, security }, mut sock) = tokio::time::timeout(limit, handshake(&proxy, sock))
-        .await
-        .map_err(|_| anyhow::anyhow!("no complete RFB handshake within {limit:?}"))??;
+    let (Authed { session, label, backend, security }, mut sock) = match opened {
+        Opened::Authed(a, v) => (a, v),
+        Opened::Tls(mut tls, minor) => {
+            let left = limit.saturating_sub(t_hs.elapsed());
+            // A PC's viewer on standby waits here for a login at its form: longer than a
+            // handshake may take, and for one connection per address only.
+            let standby = proxy.standby(peer.ip());
+            let wait = standby.as_ref().map_or(left, |_| proxy.opts.standby_timeout.max(left));
+            let head = tokio::time::timeout(wait, plain_head(&mut tls)).await.map_err(|_| {
+                let what = if standby.is_some() { "on standby" } else { "after the TLS handshake" };
+                anyhow::anyhow!("no credentials within {wait:?} {what}")
+            })??;
+            drop(standby);
+            // What is left is as quick as any handshake, and timed as one.
+            t_hs = Instant::now();
+            tokio::time::timeout(limit, plain(&proxy, tls, minor, head)).await.map_err(|_| late())??
+        }
+    };
     let how = if security == vencrypt::SECURITY_TYPE { "VeNCrypt X509Plain" } else { "VNC authentication" };
     log::info!(
         "proxy: viewer {peer} authenticated for session {label} ({how}, handshake {:.1} ms), VM {}",

@@ -256,6 +256,7 @@ mod tests {
             enrolment: Enrolment::Enrolled,
             message: message.map(str::to_string),
             user: user.map(str::to_string),
+            proxy: None,
         }
     }
 
