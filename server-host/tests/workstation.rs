@@ -1,6 +1,7 @@
 //! The workstation template (X, twm, xterm, xclock from Debian's packages) booted by server-host:
-//! its screen shows the terminal, keys sent through the VM's VNC server are typed into it, and
-//! what the typed command writes lands on the user's data disk, the home folder. Runs as root
+//! a pre-booted pool VM shows the terminal, is given to a user (her data disk hot-plugged as the
+//! home folder), keys sent through the VM's VNC server are typed into the terminal, and what the
+//! typed command writes lands on her data disk. Runs as root
 //! with the packages of scripts/setup, under TCG (as on the lab's servers without KVM).
 
 mod common;
@@ -78,41 +79,48 @@ fn workstation_shows_a_terminal_that_keys_typed_over_vnc_reach() {
     workstation_template();
     let h = Host::start("accel = \"tcg\"\ndata_disk_mib = 32");
     let state = h.state();
+    // A pre-booted pool VM, nobody's yet: the data disk is hot-plugged when it is assigned.
     let t_create = Instant::now();
-    let body = r#"{"name":"dana-1","template":"workstation","memory_mib":256,"user":"dana","persistent":true}"#;
+    let body = r#"{"name":"pool-1","template":"workstation","memory_mib":256,"user":"","pool":true}"#;
     let (code, vm) = h.json("POST", "/vms", Some(body));
     assert_eq!(code, 201, "{vm}\n{}", h.log());
-    assert_eq!(vm["data_disk"], "attached");
-    // From here: the VM's QEMU runs (the create request also probes the accelerator).
+    // From here: the VM's QEMU runs.
     let t0 = Instant::now();
     let create = t_create.elapsed();
 
-    // TC-READY: the terminal's shell runs.
-    let console_log = state.join("vms/dana-1/console.log");
-    let log = loop {
+    // TC-READY: the terminal's shell runs. The serial shell takes one client at a time, and
+    // server-host's `tc-assign` goes through it: the test connects once the guest acknowledged.
+    let console_log = state.join("vms/pool-1/console.log");
+    let wait_log = |what: &str, secs: u64| loop {
         let log = std::fs::read_to_string(&console_log).unwrap_or_default();
-        if log.contains("TC-READY") {
+        if log.contains(what) {
             break log;
         }
-        assert!(t0.elapsed() < Duration::from_secs(300), "no TC-READY; serial:\n{log}\n{}", h.log());
+        assert!(t0.elapsed() < Duration::from_secs(secs), "no {what}; serial:\n{log}\n{}", h.log());
         std::thread::sleep(Duration::from_millis(100));
     };
+    let log = wait_log("TC-READY", 300);
     let boot = t0.elapsed();
-    let mut con = Console::open(&state, "dana-1");
     let uptime = log.lines().find_map(|l| l.strip_prefix("TC-BOOT uptime=")).unwrap_or("?").trim().to_owned();
     eprintln!(
         "workstation: create request {:.1} s, then terminal up after {:.1} s (guest uptime {uptime} s)",
         create.as_secs_f64(),
         boot.as_secs_f64()
     );
-    assert!(log.contains("TC-READY user=dana"), "serial: {log}");
+    assert!(!log.contains("TC-DATA-MOUNTED"), "a pool VM has no data disk");
+    let (code, v) = h.json("POST", "/vms/pool-1/assign", Some(r#"{"user":"dana"}"#));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data_disk"], "attached", "{v}");
+    wait_log("TC-ASSIGNED user=dana", 360);
+    let mut con = Console::open(&state, "pool-1");
+    assert_eq!(con.run("cat /run/tc-user").1, "dana");
     con.wait_ok("grep -q '^virtio_balloon ' /proc/modules", 10);
     con.wait_ok("grep -q '^/dev/vdb /home/user ext4 ' /proc/mounts", 60);
     assert_eq!(con.run("ls /data/ | grep -v lost+found | wc -l").1, "0", "a new user's home is empty");
 
     // The screen: a blank X screen is one colour; this one shows the terminal, white (xterm's
     // background) over nearly all of its text area, and the black root window below it.
-    let (w, before) = screen(&h, "dana-1");
+    let (w, before) = screen(&h, "pool-1");
     let term_px = (TERM.2 - TERM.0) * (TERM.3 - TERM.1);
     let white = count(&before, w, TERM, |p| p == [255, 255, 255]);
     assert!(white * 100 > term_px * 95, "terminal area: {white} of {term_px} pixels white");
@@ -126,7 +134,7 @@ fn workstation_shows_a_terminal_that_keys_typed_over_vnc_reach() {
     // ...and the typed command is on the screen: black glyphs now in the terminal's text area.
     let t = Instant::now();
     loop {
-        let (_, after) = screen(&h, "dana-1");
+        let (_, after) = screen(&h, "pool-1");
         let inked = |img: &[u8]| count(img, w, TERM, |p| p == [0, 0, 0]);
         // "echo hello > ~/typed" is 20 glyphs of about 15 dark pixels each.
         if inked(&after) > inked(&before) + 150 {
@@ -138,7 +146,7 @@ fn workstation_shows_a_terminal_that_keys_typed_over_vnc_reach() {
 
     // The ACPI power button stops it gracefully (server-host kills a VM that ignores it).
     let t = Instant::now();
-    let (code, ev) = h.json("POST", "/vms/dana-1/stop", Some(r#"{"deadline_secs":60}"#));
+    let (code, ev) = h.json("POST", "/vms/pool-1/stop", Some(r#"{"deadline_secs":60}"#));
     assert_eq!(code, 200, "{ev}");
     assert_eq!(ev["kind"], "stopped", "{ev}");
     assert!(t.elapsed() < Duration::from_secs(60), "the guest ignored the power button");
