@@ -1,8 +1,8 @@
 //! The workstation template (X, twm, xterm, xclock from Debian's packages) booted by server-host:
 //! a pre-booted pool VM shows the terminal, is given to a user (her data disk hot-plugged as the
 //! home folder), keys sent through the VM's VNC server are typed into the terminal, and what the
-//! typed command writes lands on her data disk. Runs as root
-//! with the packages of scripts/setup, under TCG (as on the lab's servers without KVM).
+//! typed command writes lands on her data disk. Runs as root with the packages of scripts/setup,
+//! under TCG (as on the lab's servers without KVM).
 
 mod common;
 
