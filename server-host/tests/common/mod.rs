@@ -277,26 +277,31 @@ pub fn diff(a: &[u8], b: &[u8]) -> usize {
     a.chunks(3).zip(b.chunks(3)).filter(|(x, y)| x != y).count()
 }
 
+/// A VNC client (real RFB, VNC password authentication) on a VM's unix socket.
+pub async fn vnc_connect(socket: &Path, password: &str) -> vnc::VncClient {
+    let stream = tokio::net::UnixStream::connect(socket).await.expect("connecting to the VNC socket");
+    let pw = password.to_owned();
+    vnc::VncConnector::new(stream)
+        .set_auth_method(async move { Ok(pw) })
+        .add_encoding(vnc::VncEncoding::Raw)
+        .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
+        .allow_shared(true)
+        .set_pixel_format(vnc::PixelFormat::bgra())
+        .build()
+        .unwrap()
+        .try_start()
+        .await
+        .expect("VNC handshake")
+        .finish()
+        .unwrap()
+}
+
 /// Reads one full frame through VNC (real RFB client, VNC password authentication) from a
 /// unix socket and returns (width, height, RGB).
 pub fn vnc_frame(socket: &Path, password: &str) -> (usize, usize, Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let stream = tokio::net::UnixStream::connect(socket).await.expect("connecting to the VNC socket");
-        let pw = password.to_owned();
-        let vnc = vnc::VncConnector::new(stream)
-            .set_auth_method(async move { Ok(pw) })
-            .add_encoding(vnc::VncEncoding::Raw)
-            .add_encoding(vnc::VncEncoding::DesktopSizePseudo)
-            .allow_shared(true)
-            .set_pixel_format(vnc::PixelFormat::bgra())
-            .build()
-            .unwrap()
-            .try_start()
-            .await
-            .expect("VNC handshake")
-            .finish()
-            .unwrap();
+        let vnc = vnc_connect(socket, password).await;
         let (mut w, mut h) = (0usize, 0usize);
         let mut fb: Vec<u8> = Vec::new();
         let mut seen: Vec<bool> = Vec::new();
