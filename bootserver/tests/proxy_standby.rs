@@ -1,8 +1,11 @@
 //! A PC's viewer on standby at the proxy (VeNCrypt's TLS handshake done, its credentials to
 //! come with a login at the PC's form), attacked from a second host of the lab:
 //!
-//! - A host that opens several connections and stops after TLS keeps one of them waiting past
-//!   the handshake's time limit; the others are cut at that limit.
+//! - A host whose agent is not connected (no PC) keeps none of its connections waiting past
+//!   the handshake's time limit.
+//! - A PC's address (its agent connected) that opens several connections and stops after TLS
+//!   keeps one of them waiting past the handshake's time limit; the others are cut at that
+//!   limit.
 //! - The waiting connection still opens nothing without the session's token: a wrong one is
 //!   refused as always; once it is gone, the host may wait again, and the token gets in.
 //!
@@ -126,18 +129,26 @@ async fn a_host_holds_one_viewer_on_standby_which_still_needs_the_token() -> any
     let server =
         tokio::spawn(proxy.clone().serve(listener, bootserver::net::limits::ConnLimiter::unbounded("proxy", limits)));
 
-    let mut waiting = Vec::new();
-    for _ in 0..4 {
-        waiting.push(to_standby(&lab, addr, &ca).await?);
-    }
-    tokio::time::sleep(HANDSHAKE * 2 + Duration::from_millis(500)).await;
-    let mut open = Vec::new();
-    for mut t in waiting {
-        if still_open(&mut t).await {
-            open.push(t);
+    // Connections that wait after TLS; those still held after twice the handshake's limit.
+    let held = || async {
+        let mut waiting = Vec::new();
+        for _ in 0..4 {
+            waiting.push(to_standby(&lab, addr, &ca).await?);
         }
-    }
-    assert_eq!(open.len(), 1, "connections from one host still waiting after twice the handshake's limit");
+        tokio::time::sleep(HANDSHAKE * 2 + Duration::from_millis(500)).await;
+        let mut open = Vec::new();
+        for mut t in waiting {
+            if still_open(&mut t).await {
+                open.push(t);
+            }
+        }
+        anyhow::Ok(open)
+    };
+    assert_eq!(held().await?.len(), 0, "a host that is no PC kept a connection waiting");
+    // What the broker does when the agent at that address says hello.
+    let _pc = proxy.pc_present(HOST_IP.parse()?);
+    let mut open = held().await?;
+    assert_eq!(open.len(), 1, "connections from one PC still waiting after twice the handshake's limit");
     let mut t = open.pop().expect("one");
     let (result, reason) = log_in(&mut t, "not-the-token").await?;
     assert_eq!((result, reason.as_str()), (1, "unknown or expired session token"));

@@ -337,7 +337,10 @@ async fn serve(
         }
         (_, None) => {}
     }
+    // Its viewer may wait at the proxy while its form is up (`desktops.viewer_standby_secs`).
+    let presence = broker.desktops.as_ref().map(|o| o.pc_present(peer.ip()));
     let result = session(&mut rd, &mut wr, &mut dec, &mut queue, &mut rx, broker, &mac, who, &pc).await;
+    drop(presence);
     if let Some(gate) = &broker.enrolments {
         gate.forget(&mac, id);
     }

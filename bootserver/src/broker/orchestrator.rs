@@ -436,6 +436,11 @@ impl Orchestrator {
     }
 
     /// Cuts the viewer off the user's desktop (its person logged out or moved to another PC).
+    /// The agent of a PC at `ip` is connected: see [`Proxy::pc_present`].
+    pub fn pc_present(&self, ip: std::net::IpAddr) -> super::proxy::PcPresence {
+        self.proxy.pc_present(ip)
+    }
+
     pub fn disconnect_viewer(&self, user: &str) {
         self.proxy.disconnect_viewer(user);
     }

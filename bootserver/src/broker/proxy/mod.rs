@@ -179,6 +179,28 @@ pub struct Proxy {
     next_conn: AtomicU64,
     /// Addresses with a viewer waiting on standby (see [`ProxyOptions::standby_timeout`]).
     standby: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// Addresses of PCs whose agent is connected to the broker now, with how many such
+    /// connections: only these may keep a viewer on standby, so that a LAN device that is no
+    /// PC gets the handshake's short limit like any other connection.
+    pcs: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// An agent connected from `ip`: its PC may keep a viewer on standby until this is dropped.
+pub struct PcPresence {
+    proxy: Arc<Proxy>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PcPresence {
+    fn drop(&mut self) {
+        let mut pcs = self.proxy.pcs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pcs.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                pcs.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A viewer's place on standby; the address may wait again once it is dropped.
@@ -195,13 +217,27 @@ impl Drop for Standby {
 
 impl Proxy {
     pub fn new(opts: ProxyOptions) -> Arc<Self> {
-        Arc::new(Proxy { slots: Mutex::new(HashMap::new()), opts, next_conn: AtomicU64::new(1), standby: Mutex::default() })
+        Arc::new(Proxy {
+            slots: Mutex::new(HashMap::new()),
+            opts,
+            next_conn: AtomicU64::new(1),
+            standby: Mutex::default(),
+            pcs: Mutex::default(),
+        })
     }
 
-    /// A place on standby for a viewer at `ip`, unless standby is off or that address holds
-    /// one: a host may keep one connection waiting, not as many as the caps allow.
+    /// The agent of a PC at `ip` is connected (its hello checked): that address may keep a
+    /// viewer on standby while the returned guard lives.
+    pub fn pc_present(self: &Arc<Self>, ip: std::net::IpAddr) -> PcPresence {
+        *self.pcs.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_insert(0) += 1;
+        PcPresence { proxy: self.clone(), ip }
+    }
+
+    /// A place on standby for a viewer at `ip`, unless standby is off, no PC's agent is
+    /// connected from there, or that address holds one: a PC may keep one connection waiting,
+    /// not as many as the caps allow.
     pub(crate) fn standby(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Standby> {
-        if self.opts.standby_timeout.is_zero() {
+        if self.opts.standby_timeout.is_zero() || !self.pcs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&ip) {
             return None;
         }
         let fresh = self.standby.lock().unwrap_or_else(|p| p.into_inner()).insert(ip);
