@@ -417,6 +417,15 @@ mod tests {
         assert_eq!(restart_for(Some(&t(5900, "a")), &t(5901, "b")), Restart::Yes);
     }
 
+    /// A shell script in `dir` that stands in for the viewer.
+    fn fake_viewer(dir: &std::path::Path, script: impl AsRef<str>) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.join("viewer");
+        std::fs::write(&program, script.as_ref()).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        program
+    }
+
     /// The supervisor running `program` as its viewer, and a reaper for its children.
     struct Harness {
         supervisor: std::thread::JoinHandle<()>,
@@ -458,21 +467,17 @@ mod tests {
 
     #[test]
     fn a_viewer_that_exits_for_a_logout_is_not_started_again_and_others_are() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
         // Stands in for the viewer's exit statuses (the real viewer's 10 is shown by the fbdev
         // guest test): the first run crashes, the second is logged out.
-        let program = dir.path().join("viewer");
-        std::fs::write(
-            &program,
+        let program = fake_viewer(
+            dir.path(),
             format!(
                 "#!/bin/sh\necho \"$*\" >> {r}\n[ $(wc -l < {r}) -eq 1 ] && exit 3\nexit {LOGOUT_EXIT_CODE}\n",
                 r = runs.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let (orders, reports, h) = Harness::start(program);
         let target = Target {
             vnc: SocketAddr::from(([127, 0, 0, 1], 5901)),
@@ -496,23 +501,19 @@ mod tests {
 
     #[test]
     fn a_viewer_on_standby_is_handed_the_password_instead_of_a_new_start() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
         let got = dir.path().join("got");
         // Stands in for `view --standby`: waits on its password fd, keeps what it was handed,
         // then runs on as a viewer does.
-        let program = dir.path().join("viewer");
-        std::fs::write(
-            &program,
+        let program = fake_viewer(
+            dir.path(),
             format!(
                 "#!/bin/sh\necho \"$*\" >> {r}\neval \"fd=\\${{$#}}\"\ncat /proc/self/fd/$fd > {g}.tmp\nmv {g}.tmp {g}\nexec sleep 30\n",
                 r = runs.display(),
                 g = got.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let (orders, reports, h) = Harness::start(program);
         let proxy = SocketAddr::from(([127, 0, 0, 1], 5901));
         orders.send(Order::Standby(proxy)).unwrap();
@@ -546,18 +547,14 @@ mod tests {
 
     #[test]
     fn a_viewer_signalling_its_first_frame_is_reported_shown_once_per_signal() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         // Stands in for the viewer (the real one writes at "first frame drawn", shown by the
         // people scenario): one byte on the fd after --shown-fd, then it stays up.
-        let program = dir.path().join("viewer");
-        std::fs::write(
-            &program,
+        let program = fake_viewer(
+            dir.path(),
             "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --shown-fd ] && fd=$2; shift; done\n\
              [ -n \"$fd\" ] || exit 4\neval \"printf S >&$fd\"\nexec sleep 30\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let (orders, reports, h) = Harness::start(program);
         let target =
             Target { vnc: SocketAddr::from(([127, 0, 0, 1], 5901)), token: "t".into(), password: None, logout_keys: None };
