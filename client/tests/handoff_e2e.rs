@@ -245,6 +245,11 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
     let st = Command::new(testkit::repo_root().join("scripts/screen")).arg("same").arg(&pc).arg(&vm).status().unwrap();
     assert!(st.success(), "PC 1's screen after the handoff differs from the new VM's");
     assert_eq!(read_ppm(&pc).dimensions(), (1280, 800));
+    // The same check tells people apart: PC 1 does not show user 2's desktop (the desktops
+    // differ only in their user strip, by about one grey level on 0.4% of the screen).
+    let other = out.path().join("vm-pc2.ppm");
+    let st = Command::new(testkit::repo_root().join("scripts/screen")).arg("same").arg(&pc).arg(&other).status().unwrap();
+    assert!(!st.success(), "the screen check took user 2's desktop for user 1's");
 
     // The note, read once more through the new VM's serial console.
     let console = work.join("server-host/vms").join(&new_vm).join("console.sock");

@@ -107,6 +107,25 @@ const KEY_DHCP_TIMEOUT: &str = "tc.dhcp_timeout";
 const KEY_ERROR_DELAY: &str = "tc.error_delay";
 /// The keyboard layout (`us`, `de`) of the login screen and the viewer.
 const KEY_LAYOUT: &str = "tc.layout";
+/// The viewer's VNC encoding (`tight`, `tight-jpeg`, `zrle`, `trle`, `raw`).
+const KEY_ENCODING: &str = "tc.encoding";
+/// A boot LAN is local and fast: lossless Tight keeps text sharp, and the PC's screen is then
+/// the desktop's pixel for pixel, which is what lets a check tell one person's desktop from
+/// another's. `tc.encoding=tight-jpeg` suits a slow link.
+const DEFAULT_ENCODING: &str = "tight";
+
+/// The viewer's encoding from `tc.encoding`, or [`DEFAULT_ENCODING`] when it is absent or names
+/// no encoding (a typo must not leave the PC without a desktop).
+fn viewer_encoding(given: Option<&str>) -> String {
+    let Some(v) = given else { return DEFAULT_ENCODING.into() };
+    match <crate::viewer::Encoding as clap::ValueEnum>::from_str(v, true) {
+        Ok(_) => v.to_ascii_lowercase(),
+        Err(_) => {
+            log::warn!("{KEY_ENCODING}={v:?} is not tight, tight-jpeg, zrle, trle or raw; using {DEFAULT_ENCODING}");
+            DEFAULT_ENCODING.into()
+        }
+    }
+}
 
 fn extra<'a>(params: &'a BootParams, key: &str) -> Option<&'a str> {
     params.unknown.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -367,6 +386,7 @@ fn boot(
             Err(_) => log::warn!("{KEY_LAYOUT}={v:?} is not us or de; using us"),
         }
     }
+    plan.env.push(("TC_ENCODING".into(), viewer_encoding(extra(params, KEY_ENCODING))));
 
     show(Screen::Booting { step: format!("Announcing this PC to the broker at {broker}") });
     let hello = build_hello(sys, mac, lease.address, phases)?;
@@ -539,4 +559,18 @@ fn dhcp_tool(iface: &str, apply: bool, keep: bool, timeout: Duration, resolv: &P
         net::keep::keep(iface, mac, lease, resolv);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::viewer_encoding;
+
+    #[test]
+    fn the_viewer_is_lossless_unless_the_command_line_says_otherwise() {
+        assert_eq!(viewer_encoding(None), "tight");
+        assert_eq!(viewer_encoding(Some("Tight-JPEG")), "tight-jpeg");
+        assert_eq!(viewer_encoding(Some("zrle")), "zrle");
+        // A typo keeps the PC on a desktop, with the default.
+        assert_eq!(viewer_encoding(Some("tite")), "tight");
+    }
 }

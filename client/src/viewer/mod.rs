@@ -13,6 +13,7 @@ mod overlay;
 mod presenter;
 mod screenshot;
 mod session;
+pub(crate) use session::Encoding;
 
 use std::io::Read;
 use std::os::fd::FromRawFd;
@@ -57,7 +58,9 @@ pub(crate) struct ViewArgs {
     #[arg(long, default_value = "/dev/fb0")]
     pub fbdev: PathBuf,
     /// Preferred encoding; CopyRect, Raw, cursor and desktop-size updates are always offered.
-    #[arg(long, value_enum, default_value_t = session::Encoding::TightJpeg)]
+    /// The agent sets it from `tc.encoding` on the kernel command line (lossless `tight` unless
+    /// told otherwise).
+    #[arg(long, value_enum, env = "TC_ENCODING", default_value_t = session::Encoding::TightJpeg)]
     pub encoding: session::Encoding,
     /// JPEG quality 0-9 for `--encoding tight-jpeg`.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(0..=9))]
