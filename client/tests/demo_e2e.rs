@@ -53,6 +53,8 @@ fn network_booted_pc_shows_its_desktop_vm() {
             tail(log("pc-serial.log"))
         );
     }
+    // The demo's figures (power-on to desktop, typed Enter to desktop, memory), for the log.
+    eprintln!("{stdout}");
     assert!(stdout.contains("its screen equals the VM's"), "{stdout}");
     assert!(stdout.contains("time to desktop"), "{stdout}");
     assert!(stdout.contains("the PC shows its login screen"), "{stdout}");

@@ -223,6 +223,7 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
     let t0 = Instant::now();
     let (demo, stdout) = start_held_demo(out.path(), &work, t0);
     eprintln!("the demo reached the handed-off desktop in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!("{stdout}");
     for want in [
         "its screen equals the VM's",
         "the pool's VM",
