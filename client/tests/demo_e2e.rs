@@ -1,9 +1,12 @@
 //! End to end in the lab, through `scripts/demo` with this build's binaries: a QEMU PC
 //! network-boots into the agent, announces itself and shows the login screen; the account
-//! `demo` is typed on its keyboard (QMP `send-key`); the broker starts that person's desktop VM
-//! on a real `server-host` and assigns it a session on the VNC proxy, the agent's fbdev viewer
-//! shows it, and the PC's screen (QMP `screendump`) equals the VM's screen (server-host's
-//! `/screen`). The capture of the LAN does not hold the typed password.
+//! `demo` is typed on its keyboard (QMP `send-key`); the broker gives that person a desktop VM
+//! from its pre-booted pool (the "workstation" template: X, twm, xterm) on a real `server-host`
+//! and assigns it a session on the VNC proxy, the agent's fbdev viewer shows it, and the PC's
+//! screen (QMP `screendump`) equals the VM's screen (server-host's `/screen`). Then the demo
+//! types a command on the PC's keyboard into the terminal that writes a file in the home folder;
+//! the PC's screen shows it and equals the VM's, and the VM's serial console finds the file on
+//! the data disk. The capture of the LAN does not hold the typed password.
 
 use std::path::Path;
 use std::process::Command;
@@ -50,11 +53,17 @@ fn network_booted_pc_shows_its_desktop_vm() {
             tail(log("pc-serial.log"))
         );
     }
+    // The demo's figures (power-on to desktop, typed Enter to desktop, memory), for the log.
+    eprintln!("{stdout}");
     assert!(stdout.contains("its screen equals the VM's"), "{stdout}");
     assert!(stdout.contains("time to desktop"), "{stdout}");
     assert!(stdout.contains("the PC shows its login screen"), "{stdout}");
     assert!(stdout.contains("login to desktop"), "{stdout}");
     assert!(stdout.contains("the password is not in it"), "{stdout}");
+    assert!(stdout.contains("the pool's VM"), "{stdout}");
+    assert!(stdout.contains("typed 'echo hello from the PC > ~/typed.txt; cat ~/typed.txt'"), "{stdout}");
+    assert!(stdout.contains("/home/user/typed.txt (the data disk, /dev/vdb) reads 'hello from the PC'"), "{stdout}");
+    assert!(stdout.contains("memory in use in"), "{stdout}");
     let login = std::fs::read(out.path().join("demo-login.png")).unwrap();
     assert_eq!(&login[..8], b"\x89PNG\r\n\x1a\n");
     let png = std::fs::read(out.path().join("demo-desktop.png")).unwrap();
@@ -72,4 +81,12 @@ fn network_booted_pc_shows_its_desktop_vm() {
         .status()
         .unwrap();
     assert!(st.success(), "the saved PC screen differs from the VM's");
+    // The saved screen is the one after typing: the terminal's text area (xterm at 40,40) holds
+    // the command and its output, which the screen before typing did not.
+    let st = Command::new(testkit::repo_root().join("scripts/screen"))
+        .args([std::ffi::OsStr::new("changed"), keep.join("pc-before.ppm").as_os_str(), out.path().join("pc.ppm").as_os_str()])
+        .args(["200", "50", "70", "750", "520"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "the saved PC screen shows no typed text");
 }

@@ -3,9 +3,12 @@
 //! for desktops and the levels are 256/128 MiB, so the third arrival makes the broker hand user
 //! 1 off from a 256 MiB VM to a 128 MiB one under PC 1's live viewer.
 //!
-//! The demo itself waits for each PC's screen (QMP `screendump`) to equal its VM's, writes a
-//! note on user 1's data disk through the VM's serial console before the handoff and reads it in
-//! the new VM after it, and fails if PC 1's viewer ever connected twice. This test then checks
+//! The desktops are the "workstation" template (X, twm, xterm, xclock), from a pre-booted pool.
+//! The demo itself waits for each PC's screen (QMP `screendump`) to equal its VM's, types a note
+//! into user 1's home folder (the data disk) on PC 1's keyboard before the handoff (read back
+//! through the VM's serial console), and after it types `cat` of it on PC 1 until PC 1's screen
+//! shows the output and equals the new VM's, reads it in the new VM's serial console, and fails
+//! if PC 1's viewer ever connected twice. This test then checks
 //! what the demo left behind (the admin API's JSON, the screens) on its own, and, while the
 //! demo holds the lab up, looks into it: the note through the new VM's console, and the proxy
 //! with a token for PC 2's desktop from the admin API (it must show PC 2's VM, pixel for pixel,
@@ -52,6 +55,27 @@ impl Drop for HeldDemo {
 fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `img` without the clock in the top right corner (xclock at 160x160-20+40 and its title bar),
+/// which ticks every second: the rest of a desktop nobody types into stays as it was.
+fn without_clock(mut img: image::RgbImage) -> image::RgbImage {
+    let w = img.width();
+    for y in 0..img.height().min(240) {
+        for x in w.saturating_sub(220)..w {
+            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
+        }
+    }
+    img
+}
+
+/// The MiB in use and the size of `vm`'s guest, from the demo's line about it.
+fn memory_line(stdout: &str, vm: &str) -> Option<(u64, u64)> {
+    let rest = stdout.lines().find_map(|l| l.strip_prefix(&format!("demo: memory in use in {vm}: ")))?;
+    let mut f = rest.split_whitespace();
+    let used = f.next()?.parse().ok()?;
+    (f.next()? == "of").then_some(())?;
+    Some((used, f.next()?.parse().ok()?))
 }
 
 /// What a viewer sees through the proxy with `token`: the first full frame, as RGB, with Raw
@@ -199,11 +223,14 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
     let t0 = Instant::now();
     let (demo, stdout) = start_held_demo(out.path(), &work, t0);
     eprintln!("the demo reached the handed-off desktop in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!("{stdout}");
     for want in [
         "its screen equals the VM's",
-        "wrote /data/demo-note",
+        "the pool's VM",
+        "wrote /data/demo-note on user 1's data disk, typed on PC 1's keyboard",
         "user 1 handed off",
         "PC 1 shows the new VM",
+        "typed 'cat ~/demo-note' on PC 1's keyboard",
         "/data/demo-note in",
         "still on its first connection",
         // tcpdump on the lab's bridge for the whole run: no token or agent message in clear.
@@ -227,6 +254,10 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
     let user1 = vms.iter().find(|d| d["user"] == USER1).expect("user 1 has a VM");
     assert_eq!(user1["vm"], new_vm.as_str());
     assert_eq!(user1["memory_mib"], 128);
+    // The workstation runs in 128 MiB, with room to spare.
+    let (used, total) = memory_line(&stdout, &new_vm).unwrap_or_else(|| panic!("no memory of {new_vm} in:\n{stdout}"));
+    eprintln!("the workstation in 128 MiB: {used} of {total} MiB in use");
+    assert!(total <= 128 && used * 4 < total * 3, "{used} of {total} MiB in use in {new_vm}");
     let decisions = read_json(&out.path().join("decisions.json"));
     let handoff = decisions.as_array().unwrap().iter().find_map(|r| {
         let actions = r["decision"]["actions"].as_array()?;
@@ -245,8 +276,8 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
     let st = Command::new(testkit::repo_root().join("scripts/screen")).arg("same").arg(&pc).arg(&vm).status().unwrap();
     assert!(st.success(), "PC 1's screen after the handoff differs from the new VM's");
     assert_eq!(read_ppm(&pc).dimensions(), (1280, 800));
-    // The same check tells people apart: PC 1 does not show user 2's desktop (the desktops
-    // differ only in their user strip, by about one grey level on 0.4% of the screen).
+    // The same check tells people apart: PC 1 does not show user 2's desktop (pixel for pixel:
+    // the colour-bar desktops of two people differ by one grey level on 0.4% of the screen).
     let other = out.path().join("vm-pc2.ppm");
     let st = Command::new(testkit::repo_root().join("scripts/screen")).arg("same").arg(&pc).arg(&other).status().unwrap();
     assert!(!st.success(), "the screen check took user 2's desktop for user 1's");
@@ -266,10 +297,12 @@ fn third_pc_hands_the_first_user_off_under_its_live_viewer() {
     let (lab, proxy) = (get("lab"), get("proxy"));
     let ca = work.join("bootserver/ca/ca.pem");
     let seen2 = view_through_proxy(&lab, &proxy, &get("pc2.token"), &ca).expect("viewing with PC 2's token");
-    let want2 = read_ppm(&out.path().join("vm-pc2.ppm"));
-    let user1_screen = read_ppm(&out.path().join("vm-pc1.ppm"));
+    let want2 = without_clock(read_ppm(&out.path().join("vm-pc2.ppm")));
+    let user1_screen = without_clock(read_ppm(&out.path().join("vm-pc1.ppm")));
     assert_eq!(seen2.dimensions(), want2.dimensions());
+    let seen2 = without_clock(seen2);
     assert!(seen2 == want2, "PC 2's token does not show PC 2's VM {vm2}");
+    // User 1's terminal holds the typed note and its `cat`; PC 2's is untouched.
     assert!(seen2 != user1_screen, "PC 2's token shows user 1's screen");
     let refused = view_through_proxy(&lab, &proxy, "made-up-token", &ca);
     assert!(refused.is_err(), "a made-up token was let in");

@@ -401,6 +401,10 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ops = self.ops.lock().await;
+        // The row as it is now, not as it was at the start: a pool VM given to a user since then
+        // holds that user's data disk, which must go on to the user's waiting VM.
+        let current = self.row(&row.name).ok();
+        let row = current.as_ref().unwrap_or(row);
         self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&row.name);
         if let Err(e) = self.store().delete_vm(&row.name) {
             log::error!("VM {}: {e}", row.name);
