@@ -134,18 +134,27 @@ impl Lab {
     /// Runs `f` on a thread inside host `k`'s network namespace: sockets it makes belong to
     /// that host, and stay usable after the thread ends.
     pub fn on_host<T: Send + 'static>(&self, k: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-        use std::os::fd::AsRawFd;
-        let path = format!("/run/netns/{}-h{k}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("opening the host's namespace");
-            // SAFETY: setns on a namespace fd we hold; it changes this thread only.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in the lab host")
+        in_netns(format!("/run/netns/{}-h{k}", self.name), f)
     }
+
+    /// Runs `f` on a thread inside the lab's own namespace (the bridge side, where
+    /// [`Lab::cmd`] runs its programs): its sockets reach their loopback listeners.
+    pub fn in_lab<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(format!("/run/netns/{}", self.name), f)
+    }
+}
+
+fn in_netns<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("opening a lab namespace");
+        // SAFETY: setns on a namespace fd we hold; it changes this thread only.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in a lab namespace")
 }
 
 impl Drop for Lab {
