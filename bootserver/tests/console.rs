@@ -32,23 +32,6 @@ const ROOT_PW: &str = "root's password";
 const VIEWER_PW: &str = "viewer's password";
 const SHORT: Duration = Duration::from_secs(15);
 
-fn sh(mut c: Command) -> std::process::Output {
-    c.stdin(Stdio::null()).output().expect("running a command")
-}
-
-fn host_mac(lab: &Lab, k: u32) -> String {
-    let mut c = lab.host_cmd(k, "cat");
-    c.arg("/sys/class/net/eth0/address");
-    String::from_utf8(sh(c).stdout).unwrap().trim().to_string()
-}
-
-fn address(lab: &Lab, k: u32, ip: &str) {
-    let mut c = lab.host_cmd(k, "ip");
-    c.args(["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    let out = sh(c);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A PC's agent connection from lab host `k` over TLS: the hello, then pongs; the broker's
 /// other messages come out of the returned channel. Dropping the sender ends the PC.
 fn agent(lab: &Lab, k: u32, ca: &Path, mac: &str, ip: &str) -> std::sync::mpsc::Receiver<BrokerMessage> {
@@ -177,10 +160,10 @@ fn the_console_logs_in_shows_pcs_live_and_acts_through_the_api() {
             .stderr(std::fs::File::create(d.join("server-host.log")).unwrap()),
     )
     .unwrap();
-    let macs = [host_mac(&lab, 1), host_mac(&lab, 2)];
+    let macs = [lab.host_mac(1).unwrap(), lab.host_mac(2).unwrap()];
     let ips = [format!("{SUBNET}.2"), format!("{SUBNET}.3")];
-    address(&lab, 1, &ips[0]);
-    address(&lab, 2, &ips[1]);
+    lab.host_address(1, &ips[0]).unwrap();
+    lab.host_address(2, &ips[1]).unwrap();
     let s = lab.server_addr();
     std::fs::write(
         d.join("bootserver.toml"),
@@ -193,17 +176,9 @@ state_dir = "{}"
 policy = "login"
 enrolment = "approve"
 
-[desktops]
-levels_mib = [256, 128]
-template = "desktop"
-health_interval_secs = 1
-
-[[desktops.hosts]]
-name = "h1"
-url = "{HOST_API}"
-memory_mib = 768
-"#,
+{}"#,
             state.display(),
+            testkit::desktops_toml(HOST_API, 768),
         ),
     )
     .unwrap();
