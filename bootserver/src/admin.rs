@@ -203,6 +203,8 @@ pub struct Guard {
     /// The Host header values that name this API, lower-case (`name:port`, and `name` alone
     /// when the port is 80).
     hosts: Vec<String>,
+    /// The web console's logins, taken instead of the token (see [`Guard::with_console`]).
+    console: Option<Arc<crate::web::Sessions>>,
 }
 
 impl Guard {
@@ -229,7 +231,15 @@ impl Guard {
                 }
             }
         }
-        Guard { token, hosts }
+        Guard { token, hosts, console: None }
+    }
+
+    /// Also takes a console session's cookie instead of the token: with its CSRF token in the
+    /// `X-CSRF-Token` header for a change, and a change only from an `admin` session. A page
+    /// of another site cannot read that token, and the cookie is `SameSite=Strict` anyway.
+    pub fn with_console(mut self, sessions: Arc<crate::web::Sessions>) -> Guard {
+        self.console = Some(sessions);
+        self
     }
 
     /// The Host values this guard takes, for the log.
@@ -237,7 +247,8 @@ impl Guard {
         &self.hosts
     }
 
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// The Host check alone, for the console's pages.
+    pub fn check_host(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         let refuse = |status, reason| Err(Refusal { status, reason });
         let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
             return refuse(StatusCode::BAD_REQUEST, "no Host header");
@@ -245,15 +256,33 @@ impl Guard {
         if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host.trim())) {
             return refuse(StatusCode::MISDIRECTED_REQUEST, "Host is not this admin API's name or address");
         }
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), self.token.as_bytes())) {
-            return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see admin.token in the state dir)");
+        Ok(())
+    }
+
+    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+        let refuse = |status, reason| Err(Refusal { status, reason });
+        self.check_host(headers)?;
+        let changes = !matches!(*method, Method::GET | Method::HEAD);
+        let bearer = headers.get(header::AUTHORIZATION);
+        let session = match (&self.console, bearer) {
+            (Some(c), None) => c.of(headers, std::time::Instant::now()).map(|(_, s)| s),
+            _ => None,
+        };
+        if let Some(s) = session {
+            let given = headers.get(crate::web::CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+            if changes && !constant_time_eq(given, s.csrf.as_bytes()) {
+                return refuse(StatusCode::FORBIDDEN, "a change from the console needs its X-CSRF-Token header");
+            }
+            if changes && !s.may_change() {
+                return refuse(StatusCode::FORBIDDEN, "this console login is read-only");
+            }
+        } else {
+            let given = bearer.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+            if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), self.token.as_bytes())) {
+                return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see admin.token in the state dir)");
+            }
         }
-        if !matches!(*method, Method::GET | Method::HEAD) {
+        if changes {
             let media = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -268,7 +297,7 @@ impl Guard {
 }
 
 /// Token comparison whose time does not depend on where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -300,6 +329,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/clients", get(list))
         .route("/api/clients/:mac", get(one))
         .route("/api/clients/:mac/action", post(action))
+        .route("/api/events", get(crate::web::events::stream))
         .with_state(broker.clone())
         .merge(crate::broker::enrolment::router(broker))
 }
@@ -312,13 +342,19 @@ pub async fn run(
     extra: Option<Router>,
     limiter: Arc<ConnLimiter>,
     gate: Arc<Guard>,
+    console: Option<Router>,
 ) -> anyhow::Result<()> {
     log::info!("admin API on http://{} (Host {})", listener.local_addr()?, gate.hosts().join(", "));
     let mut app = router(broker);
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    let app = app.layer(middleware::from_fn_with_state(gate, guard));
+    let mut app = app.layer(middleware::from_fn_with_state(gate, guard));
+    // The console's pages check the Host themselves and want a login, not the token.
+    if let Some(console) = console {
+        log::info!("web console on http://{}/", listener.local_addr()?);
+        app = app.merge(console);
+    }
     serve_router(listener, limiter, app).await
 }
 
@@ -469,6 +505,36 @@ mod tests {
         for host in ["localhost", "127.0.0.1:80", "localhost:80"] {
             assert!(lo.check(&Method::GET, &headers(&[("host", host), auth])).is_ok(), "{host}");
         }
+    }
+
+    #[test]
+    fn a_console_session_needs_its_csrf_token_and_the_admin_role_to_change() {
+        let sessions = Arc::new(crate::web::Sessions::new(std::time::Duration::from_secs(60)));
+        let g = Guard::new("0123456789abcdef".into(), "127.0.0.1:7001".parse().unwrap(), &[]).with_console(sessions.clone());
+        let now = std::time::Instant::now();
+        let admin = sessions.open("root", crate::accounts::Role::Admin, now);
+        let viewer = sessions.open("eve", crate::accounts::Role::Readonly, now);
+        let csrf = |id: &str| sessions.of(&headers(&[("cookie", &format!("{}={id}", crate::web::COOKIE))]), now).unwrap().1.csrf;
+        let ok = |m: Method, id: &str, token: Option<&str>| {
+            let cookie = format!("{}={id}", crate::web::COOKIE);
+            let mut h = vec![("host", "127.0.0.1:7001"), ("cookie", cookie.as_str()), ("content-type", "application/json")];
+            if let Some(t) = token {
+                h.push(("x-csrf-token", t));
+            }
+            g.check(&m, &headers(&h)).map_err(|r| r.status.as_u16())
+        };
+        let (a, v) = (csrf(&admin), csrf(&viewer));
+        assert_eq!(ok(Method::GET, &admin, None), Ok(()));
+        assert_eq!(ok(Method::GET, &viewer, None), Ok(()));
+        assert_eq!(ok(Method::POST, &admin, Some(&a)), Ok(()));
+        assert_eq!(ok(Method::POST, &admin, None), Err(403));
+        assert_eq!(ok(Method::POST, &admin, Some(&v)), Err(403));
+        assert_eq!(ok(Method::POST, &viewer, Some(&v)), Err(403));
+        assert_eq!(ok(Method::GET, "not-a-session", None), Err(401));
+        // A wrong bearer token is not rescued by a cookie.
+        let cookie = format!("{}={admin}", crate::web::COOKIE);
+        let h = headers(&[("host", "127.0.0.1:7001"), ("cookie", &cookie), ("authorization", "Bearer wrong")]);
+        assert_eq!(g.check(&Method::GET, &h).map_err(|r| r.status.as_u16()), Err(401));
     }
 
     #[test]

@@ -20,3 +20,4 @@ pub mod stages;
 pub mod statefile;
 pub mod supervise;
 pub mod tftp;
+pub mod web;

@@ -134,18 +134,42 @@ impl Lab {
     /// Runs `f` on a thread inside host `k`'s network namespace: sockets it makes belong to
     /// that host, and stay usable after the thread ends.
     pub fn on_host<T: Send + 'static>(&self, k: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-        use std::os::fd::AsRawFd;
-        let path = format!("/run/netns/{}-h{k}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("opening the host's namespace");
-            // SAFETY: setns on a namespace fd we hold; it changes this thread only.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in the lab host")
+        in_netns(format!("/run/netns/{}-h{k}", self.name), f)
     }
+
+    /// The MAC address of host `k`'s `eth0`.
+    pub fn host_mac(&self, k: u32) -> anyhow::Result<String> {
+        let out = self.host_cmd(k, "cat").arg("/sys/class/net/eth0/address").stdin(Stdio::null()).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Gives host `k`'s `eth0` the address `ip` (/24).
+    pub fn host_address(&self, k: u32, ip: &str) -> anyhow::Result<()> {
+        let out = self.host_cmd(k, "ip").args(["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("ip addr add {ip} in host {k}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside the lab's own namespace (the bridge side, where
+    /// [`Lab::cmd`] runs its programs): its sockets reach their loopback listeners.
+    pub fn in_lab<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(format!("/run/netns/{}", self.name), f)
+    }
+}
+
+fn in_netns<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("opening a lab namespace");
+        // SAFETY: setns on a namespace fd we hold; it changes this thread only.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in a lab namespace")
 }
 
 impl Drop for Lab {
@@ -272,6 +296,15 @@ pub fn server_host_config(tls_dir: &Path, listen: &str, state: &Path, templates:
         state.display(),
         templates.display(),
         accel(),
+    )
+}
+
+/// The `[desktops]` tables of a boot server config for lab tests: two memory levels (256 and
+/// 128 MiB) of the cached `desktop` template, on one host `h1` at `url` with `memory_mib`.
+pub fn desktops_toml(url: &str, memory_mib: u64) -> String {
+    format!(
+        "[desktops]\nlevels_mib = [256, 128]\ntemplate = \"desktop\"\nhealth_interval_secs = 1\n\n\
+         [[desktops.hosts]]\nname = \"h1\"\nurl = \"{url}\"\nmemory_mib = {memory_mib}\n"
     )
 }
 

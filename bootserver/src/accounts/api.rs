@@ -97,6 +97,7 @@ async fn create(State(store): State<Arc<AccountStore>>, Json(u): Json<NewUser>) 
     match made {
         Ok(a) => {
             log::info!("admin: user {} added ({})", a.name, a.role.as_str());
+            crate::web::events::emit(crate::web::events::Kind::Users);
             (StatusCode::CREATED, Json(a)).into_response()
         }
         Err(r) => r,
@@ -121,6 +122,7 @@ async fn patch(State(store): State<Arc<AccountStore>>, Path(name): Path<String>,
     .await;
     if let Ok(a) = &changed {
         log::info!("admin: user {} changed", a.name);
+        crate::web::events::emit(crate::web::events::Kind::Users);
     }
     answer(changed)
 }
@@ -129,6 +131,7 @@ async fn delete(State(store): State<Arc<AccountStore>>, Path(name): Path<String>
     let gone = blocking(move || store.delete(&name).map(|()| name)).await;
     if let Ok(name) = &gone {
         log::info!("admin: user {name} removed");
+        crate::web::events::emit(crate::web::events::Kind::Users);
     }
     answer(gone.map(|name| serde_json::json!({ "deleted": name })))
 }

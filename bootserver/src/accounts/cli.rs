@@ -32,8 +32,11 @@ pub enum UserCommand {
         /// 1 to 32 characters: a lower-case letter, then lower-case letters, digits, . _ -
         name: String,
         /// May use the admin functions (role `admin` instead of `user`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "readonly")]
         admin: bool,
+        /// May look at the web console without changing anything (role `readonly`).
+        #[arg(long)]
+        readonly: bool,
         /// The desktop template the user's desktop is made from. Default: the deployment's.
         #[arg(long)]
         template: Option<String>,
@@ -52,6 +55,17 @@ pub enum UserCommand {
         name: String,
         #[command(flatten)]
         password: PasswordArgs,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Set a user's role: user, admin (the console and every change) or readonly (the console,
+    /// looking only).
+    ///
+    /// Example: bootserver user role carol readonly
+    Role {
+        name: String,
+        #[arg(value_parser = parse_role)]
+        role: Role,
         #[command(flatten)]
         at: Where,
     },
@@ -91,6 +105,11 @@ pub enum UserCommand {
     },
 }
 
+fn parse_role(text: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| format!("{text:?} is not a role: use user, admin or readonly"))
+}
+
 fn open(at: &Where) -> anyhow::Result<AccountStore> {
     let (state, _) = at.resolve()?;
     Ok(AccountStore::open_in(&state)?)
@@ -124,14 +143,18 @@ fn read_password(args: &PasswordArgs, name: &str) -> anyhow::Result<String> {
 
 pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
-        UserCommand::Add { name, admin, template, one_time, password, at } => {
+        UserCommand::Add { name, admin, readonly, template, one_time, password, at } => {
             super::core::validate_name(&name)?;
             let store = open(&at)?;
             if store.get(&name)?.is_some() {
                 return Err(super::store::AccountError::Exists(name).into());
             }
             let phc = hash_password(&read_password(&password, &name)?)?;
-            let role = if admin { Role::Admin } else { Role::User };
+            let role = match (admin, readonly) {
+                (true, _) => Role::Admin,
+                (_, true) => Role::Readonly,
+                _ => Role::User,
+            };
             let policy = Policy { template, desktop: if one_time { Desktop::OneTime } else { Desktop::Persistent } };
             let a = store.add(&name, &phc, role, &policy)?;
             println!("user {} added ({}, {} desktop{})", a.name, a.role.as_str(), a.policy.desktop.as_str(), template_note(&a.policy));
@@ -144,6 +167,10 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             let phc = hash_password(&read_password(&password, &name)?)?;
             store.update(&name, &Change { phc: Some(phc), ..Default::default() })?;
             println!("password of {name} changed");
+        }
+        UserCommand::Role { name, role, at } => {
+            open(&at)?.update(&name, &Change { role: Some(role), ..Default::default() })?;
+            println!("user {name} is now {}", role.as_str());
         }
         UserCommand::Disable { name, at } => {
             open(&at)?.update(&name, &Change { enabled: Some(false), ..Default::default() })?;
@@ -175,10 +202,10 @@ fn template_note(p: &Policy) -> String {
 
 /// The human-readable list.
 pub fn table(users: &[super::core::Account]) -> String {
-    let mut out = format!("{:<32}  {:<5}  {:<8}  {:<10}  {}\n", "NAME", "ROLE", "ENABLED", "DESKTOP", "TEMPLATE");
+    let mut out = format!("{:<32}  {:<8}  {:<8}  {:<10}  {}\n", "NAME", "ROLE", "ENABLED", "DESKTOP", "TEMPLATE");
     for u in users {
         out.push_str(&format!(
-            "{:<32}  {:<5}  {:<8}  {:<10}  {}\n",
+            "{:<32}  {:<8}  {:<8}  {:<10}  {}\n",
             u.name,
             u.role.as_str(),
             if u.enabled { "yes" } else { "no" },

@@ -74,6 +74,8 @@ pub enum Role {
     #[default]
     User,
     Admin,
+    /// May look at the web console, not change anything.
+    Readonly,
 }
 
 /// Whether a user's desktop outlives the session.
@@ -92,6 +94,7 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Admin => "admin",
+            Role::Readonly => "readonly",
         }
     }
 }

@@ -120,7 +120,9 @@ impl LdapConfig {
     pub fn policy_for(&self, groups: &[String]) -> (Role, Policy) {
         let member = |g: &GroupPolicy| groups.iter().any(|have| have.eq_ignore_ascii_case(&g.name));
         let matched: Vec<&GroupPolicy> = self.groups.iter().filter(|g| member(g)).collect();
-        let role = if matched.iter().any(|g| g.role == Some(Role::Admin)) { Role::Admin } else { Role::User };
+        // The strongest role of any group: admin, then readonly.
+        let has = |r: Role| matched.iter().any(|g| g.role == Some(r));
+        let role = [Role::Admin, Role::Readonly].into_iter().find(|r| has(*r)).unwrap_or(Role::User);
         let policy = Policy {
             template: matched.iter().find_map(|g| g.template.clone()),
             desktop: matched.iter().find_map(|g| g.desktop).unwrap_or_default(),

@@ -206,7 +206,7 @@ impl AccountStore {
     fn decode(&self, r: Raw) -> Result<Credentials, AccountError> {
         let bad = |detail: String| AccountError::Row { path: self.path.clone(), user: r.name.clone(), detail };
         let role = serde_json::from_value(serde_json::Value::String(r.role.clone()))
-            .map_err(|_| bad(format!("role {:?} is neither user nor admin", r.role)))?;
+            .map_err(|_| bad(format!("role {:?} is not user, admin or readonly", r.role)))?;
         let desktop = serde_json::from_value(serde_json::Value::String(r.desktop.clone()))
             .map_err(|_| bad(format!("desktop {:?} is neither persistent nor one-time", r.desktop)))?;
         Ok(Credentials {

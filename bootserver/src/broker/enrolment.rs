@@ -356,7 +356,9 @@ impl Gate {
 
     pub async fn seen(&self, mac: &str, from: &str, now: u64) -> Result<Entry, EnrolError> {
         let (mac, from) = (mac.to_string(), from.to_string());
-        self.run(move |s| s.seen(&mac, &from, now)).await
+        let entry = self.run(move |s| s.seen(&mac, &from, now)).await;
+        crate::web::events::emit(crate::web::events::Kind::Enrolment);
+        entry
     }
 
     pub async fn by_code(&self, code: &str) -> Result<Option<String>, EnrolError> {
@@ -411,6 +413,7 @@ impl Gate {
     pub async fn decide(&self, mac: &str, approve: bool, by: &str) -> Result<Entry, EnrolError> {
         let (m, b) = (mac.to_string(), by.to_string());
         let entry = self.run(move |s| s.decide(&m, approve, &b, crate::broker::registry::now_secs())).await?;
+        crate::web::events::emit(crate::web::events::Kind::Enrolment);
         {
             let mut set = self.approved.write().unwrap_or_else(|e| e.into_inner());
             let mut denied = self.denied.write().unwrap_or_else(|e| e.into_inner());

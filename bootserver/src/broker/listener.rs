@@ -612,6 +612,7 @@ pub async fn start(
     let mut extra = Some(crate::accounts::api::router(accounts).merge(crate::stages::api::router(stages)));
     let mut notices = None;
     let mut recovered = Vec::new();
+    let has_desktops = desktops.is_some();
     let orchestrator = desktops.as_ref().map(|d| d.orchestrator.clone());
     if let Some(d) = desktops {
         recovered = d.recovered;
@@ -661,11 +662,16 @@ pub async fn start(
     let limiter = ConnLimiter::new("admin", "limits.admin", limits.admin.clone(), 1, budget.clone());
     let token = crate::admin::ensure_token(&settings.state_dir)?;
     let own: Vec<String> = names.ips.iter().map(|i| i.to_string()).chain(names.dns.iter().cloned()).collect();
-    let gate = Arc::new(crate::admin::Guard::new(token, admin_addr, &own));
+    // The web console shares the admin address; its logins are taken by the API's guard too.
+    let sessions = Arc::new(crate::web::Sessions::new(crate::web::SESSION_TTL));
+    let gate = Arc::new(crate::admin::Guard::new(token, admin_addr, &own).with_console(sessions.clone()));
+    let auth = broker.auth.clone().context("the accounts' backends are set above")?;
+    let console = crate::web::router(Arc::new(crate::web::Console::new(sessions, auth, gate.clone(), has_desktops)));
     let b = broker.clone();
     sup.add("admin", move || {
         let (l, b, limiter, extra, gate) = (admin.bound(), b.clone(), limiter.clone(), extra.clone(), gate.clone());
-        async move { crate::admin::run(l.await?, b, extra, limiter, gate).await }
+        let console = Some(console.clone());
+        async move { crate::admin::run(l.await?, b, extra, limiter, gate, console).await }
     });
     Ok(broker)
 }

@@ -529,6 +529,7 @@ impl Orchestrator {
         while v.decisions.len() > DECISIONS_KEPT {
             v.decisions.pop_front();
         }
+        crate::web::events::emit(crate::web::events::Kind::Vms);
     }
 
     /// A host died: tell its users; their sessions stay open (the viewers see a frozen

@@ -351,15 +351,19 @@ impl Recorder {
 
     pub fn set_state(&self, mac: &str, state: ClientState, now: u64) {
         self.push(Op::State { mac: mac.into(), state, now }, true);
+        crate::web::events::emit(crate::web::events::Kind::Clients);
     }
 
     pub fn disconnected(&self, mac: &str, now: u64) {
         self.push(Op::Disconnected { mac: mac.into(), now }, true);
+        crate::web::events::emit(crate::web::events::Kind::Clients);
     }
 
     pub async fn announce(&self, hello: &Hello, token: &str, now: u64) -> Result<ClientRecord, RegistryError> {
         let (hello, token) = (Box::new(hello.clone()), token.to_string());
-        self.ask(|reply| Op::Announce { hello, token, now, reply }).await
+        let record = self.ask(|reply| Op::Announce { hello, token, now, reply }).await;
+        crate::web::events::emit(crate::web::events::Kind::Clients);
+        record
     }
 
     pub async fn get(&self, mac: &str) -> Result<Option<ClientRecord>, RegistryError> {

@@ -92,6 +92,9 @@ impl Sink {
         };
         let mut core = self.core();
         let changed = core.record(&mac, event, now_ms());
+        if !changed.is_empty() {
+            crate::web::events::emit(crate::web::events::Kind::Stages);
+        }
         if let Some(store) = &self.inner.store {
             store.queue(changed.into_iter().map(|m| {
                 let pc = core.get(&m).cloned();

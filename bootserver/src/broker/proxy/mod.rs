@@ -335,6 +335,7 @@ impl Proxy {
     pub fn close_session(&self, label: &str) {
         if let Some(slot) = self.slots().remove(label) {
             log::info!("proxy: session {} closed", slot.label);
+            crate::web::events::emit(crate::web::events::Kind::Sessions);
             if let Some((_, tx)) = slot.live {
                 let _ = tx.try_send(Control::Close);
             }
@@ -445,13 +446,17 @@ impl Proxy {
             log::info!("proxy: session {}: a new viewer connection replaces the old one", slot.label);
             let _ = old.try_send(Control::Close);
         }
-        Some((id, slot.recoded.clone()))
+        let recoded = slot.recoded.clone();
+        drop(slots);
+        crate::web::events::emit(crate::web::events::Kind::Sessions);
+        Some((id, recoded))
     }
 
     fn detach(&self, session: &str, id: u64) {
         if let Some(slot) = self.slots().get_mut(session) {
             if slot.live.as_ref().is_some_and(|(i, _)| *i == id) {
                 slot.live = None;
+                crate::web::events::emit(crate::web::events::Kind::Sessions);
             }
         }
     }
