@@ -250,6 +250,10 @@ fn host_series_metrics_and_every_documented_route_on_a_running_server() {
     check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = check.wait_with_output().unwrap();
     assert!(out.status.success(), "promtool check metrics: {}{}\n{text}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Prometheus asks for OpenMetrics, and gets it.
+    let (code, open) = curl(&lab, &["-H", &auth, "-H", "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"], &url);
+    assert_eq!(code, 200, "{open}");
+    assert!(open.ends_with("# EOF\n") && open.contains("# TYPE bootserver_refusals counter"), "{open}");
     assert_eq!(curl(&lab, &[], &url).0, 401);
     assert_eq!(curl(&lab, &["-H", "Authorization: Bearer 00000000000000000000000000000000"], &url).0, 401);
 

@@ -110,3 +110,41 @@ pub async fn render(c: &Ctx) -> Result<String, String> {
     encode(&mut out, &reg).map_err(|e| e.to_string())?;
     Ok(out)
 }
+
+/// The same scrape in Prometheus' classic text format (0.0.4), for scrapers and tools that do
+/// not ask for OpenMetrics (promtool, older servers): there a counter's family is named with
+/// its `_total`, and there is no `# EOF` or `# UNIT`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_classic_format_names_counters_with_their_total() {
+        let open = "# HELP a_refusals Refusals.\n# TYPE a_refusals counter\na_refusals_total 3\n\
+                    # HELP a_up Up.\n# TYPE a_up gauge\na_up{host=\"h1\"} 1\n# EOF\n";
+        assert_eq!(
+            super::classic(open),
+            "# HELP a_refusals_total Refusals.\n# TYPE a_refusals_total counter\na_refusals_total 3\n\
+             # HELP a_up Up.\n# TYPE a_up gauge\na_up{host=\"h1\"} 1\n"
+        );
+    }
+}

@@ -112,8 +112,8 @@ mod tests {
         assert_eq!(p.prune, vec![(0, now + 1 - DAY), (300, now + 1 - 30 * DAY), (3600, now + 1 - 365 * DAY)]);
         // The first tick ever, or after a week's stop: no older than the source keeps.
         let p = plan(now, [None, None]);
-        assert_eq!(p.roll[0], (0, 300, 9 * DAY + 3600 + 0, 10 * DAY + 3600));
-        assert_eq!(p.roll[1], (300, 3600, (now - 30 * DAY) / 3600 * 3600, 10 * DAY + 3600));
+        assert_eq!(p.roll[0], (0, 300, 9 * DAY + 3600, 10 * DAY + 3600));
+        assert_eq!(p.roll[1], (300, 3600, (now - 30 * DAY).div_euclid(3600) * 3600, 10 * DAY + 3600));
     }
 
     #[test]
