@@ -62,6 +62,9 @@ pub struct FileConfig {
     /// `[pcs]`: login, kiosk or disabled, per MAC, glob or group (see `broker::pcs`).
     #[serde(default)]
     pub pcs: crate::broker::pcs::PcsConfig,
+    /// `[metrics]`: the hosts' time series and the arrivals (see `broker::metrics`).
+    #[serde(default)]
+    pub metrics: crate::broker::metrics::MetricsConfig,
 }
 
 /// Flags shared by `bootserver serve` and `bootserver boot`; each overrides the config key of
@@ -179,6 +182,7 @@ pub struct Settings {
     pub auth: crate::accounts::AuthConfig,
     /// `[pcs]`: what each PC gets after its hello (see `broker::pcs`).
     pub pcs: crate::broker::pcs::PcsConfig,
+    pub metrics: crate::broker::metrics::MetricsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -396,6 +400,7 @@ impl Settings {
                 file.pcs.check().map_err(|m| invalid("pcs", m))?;
                 file.pcs
             },
+            metrics: file.metrics.validate().map_err(|m| invalid("metrics", m))?,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `GET /host` | | [`HostFacts`] |
+//! | `GET /stats` | | [`HostStats`] (counters and gauges from `/proc`) |
 //! | `GET /templates` | | `[`[`TemplateInfo`]`]` |
 //! | `GET /vms` | | `[`[`VmInfo`]`]` |
 //! | `POST /vms` | [`CreateVm`] | 201 [`CreatedVm`] |
@@ -57,6 +58,28 @@ pub struct HostFacts {
     /// Every VM gets a virtio-balloon device; guests with the driver can be resized live.
     pub balloon: bool,
     pub vms: Vec<VmInfo>,
+}
+
+/// `GET /stats`: the host's load as `/proc` shows it now. CPU time and network bytes are
+/// counters since the host's boot: whoever samples them takes the rate between two readings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    pub cpus: u32,
+    /// Clock ticks of every CPU in every state (`/proc/stat`'s `cpu` line).
+    pub cpu_ticks: u64,
+    /// The part of `cpu_ticks` spent idle or waiting for I/O.
+    pub cpu_idle_ticks: u64,
+    pub memory_total_bytes: u64,
+    /// MemAvailable.
+    pub memory_available_bytes: u64,
+    /// Memory promised to running VMs (their boot size).
+    pub memory_committed_bytes: u64,
+    /// The 1-, 5- and 15-minute load averages.
+    pub load: [f64; 3],
+    pub vms: u32,
+    /// Bytes received and sent on every interface but loopback.
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
 }
 
 /// `GET /templates`.

@@ -47,6 +47,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
     let state = Arc::new(AppState { mgr });
     let api = Router::new()
         .route("/host", get(host))
+        .route("/stats", get(stats))
         .route("/templates", get(templates))
         .route("/vms", get(vms).post(create))
         .route("/vms/:name", get(vm))
@@ -67,6 +68,10 @@ pub fn router(mgr: Arc<Manager>) -> Router {
 
 async fn host(State(st): St) -> Result<Json<HostFacts>, Error> {
     Ok(Json(st.mgr.host().await?))
+}
+
+async fn stats(State(st): St) -> Result<Json<HostStats>, Error> {
+    Ok(Json(st.mgr.stats().await?))
 }
 
 async fn templates(State(st): St) -> Json<Vec<TemplateInfo>> {

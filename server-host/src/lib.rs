@@ -8,6 +8,7 @@ pub mod config;
 mod error;
 mod images;
 mod manager;
+mod procstats;
 mod qemu;
 mod qmp;
 mod store;

@@ -191,6 +191,13 @@ impl Manager {
         })
     }
 
+    /// The host's load now, for the broker's time series.
+    pub async fn stats(&self) -> Result<HostStats> {
+        let vms = self.vms().await?;
+        let committed: u64 = vms.iter().map(|v| v.memory_mib << 20).sum();
+        Ok(crate::procstats::read(vms.len() as u32, committed))
+    }
+
     fn validate(&self, req: &CreateVm) -> Result<images::Template> {
         if req.pool && !req.user.is_empty() {
             return Err(Error::BadRequest(format!("a pool VM belongs to nobody yet: user must be empty, not {:?}", req.user)));

@@ -137,6 +137,11 @@ impl HostClient {
         self.call("GET", "/host", None::<&()>, timeout).await
     }
 
+    /// The host's load counters and gauges, for the time series.
+    pub async fn stats(&self, timeout: Duration) -> Result<host::HostStats, HostError> {
+        self.call("GET", "/stats", None::<&()>, timeout).await
+    }
+
     pub async fn vms(&self) -> Result<Vec<VmInfo>, HostError> {
         self.call("GET", "/vms", None::<&()>, Duration::from_secs(30)).await
     }

@@ -614,6 +614,13 @@ pub async fn start(
     let mut recovered = Vec::new();
     let has_desktops = desktops.is_some();
     let orchestrator = desktops.as_ref().map(|d| d.orchestrator.clone());
+    let metrics = super::metrics::Metrics::open(settings.metrics.clone(), &settings.state_dir).context("key `metrics.file`")?;
+    let sampled = desktops.as_ref().map(|d| (d.orchestrator.clone(), d.hosts.clone()));
+    if let Some((orch, hosts)) = sampled.clone() {
+        orch.set_metrics(metrics.clone());
+        let m = metrics.clone();
+        sup.add("metrics sampler", move || m.clone().run(hosts.clone(), orch.clone()));
+    }
     if let Some(d) = desktops {
         recovered = d.recovered;
         broker.desktops = Some(d.orchestrator.clone());
@@ -621,6 +628,13 @@ pub async fn start(
         notices = Some(d.notices);
     }
     let broker = Arc::new(broker);
+    let ctx = super::metrics::routes::Ctx {
+        metrics,
+        broker: broker.clone(),
+        desktops: sampled,
+        pool_configured: settings.desktops.pool,
+    };
+    extra = extra.map(|a| a.merge(super::metrics::routes::router(ctx)));
     if let Some(orch) = orchestrator {
         let b = broker.clone();
         let tick = Duration::from_secs(settings.desktops.disconnect_grace_secs.clamp(1, 10)) / 4;

@@ -75,6 +75,11 @@ impl Logins {
         }
     }
 
+    /// How many people are logged in at a PC now.
+    pub fn seated(&self) -> usize {
+        lock(&self.seats).seated()
+    }
+
     /// The PC an orchestrator user's messages go to: a person's current PC, or the MAC itself.
     pub fn route(&self, user: &str) -> Option<String> {
         if user.starts_with(PERSON_PREFIX) {

@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod listener;
 pub mod login;
 pub mod memory;
+pub mod metrics;
 pub mod orchestrator;
 pub mod pcs;
 pub mod pool;

@@ -134,6 +134,8 @@ pub struct Overview {
     pub level: Option<usize>,
     pub level_mib: Option<u64>,
     pub levels_mib: Vec<u64>,
+    /// `U_m` of that level: how many users it serves while keeping a slot free.
+    pub max_users: Option<usize>,
     pub state: State,
 }
 
@@ -149,6 +151,8 @@ pub struct Orchestrator {
     notices: mpsc::UnboundedSender<Notice>,
     recovery: recovery::Recovery,
     pool: Arc<Pool>,
+    /// Where arrivals are counted, for the pool analysis and `/metrics`.
+    metrics: std::sync::OnceLock<Arc<super::metrics::Metrics>>,
 }
 
 struct View {
@@ -266,6 +270,7 @@ impl Orchestrator {
             notices: tx,
             recovery: Default::default(),
             pool,
+            metrics: Default::default(),
         };
         Ok((Arc::new(me), rx))
     }
@@ -283,8 +288,14 @@ impl Orchestrator {
             level,
             level_mib: level.and_then(|l| levels.get(l)).map(|b| b >> 20),
             levels_mib: levels.sizes().iter().map(|b| b >> 20).collect(),
+            max_users: level.map(|l| v.state.max_users(levels, l)),
             state: v.state.clone(),
         }
+    }
+
+    /// Counts every arrival that needs a new desktop into `m` from now on.
+    pub fn set_metrics(&self, m: Arc<super::metrics::Metrics>) {
+        let _ = self.metrics.set(m);
     }
 
     /// Where viewers reach the proxy.
@@ -343,6 +354,15 @@ impl Orchestrator {
         if self.view().desktops.contains_key(user) {
             return Ok(Outcome::Assigned { proxy: self.proxy_addr, token: self.new_token(user)? });
         }
+        let outcome = self.arrive_new(user, spec).await;
+        if let Some(m) = self.metrics.get() {
+            m.arrival(user.starts_with(PERSON_PREFIX), !matches!(outcome, Ok(Outcome::Assigned { .. })));
+        }
+        outcome
+    }
+
+    /// [`Self::arrive_as`] for a user who has no desktop yet.
+    async fn arrive_new(&self, user: &str, spec: Spec) -> anyhow::Result<Outcome> {
         if let Some(message) = self.missing_template(&spec.template).await {
             log::warn!("broker: {user}: {message}");
             return Ok(Outcome::NoTemplate { message });

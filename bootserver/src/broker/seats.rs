@@ -117,6 +117,11 @@ impl Seats {
     }
 
     /// Everyone seated or in grace: the people whose desktops run.
+    /// How many people sit at a PC now.
+    pub fn seated(&self) -> usize {
+        self.pcs.len()
+    }
+
     pub fn people(&self) -> impl Iterator<Item = &str> {
         self.people.keys().map(String::as_str)
     }
