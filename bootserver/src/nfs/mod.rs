@@ -138,8 +138,29 @@ impl Cidr {
 /// file handle of every call.
 struct Policy {
     exports: Vec<(Export, Vec<Cidr>)>,
-    /// Mounts go to the boot-stage reports (the reads of a mount are not counted).
+    /// Mounts go to the boot-stage reports, and the bytes each PC reads after them.
     stages: crate::stages::Sink,
+    /// Bytes read per client since the last [`Policy::report_reads`]. A READ is at most a
+    /// megabyte and a boot makes thousands: the report (and its store and page events) gets
+    /// the sums once a second, not every call. One entry per client address of an export.
+    reads: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, u64>>,
+}
+
+/// How often the bytes read go to the boot-stage reports.
+const READS_EVERY: Duration = Duration::from_secs(1);
+
+impl Policy {
+    fn new(exports: Vec<(Export, Vec<Cidr>)>, stages: crate::stages::Sink) -> Policy {
+        Policy { exports, stages, reads: Default::default() }
+    }
+
+    /// Adds the bytes read since the last call to each client's NFS mount stage.
+    fn report_reads(&self) {
+        let reads = std::mem::take(&mut *self.reads.lock().unwrap_or_else(|p| p.into_inner()));
+        for (ip, bytes) in reads {
+            self.stages.record_from(ip, crate::stages::Event::NfsRead { bytes });
+        }
+    }
 }
 
 fn peer_ip(peer: &str) -> Option<IpAddr> {
@@ -186,6 +207,12 @@ impl AccessPolicy for Policy {
 
     fn exports(&self) -> Vec<Vec<u8>> {
         self.exports.iter().map(|(e, _)| e.name.as_bytes().to_vec()).collect()
+    }
+
+    fn read_served(&self, peer: &str, bytes: u64) {
+        if let Some(IpAddr::V4(ip)) = peer_ip(peer) {
+            *self.reads.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_default() += bytes;
+        }
     }
 
     fn allow_file(&self, peer: &str, id: fileid3) -> bool {
@@ -246,7 +273,8 @@ pub async fn run(
     let limits = cfg.limits()?;
     let key = export::handle_key(&state_dir)?;
     let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect(), &key)?;
-    let policy: Arc<dyn AccessPolicy> = Arc::new(Policy { exports, stages });
+    let counted = Arc::new(Policy::new(exports, stages));
+    let policy: Arc<dyn AccessPolicy> = counted.clone();
     let addr = SocketAddr::new(address.into(), cfg.port);
     let listener = crate::net::tcp_listener(&interface, addr)?;
     // One table for the NFS and portmapper ports: a client needs both, and descriptors run
@@ -258,6 +286,14 @@ pub async fn run(
     }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move { nfs.handle_forever().await.context("nfs listener") });
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(READS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            counted.report_reads();
+        }
+    });
     if cfg.portmap {
         let pm_addr = SocketAddr::new(address.into(), portmap::PMAP_PORT);
         let pm_tcp = crate::net::tcp_listener(&interface, pm_addr)
@@ -321,7 +357,7 @@ pub fn fuzz_one(data: &[u8]) {
         let exports = vec![(Export { name: "/client".into(), path: root }, vec![Cidr::parse("0.0.0.0/0").ok()?])];
         let fs = ExportFs::new(exports.iter().map(|(e, _)| e.clone()).collect(), &[1; 32]).ok()?;
         let context = nfsserve::context::RPCContext {
-            policy: Arc::new(Policy { exports, stages: Default::default() }),
+            policy: Arc::new(Policy::new(exports, Default::default())),
             local_port: 2049,
             client_addr: "10.0.0.2:700".into(),
             auth: Default::default(),

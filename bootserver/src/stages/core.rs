@@ -57,7 +57,8 @@ pub enum Detail {
     BootFile {
         name: String,
         protocol: Protocol,
-        /// None where the protocol does not tell (an NFS mount).
+        /// For an NFS mount: the bytes read through it so far (None before the first read);
+        /// its `ms`, the time from the mount to the last read counted.
         bytes: Option<u64>,
         ms: u64,
         complete: bool,
@@ -173,6 +174,9 @@ pub enum Event {
     Login { person: Option<String>, how: String },
     /// The agent's viewer shows the desktop.
     DesktopShown,
+    /// Bytes the PC read over NFS since the last such event: added to its current boot's NFS
+    /// mount (no stage of its own; none without a mount).
+    NfsRead { bytes: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +277,9 @@ impl Stages {
     /// Records `event` of `mac` at `now`. Returns the MACs whose reports changed or went
     /// (dropped by the caps), for the store.
     pub fn record(&mut self, mac: &str, event: Event, now: u64) -> Vec<String> {
+        if let Event::NfsRead { bytes } = event {
+            return self.nfs_read(mac, bytes, now);
+        }
         let pc = self.pcs.entry(mac.to_string()).or_default();
         pc.updated = now;
         let fresh = pc.boots.is_empty();
@@ -328,6 +335,8 @@ impl Stages {
                 (!seen || new_boot).then_some(Detail::AgentHello { agent_version, address, boot_ms })
             }
             Event::Login { person, how } => Some(Detail::Login { person, how }),
+            // Handled above: it changes a stage, it adds none.
+            Event::NfsRead { .. } => None,
             Event::DesktopShown => {
                 // Each status while it shows is the same stage.
                 let showing = matches!(boot.stages.last(), Some(Stage { detail: Detail::DesktopShown {}, .. }));
@@ -344,6 +353,20 @@ impl Stages {
         let mut changed = vec![mac.to_string()];
         changed.extend(self.trim(mac));
         changed
+    }
+
+    /// Adds `n` bytes to the current boot's last NFS mount, whose `ms` becomes the time since
+    /// the mount.
+    fn nfs_read(&mut self, mac: &str, n: u64, now: u64) -> Vec<String> {
+        let Some(boot) = self.pcs.get_mut(mac).and_then(|pc| pc.boots.back_mut()) else { return Vec::new() };
+        let mount = boot.stages.iter_mut().rev().find_map(|s| match &mut s.detail {
+            Detail::BootFile { protocol: Protocol::Nfs, complete: true, bytes, ms, .. } => Some((s.at, bytes, ms)),
+            _ => None,
+        });
+        let Some((at, bytes, ms)) = mount else { return Vec::new() };
+        *bytes = Some(bytes.unwrap_or(0).saturating_add(n));
+        *ms = now.saturating_sub(at);
+        vec![mac.to_string()]
     }
 
     /// Drops the oldest PCs beyond the caps, never `keep` (just updated) unless it alone is
@@ -521,6 +544,23 @@ mod tests {
         s.record(MAC, hello(true), 50);
         assert_eq!(s.get(MAC).unwrap().boots.len(), 3);
         assert_eq!(names(&s), ["agent_hello"]);
+    }
+
+    #[test]
+    fn nfs_reads_add_up_on_the_mount_of_the_current_boot() {
+        let mut s = Stages::default();
+        // Reads from a PC with no mount (or no report at all) make nothing up.
+        assert!(s.record(MAC, Event::NfsRead { bytes: 5 }, 10).is_empty());
+        s.record(MAC, file("vmlinuz", 100), 100);
+        assert!(s.record(MAC, Event::NfsRead { bytes: 5 }, 110).is_empty());
+        let mount = Event::File { name: "mount /client".into(), protocol: Protocol::Nfs, bytes: None, ms: 0, error: None };
+        s.record(MAC, mount, 1000);
+        assert_eq!(s.record(MAC, Event::NfsRead { bytes: 4096 }, 1500), vec![MAC.to_string()]);
+        s.record(MAC, Event::NfsRead { bytes: 1 << 20 }, 3000);
+        let v = s.view(MAC, 3000).unwrap();
+        assert_eq!(v.current.len(), 2, "{v:?}");
+        let d = &v.current[1].details;
+        assert_eq!((d["bytes"].clone(), d["ms"].clone()), ((4096 + (1u64 << 20)).into(), 2000.into()), "{d:?}");
     }
 
     #[test]

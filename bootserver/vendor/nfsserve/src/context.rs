@@ -19,6 +19,9 @@ pub trait AccessPolicy: Send + Sync {
     fn allow_file(&self, _peer: &str, _id: fileid3) -> bool {
         true
     }
+    /// Told after each successful READ how many bytes of file data went to the peer, so that
+    /// the server can count what each client reads.
+    fn read_served(&self, _peer: &str, _bytes: u64) {}
 }
 
 pub(crate) struct OpenPolicy;

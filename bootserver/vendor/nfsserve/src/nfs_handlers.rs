@@ -373,6 +373,7 @@ pub async fn nfsproc3_read(
     };
     match context.vfs.read(id, args.offset, args.count).await {
         Ok((bytes, eof)) => {
+            context.policy.read_served(&context.client_addr, bytes.len() as u64);
             let res = READ3resok {
                 file_attributes: obj_attr,
                 count: bytes.len() as u32,
