@@ -329,6 +329,19 @@ fn agent_runs_the_sdl_viewer_from_the_nfs_root() {
     assert!(serial.contains("viewer: the SDL2 viewer of the NFS root"), "{serial}");
     assert!(serial.contains("SDL video driver: KMSDRM"), "the viewer did not run SDL on KMS/DRM:\n{serial}");
     assert!(!serial.contains("switching to the built-in"), "{serial}");
+    // The boot-stage report counts what the PC read through its NFS mount (the viewer and its
+    // libraries: megabytes), reported once a second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let nfs = loop {
+        let stages = rig.json(&format!("boots/{MAC}"));
+        let mount = stages["current"].as_array().into_iter().flatten().find(|s| s["details"]["protocol"] == "nfs").cloned();
+        if let Some(m) = mount.filter(|m| m["details"]["bytes"].as_u64().is_some_and(|b| b > 1_000_000)) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no NFS mount with the bytes read in the PC's boot stages: {stages:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("NFS mount stage: {}", nfs["details"]);
     for l in serial.lines().filter(|l| l.contains("SDL ") || l.contains("boot phase")) {
         eprintln!("{l}");
     }
