@@ -110,7 +110,15 @@ async fn chart_points(c: &Client, css: &str, n: u64, within: Duration) -> u64 {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{css}: {last} points after {within:?}, not {n}");
+    let status = match c.find(Locator::Id("status")).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let heading = match c.find(Locator::Css("main h2")).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    panic!("{css}: {last} points after {within:?}, not {n}; the page says {status:?}, {heading:?}");
 }
 
 async fn log_in(c: &Client, name: &str, password: &str) {

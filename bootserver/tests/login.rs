@@ -346,17 +346,9 @@ state_dir = "{}"
 policy = "login"
 enrolment = "approve"
 
-[desktops]
-levels_mib = [256, 128]
-template = "desktop"
-health_interval_secs = 1
-
-[[desktops.hosts]]
-name = "h1"
-url = "{HOST_API}"
-memory_mib = 512
-"#,
+{}"#,
             state.display(),
+            testkit::desktops_toml(HOST_API, 512),
         ),
     )
     .unwrap();

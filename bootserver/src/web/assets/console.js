@@ -176,7 +176,7 @@ const pages = {
     const old = charts.get("week");
     if (old) { old.setData(data); } else {
       charts.set("week", new uPlot({
-        width: Math.max(600, box.clientWidth - 10), height: 260,
+        width: Math.max(600, box.clientWidth - 40), height: 260,
         scales: { x: { time: false } },
         axes: [{ splits: () => [0, 24, 48, 72, 96, 120, 144, 168], values: (u, vals) => vals.map(hourName) }, {}],
         series: [{ label: "hour", value: (u, v) => v == null ? "-" : hourName(v) },
@@ -225,7 +225,7 @@ function drawHost(box, host, s) {
   }
   section.querySelector("h2").textContent = host.name + (host.up ? "" : " (down)") + ": " + s.t.length +
     " points, one every " + s.step + " s";
-  const width = Math.max(360, Math.floor((box.clientWidth - 24) / 2));
+  const width = Math.max(360, Math.floor((box.clientWidth - 60) / 2));
   for (const c of HOST_CHARTS) {
     const data = [s.t, ...c.series.map(([, , f]) => f(s))];
     const div = section.querySelector('[data-chart="' + c.key + '"]');
