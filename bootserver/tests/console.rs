@@ -7,21 +7,24 @@
 //!   events), waiting for approval under `enrolment = "approve"`; approved from the page, its
 //!   row changes and the PC gets its login screen;
 //! - a request with the session's cookie but without its CSRF token is refused (403);
-//! - a read-only account sees the pages, but its approve is refused;
-//! - from a second lab host the console cannot be reached: it listens on loopback.
+//! - a read-only account sees the pages, but its approve and its stop are refused;
+//! - a person logs in at the PC and gets a desktop VM; Stop on the Desktops page stops it (its
+//!   QEMU ends);
+//! - from a second lab host the console cannot be reached: it listens on loopback;
+//! - the Hosts page draws the host's five charts from the broker's samples (one a second
+//!   here), and new samples appear without a reload; the Analysis page draws the week.
 //!
 //! Each page is saved as a PNG in docs/screenshots/.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use proto::agent::{encode, AgentMessage, BrokerMessage, Decoder};
-use proto::tls::rustls::{ClientConnection, StreamOwned};
-use testkit::{KillOnDrop, Lab};
+use proto::agent::BrokerMessage;
+use testkit::{Agent, KillOnDrop, Lab};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootserver");
 const SUBNET: &str = "10.85.0";
@@ -30,49 +33,29 @@ const HOST_API: &str = "https://127.0.0.1:8470";
 const DRIVER_PORT: u16 = 9515;
 const ROOT_PW: &str = "root's password";
 const VIEWER_PW: &str = "viewer's password";
+const ALICE_PW: &str = "alice's password";
 const SHORT: Duration = Duration::from_secs(15);
+/// A desktop VM's first frame and a stop, under TCG on a busy machine.
+const LONG: Duration = Duration::from_secs(300);
 
-/// A PC's agent connection from lab host `k` over TLS: the hello, then pongs; the broker's
-/// other messages come out of the returned channel. Dropping the sender ends the PC.
-fn agent(lab: &Lab, k: u32, ca: &Path, mac: &str, ip: &str) -> std::sync::mpsc::Receiver<BrokerMessage> {
+/// A PC's agent from lab host `k`, over TLS to the broker on the bridge.
+fn agent(lab: &Lab, k: u32, ca: &Path, mac: &str, ip: &str) -> Agent {
     let broker: SocketAddr = format!("{SUBNET}.1:7000").parse().unwrap();
-    let ca = ca.to_path_buf();
-    let mut link: StreamOwned<ClientConnection, TcpStream> = lab.on_host(k, move || {
-        let tls = proto::tls::client_config(&ca).unwrap();
-        let tcp = TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
-        let conn = ClientConnection::new(tls, proto::tls::server_name(broker.ip())).unwrap();
-        let mut link = StreamOwned::new(conn, tcp);
-        while link.conn.is_handshaking() {
-            link.conn.complete_io(&mut link.sock).expect("TLS handshake with the broker");
-        }
-        link
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let hello = testkit::agent_hello(mac, ip);
-    std::thread::spawn(move || {
-        link.write_all(&encode(&AgentMessage::Hello(hello)).unwrap()).unwrap();
-        let mut dec = Decoder::<BrokerMessage>::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = link.read(&mut buf) {
-            if n == 0 {
-                return;
-            }
-            for m in dec.feed(&buf[..n]) {
-                match m {
-                    Ok(BrokerMessage::Ping { seq }) => {
-                        let _ = link.write_all(&encode(&AgentMessage::Pong { seq }).unwrap());
-                    }
-                    Ok(m) => {
-                        if tx.send(m).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => panic!("the broker sent a bad frame: {e}"),
+    Agent::start(lab, k, broker, ca, mac, ip)
+}
+
+/// The PC's next message of the kind `pick` takes, skipping others.
+fn next_of<T>(pc: &Agent, within: Duration, what: &str, pick: impl Fn(BrokerMessage) -> Option<T>) -> T {
+    loop {
+        match pc.next(within, what, &String::new) {
+            Some(m) => {
+                if let Some(t) = pick(m) {
+                    return t;
                 }
             }
+            None => panic!("the broker closed the PC's connection while waiting for {what}"),
         }
-    });
-    rx
+    }
 }
 
 /// Chromium's processes of this test (found by their profile folder, which only they name),
@@ -113,6 +96,31 @@ async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool, within: Dur
     panic!("{css}: still {last:?} after {within:?}");
 }
 
+/// Waits until the chart at `css` holds at least `n` points (the page writes how many it drew
+/// into `data-points`); returns how many.
+async fn chart_points(c: &Client, css: &str, n: u64, within: Duration) -> u64 {
+    let t0 = Instant::now();
+    let mut last = 0;
+    while t0.elapsed() < within {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            last = e.attr("data-points").await.ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if last >= n && c.find(Locator::Css(&format!("{css} canvas"))).await.is_ok() {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = match c.find(Locator::Id("status")).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let heading = match c.find(Locator::Css("main h2")).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    panic!("{css}: {last} points after {within:?}, not {n}; the page says {status:?}, {heading:?}");
+}
+
 async fn log_in(c: &Client, name: &str, password: &str) {
     c.goto(&format!("http://{ADMIN}/login")).await.unwrap();
     c.find(Locator::Id("name")).await.unwrap().send_keys(name).await.unwrap();
@@ -146,20 +154,7 @@ fn the_console_logs_in_shows_pcs_live_and_acts_through_the_api() {
     let d = dir.path();
     let state = d.join("bootserver");
     let pki = testkit::host_pki(Path::new(BIN), &state, "h1", &["127.0.0.1"]).unwrap();
-    std::fs::write(
-        d.join("server-host.toml"),
-        testkit::server_host_config(&pki.tls_dir, "127.0.0.1:8470", &d.join("server-host"), &templates),
-    )
-    .unwrap();
-    let _host = KillOnDrop::spawn(
-        lab.cmd(Path::new(BIN).with_file_name("server-host"))
-            .args(["serve", "--config"])
-            .arg(d.join("server-host.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("server-host.log")).unwrap()),
-    )
-    .unwrap();
+    let (_vms, _host) = testkit::lab_server_host(&lab, &Path::new(BIN).with_file_name("server-host"), d, &pki, &templates).unwrap();
     let macs = [lab.host_mac(1).unwrap(), lab.host_mac(2).unwrap()];
     let ips = [format!("{SUBNET}.2"), format!("{SUBNET}.3")];
     lab.host_address(1, &ips[0]).unwrap();
@@ -176,13 +171,16 @@ state_dir = "{}"
 policy = "login"
 enrolment = "approve"
 
+[metrics]
+sample_secs = 1
+
 {}"#,
             state.display(),
             testkit::desktops_toml(HOST_API, 768),
         ),
     )
     .unwrap();
-    for (name, flag, pw) in [("root", "--admin", ROOT_PW), ("viewer", "--readonly", VIEWER_PW), ("alice", "--one-time", "alice's password")] {
+    for (name, flag, pw) in [("root", "--admin", ROOT_PW), ("viewer", "--readonly", VIEWER_PW), ("alice", "--one-time", ALICE_PW)] {
         let mut c = Command::new(BIN);
         c.args(["user", "add", name, flag, "--password-stdin", "--state-dir"]).arg(&state);
         let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
@@ -208,10 +206,10 @@ enrolment = "approve"
     let ca = state.join("ca/ca.pem");
     let lab = std::sync::Arc::new(lab);
     let user_data = profile.0.path().to_string_lossy().into_owned();
-    let (l, macs2, ips2, state2) = (lab.clone(), macs.clone(), ips.clone(), state.clone());
+    let (l, macs2, ips2, state2, host_state) = (lab.clone(), macs.clone(), ips.clone(), state.clone(), d.join("server-host"));
     let figures = lab.in_lab(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(browse(&l, &user_data, &ca, &macs2, &ips2, &state2))
+        rt.block_on(browse(&l, &user_data, &ca, &macs2, &ips2, &state2, host_state))
     });
     driver.stop(Duration::from_secs(2));
     drop(profile);
@@ -223,11 +221,15 @@ enrolment = "approve"
     }
     eprintln!(
         "console test: server ready {:.1} s, browser session {:.1} s, a new PC on the page {:.2} s after its hello, \
-         approve to the row's change {:.2} s, whole test {:.1} s",
+         approve to the row's change {:.2} s, two new samples on the chart {:.2} s, \
+         login to desktop {:.1} s, stop click to the row's removal {:.2} s, whole test {:.1} s",
         t_ready.as_secs_f64(),
         figures.session.as_secs_f64(),
         figures.pc_appears.as_secs_f64(),
         figures.approve.as_secs_f64(),
+        figures.chart_grows.as_secs_f64(),
+        figures.desktop.as_secs_f64(),
+        figures.stop.as_secs_f64(),
         t_all.elapsed().as_secs_f64()
     );
 }
@@ -236,9 +238,12 @@ struct Figures {
     session: Duration,
     pc_appears: Duration,
     approve: Duration,
+    chart_grows: Duration,
+    desktop: Duration,
+    stop: Duration,
 }
 
-async fn browse(lab: &Lab, user_data: &str, ca: &Path, macs: &[String; 2], ips: &[String; 2], state: &Path) -> Figures {
+async fn browse(lab: &Lab, user_data: &str, ca: &Path, macs: &[String; 2], ips: &[String; 2], state: &Path, host_state: PathBuf) -> Figures {
     let t0 = Instant::now();
     let mut caps = serde_json::Map::new();
     let args = [
@@ -275,7 +280,7 @@ async fn browse(lab: &Lab, user_data: &str, ca: &Path, macs: &[String; 2], ips: 
     log_in(&c, "root", "not the password").await;
     wait_text(&c, "#message", |t| t.contains("Wrong user name or password"), SHORT).await;
     shot(&c, "login").await;
-    log_in(&c, "alice", "alice's password").await;
+    log_in(&c, "alice", ALICE_PW).await;
     wait_text(&c, "#message", |t| t.contains("may not use the console"), SHORT).await;
     log_in(&c, "root", ROOT_PW).await;
     wait_text(&c, "header .who", |t| t.contains("root (admin)"), SHORT).await;
@@ -287,12 +292,10 @@ async fn browse(lab: &Lab, user_data: &str, ca: &Path, macs: &[String; 2], ips: 
     let row = format!("tr[data-mac=\"{}\"] .enrolment", macs[0]);
     let pending = wait_text(&c, &row, |t| t.starts_with("pending"), SHORT).await;
     let pc_appears = t_hello.elapsed();
-    let code = loop {
-        match pc1.recv_timeout(SHORT).expect("the approval screen") {
-            BrokerMessage::Approval { code, .. } => break code,
-            _ => continue,
-        }
-    };
+    let code = next_of(&pc1, SHORT, "the approval screen", |m| match m {
+        BrokerMessage::Approval { code, .. } => Some(code),
+        _ => None,
+    });
     assert!(pending.contains(&code), "{pending} lacks the PC's code {code}");
     shot(&c, "pcs").await;
 
@@ -306,19 +309,58 @@ async fn browse(lab: &Lab, user_data: &str, ca: &Path, macs: &[String; 2], ips: 
     c.find(Locator::Css(&format!("tr[data-mac=\"{}\"] button.approve", macs[0]))).await.unwrap().click().await.unwrap();
     wait_text(&c, &row, |t| t.starts_with("approved"), SHORT).await;
     let approve_took = t_click.elapsed();
-    loop {
-        match pc1.recv_timeout(SHORT).expect("the login screen after approval") {
-            BrokerMessage::LoginPrompt(_) => break,
-            _ => continue,
-        }
-    }
+    next_of(&pc1, SHORT, "the login screen after approval", |m| matches!(m, BrokerMessage::LoginPrompt(_)).then_some(()));
     shot(&c, "pcs").await;
 
-    for (page, ready) in [("overview", "#hosts .host"), ("people", "tr[data-user=\"alice\"]"), ("desktops", "#vms")] {
+    // Alice logs in at PC 1 and gets a desktop VM on the real server-host.
+    let t_login = Instant::now();
+    pc1.login("alice", ALICE_PW);
+    next_of(&pc1, LONG, "alice's desktop", |m| matches!(m, BrokerMessage::Assignment(_)).then_some(()));
+    let desktop = t_login.elapsed();
+
+    // The host's charts hold the broker's samples of the real server-host, and grow live.
+    c.goto(&format!("http://{ADMIN}/hosts")).await.unwrap();
+    let cpu = "section[data-host=\"h1\"] [data-chart=\"cpu\"]";
+    let first = chart_points(&c, cpu, 2, SHORT).await;
+    for chart in ["mem", "load", "vms", "net"] {
+        let css = format!("section[data-host=\"h1\"] [data-chart=\"{chart}\"] canvas");
+        c.find(Locator::Css(&css)).await.unwrap_or_else(|e| panic!("no {chart} chart: {e}"));
+    }
+    let t_live = Instant::now();
+    chart_points(&c, cpu, first + 2, SHORT).await;
+    let chart_grows = t_live.elapsed();
+    shot(&c, "hosts").await;
+    // Another range is another archive: the one-day range still holds today's samples.
+    c.execute("const r = document.getElementById('range'); r.value = '1d'; r.dispatchEvent(new Event('change'));", vec![]).await.unwrap();
+    wait_text(&c, "section[data-host=\"h1\"] h2", |t| t.contains("points, one every 1 s"), SHORT).await;
+    chart_points(&c, cpu, 1, SHORT).await;
+
+    // The analysis: the week's chart, and PC 1's hour among the hours with arrivals once a
+    // login arrives (the approval alone is no arrival, so only the chart is checked here).
+    c.goto(&format!("http://{ADMIN}/analysis")).await.unwrap();
+    chart_points(&c, "#week-chart", 168, SHORT).await;
+    wait_text(&c, "#summary", |t| t.contains("pool configured"), SHORT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shot(&c, "analysis").await;
+
+    for (page, ready) in [("overview", "#hosts .host"), ("people", "tr[data-user=\"alice\"]"), ("desktops", "#vms tbody tr")] {
         c.goto(&format!("http://{ADMIN}/{page}")).await.unwrap();
         c.wait().at_most(SHORT).for_element(Locator::Css(ready)).await.unwrap_or_else(|e| panic!("{page}: {e}"));
         tokio::time::sleep(Duration::from_millis(300)).await;
         shot(&c, page).await;
+    }
+    // Stop, from the Desktops page: the row goes, and so does the VM's QEMU on the host.
+    let vm = c.find(Locator::Css("#vms tbody tr")).await.unwrap().attr("data-vm").await.unwrap().expect("the VM's row");
+    let t_stop = Instant::now();
+    c.find(Locator::Css(&format!("tr[data-vm=\"{vm}\"] button.stop"))).await.unwrap().click().await.unwrap();
+    c.accept_alert().await.unwrap();
+    wait_text(&c, "#status", |t| t.contains(&format!("stop {vm}: done")), LONG).await;
+    wait_text(&c, "#vms tbody", |t| !t.contains(&vm), SHORT).await;
+    let stop = t_stop.elapsed();
+    let t_gone = Instant::now();
+    while !testkit::server_host_qemu_pids(&host_state).is_empty() {
+        assert!(t_gone.elapsed() < SHORT, "{vm}'s QEMU still runs after the stop");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.find(Locator::Id("logout")).await.unwrap().click().await.unwrap();
     c.wait().at_most(SHORT).for_element(Locator::Id("login")).await.unwrap();
@@ -334,10 +376,13 @@ async fn browse(lab: &Lab, user_data: &str, ca: &Path, macs: &[String; 2], ips: 
     wait_text(&c, "#status", |t| t.contains("refused") && t.contains("403"), SHORT).await;
     let entry = admin_enrolment(state, &macs[1]);
     assert_eq!(entry, "pending", "a read-only approve went through");
+    // A stop from the read-only session is refused before the VM is even looked up (an admin
+    // gets 404 for a VM that is gone).
+    assert_eq!(post_from_page(&c, &format!("/api/vms/{vm}/stop"), true).await, 403);
     drop(pc2);
     let session = t0.elapsed();
     c.close().await.unwrap();
-    Figures { session, pc_appears, approve: approve_took }
+    Figures { session, pc_appears, approve: approve_took, chart_grows, desktop, stop }
 }
 
 /// The enrolment state of `mac` through the admin API with the bearer token (this thread is in

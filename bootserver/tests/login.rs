@@ -12,16 +12,14 @@
 //! - PC 3 (disabled) is refused; PC 4 (kiosk) gets a one-time desktop with no login, which
 //!   stops once the PC has been gone `kiosk_grace_secs`, and its disks are gone from the host.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use proto::agent::{encode, AgentMessage, BrokerMessage, Decoder, Password};
-use proto::tls::rustls::{ClientConnection, StreamOwned};
-use testkit::{KillOnDrop, Lab};
+use proto::agent::{AgentMessage, BrokerMessage};
+use testkit::{Agent, KillOnDrop, Lab};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootserver");
 const SUBNET: &str = "10.88.0";
@@ -30,10 +28,6 @@ const HOST_API: &str = "https://127.0.0.1:8470";
 const PASSWORD: &str = "alice's password";
 /// Under TCG a desktop VM takes minutes to show its first frame.
 const VM_BOOT: Duration = Duration::from_secs(600);
-
-/// The agent's link to the broker: TLS, or the plain TCP of an old agent.
-trait Link: Read + Write + Send {}
-impl<T: Read + Write + Send> Link for T {}
 
 fn sibling_bin(name: &str) -> PathBuf {
     Path::new(BIN).with_file_name(name)
@@ -66,146 +60,9 @@ fn lab_pcs(lab: &Lab, n: u32, subnet: &str) -> (Vec<String>, Vec<String>) {
     (macs, ips)
 }
 
-/// A PC played by a thread: it answers pings, sends what the test gives it and passes on
-/// every other message of the broker.
-struct Agent {
-    out: mpsc::Sender<AgentMessage>,
-    inbox: mpsc::Receiver<Option<BrokerMessage>>,
-}
-
-impl Agent {
-    /// Connects from lab host `k` over TLS (trusting `ca`) and sends the hello of `mac`.
-    fn start(lab: &Lab, k: u32, broker: SocketAddr, ca: &Path, mac: &str, ip: &str) -> Agent {
-        let ca = ca.to_path_buf();
-        let hello = testkit::agent_hello(mac, ip);
-        let link: StreamOwned<ClientConnection, TcpStream> = lab.on_host(k, move || {
-            let tls = proto::tls::client_config(&ca).unwrap();
-            let tcp = TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap();
-            let conn = ClientConnection::new(tls, proto::tls::server_name(broker.ip())).unwrap();
-            let mut link = StreamOwned::new(conn, tcp);
-            while link.conn.is_handshaking() {
-                link.conn.complete_io(&mut link.sock).expect("TLS handshake with the broker");
-            }
-            link
-        });
-        link.sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        Self::run(Box::new(link), hello)
-    }
-
-    /// Connects from lab host `k` over plain TCP, as an agent from before TLS would.
-    fn start_plain(lab: &Lab, k: u32, broker: SocketAddr, mac: &str, ip: &str) -> Agent {
-        let tcp = lab.on_host(k, move || TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap());
-        tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        Self::run(Box::new(tcp), testkit::agent_hello(mac, ip))
-    }
-
-    /// Sends the hello on `link`, then answers pings and passes the rest on, in a thread.
-    fn run(mut link: Box<dyn Link>, hello: proto::agent::Hello) -> Agent {
-        let (out, rx_out) = mpsc::channel::<AgentMessage>();
-        let (tx_in, inbox) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut dec = Decoder::<BrokerMessage>::new();
-            let mut buf = [0u8; 8192];
-            let write = |link: &mut Box<dyn Link>, m: &AgentMessage| {
-                link.write_all(&encode(m).unwrap()).is_ok() && link.flush().is_ok()
-            };
-            if !write(&mut link, &AgentMessage::Hello(hello)) {
-                return;
-            }
-            loop {
-                loop {
-                    match rx_out.try_recv() {
-                        Ok(m) if !write(&mut link, &m) => return,
-                        Ok(_) => {}
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        // The test dropped the agent: the PC goes away (its connection ends).
-                        Err(mpsc::TryRecvError::Disconnected) => return,
-                    }
-                }
-                match link.read(&mut buf) {
-                    Ok(0) => {
-                        let _ = tx_in.send(None);
-                        return;
-                    }
-                    Ok(n) => {
-                        for m in dec.feed(&buf[..n]) {
-                            match m {
-                                Ok(BrokerMessage::Ping { seq }) => {
-                                    write(&mut link, &AgentMessage::Pong { seq });
-                                }
-                                Ok(m) => {
-                                    if tx_in.send(Some(m)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => panic!("the broker sent a bad frame: {e}"),
-                            }
-                        }
-                    }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                    Err(_) => {
-                        let _ = tx_in.send(None);
-                        return;
-                    }
-                }
-            }
-        });
-        Agent { out, inbox }
-    }
-
-    fn send(&self, m: AgentMessage) {
-        self.out.send(m).unwrap();
-    }
-
-    fn login(&self, user: &str, password: &str) {
-        self.send(AgentMessage::Login { user: user.into(), password: Password::new(password.into()) });
-    }
-
-    /// The broker's next message (`None`: the connection ended).
-    fn next(&self, within: Duration, what: &str, logs: &dyn Fn() -> String) -> Option<BrokerMessage> {
-        match self.inbox.recv_timeout(within) {
-            Ok(m) => m,
-            Err(_) => panic!("no message ({what}) within {within:?}\n{}", logs()),
-        }
-    }
-
-    /// Nothing arrives for `d`.
-    fn quiet(&self, d: Duration) -> Option<Option<BrokerMessage>> {
-        self.inbox.recv_timeout(d).ok()
-    }
-}
-
-/// Kills the QEMUs of the server-host state folder when the test ends, pass or fail.
-struct Vms(PathBuf);
-
-impl Drop for Vms {
-    fn drop(&mut self) {
-        for pid in testkit::server_host_qemu_pids(&self.0) {
-            // SAFETY: kill(2) on a QEMU of this test's server-host state folder.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
 /// A real `server-host` in the lab on 127.0.0.1:8470, its state and log in `d`.
-fn start_server_host(lab: &Lab, d: &Path, pki: &testkit::HostPki, templates: &Path) -> (Vms, KillOnDrop) {
-    let vms = Vms(d.join("server-host"));
-    std::fs::write(
-        d.join("server-host.toml"),
-        testkit::server_host_config(&pki.tls_dir, "127.0.0.1:8470", &d.join("server-host"), templates),
-    )
-    .unwrap();
-    let host = KillOnDrop::spawn(
-        lab.cmd(sibling_bin("server-host"))
-            .args(["serve", "--config"])
-            .arg(d.join("server-host.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("server-host.log")).unwrap()),
-    )
-    .unwrap();
-    (vms, host)
+fn start_server_host(lab: &Lab, d: &Path, pki: &testkit::HostPki, templates: &Path) -> (testkit::HostVms, KillOnDrop) {
+    testkit::lab_server_host(lab, &sibling_bin("server-host"), d, pki, templates).unwrap()
 }
 
 fn admin_get(lab: &Lab, state: &Path, path: &str) -> Option<serde_json::Value> {
@@ -489,17 +346,9 @@ state_dir = "{}"
 policy = "login"
 enrolment = "approve"
 
-[desktops]
-levels_mib = [256, 128]
-template = "desktop"
-health_interval_secs = 1
-
-[[desktops.hosts]]
-name = "h1"
-url = "{HOST_API}"
-memory_mib = 512
-"#,
+{}"#,
             state.display(),
+            testkit::desktops_toml(HOST_API, 512),
         ),
     )
     .unwrap();

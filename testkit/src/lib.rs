@@ -438,6 +438,165 @@ impl Drop for ServerHost {
     }
 }
 
+/// Kills the QEMUs of a `server-host` state folder when dropped, pass or fail (QEMU
+/// daemonizes, so killing server-host leaves them).
+#[derive(Debug)]
+pub struct HostVms(pub PathBuf);
+
+impl Drop for HostVms {
+    fn drop(&mut self) {
+        for pid in server_host_qemu_pids(&self.0) {
+            // SAFETY: kill(2) on a QEMU of this server-host's state folder (checked there).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `server-host serve` (the binary `bin`) in the lab's namespace on 127.0.0.1:8470, enrolled
+/// with `pki`, its config, state (`d/server-host`) and log (`d/server-host.log`) in `d`. Drop
+/// the [`KillOnDrop`] before the [`HostVms`] so that no QEMU starts after the sweep.
+pub fn lab_server_host(lab: &Lab, bin: &Path, d: &Path, pki: &HostPki, templates: &Path) -> anyhow::Result<(HostVms, KillOnDrop)> {
+    let vms = HostVms(d.join("server-host"));
+    let cfg = d.join("server-host.toml");
+    std::fs::write(&cfg, server_host_config(&pki.tls_dir, "127.0.0.1:8470", &vms.0, templates))
+        .with_context(|| format!("writing {}", cfg.display()))?;
+    let log = d.join("server-host.log");
+    let host = KillOnDrop::spawn(
+        lab.cmd(bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?),
+    )?;
+    Ok((vms, host))
+}
+
+/// A PC's agent connection from lab host `k` to the broker at `broker`, over TLS that trusts
+/// `ca` alone, with the handshake done: what the agent of a PC in that host would open.
+pub fn agent_tls(
+    lab: &Lab,
+    k: u32,
+    broker: std::net::SocketAddr,
+    ca: &Path,
+) -> anyhow::Result<proto::tls::rustls::StreamOwned<proto::tls::rustls::ClientConnection, std::net::TcpStream>> {
+    let ca = ca.to_path_buf();
+    lab.on_host(k, move || {
+        let tls = proto::tls::client_config(&ca).with_context(|| format!("the agent's TLS config from {}", ca.display()))?;
+        let tcp = std::net::TcpStream::connect_timeout(&broker, Duration::from_secs(5)).with_context(|| format!("connecting to {broker}"))?;
+        let conn = proto::tls::rustls::ClientConnection::new(tls, proto::tls::server_name(broker.ip()))?;
+        let mut link = proto::tls::rustls::StreamOwned::new(conn, tcp);
+        while link.conn.is_handshaking() {
+            link.conn.complete_io(&mut link.sock).with_context(|| format!("TLS handshake with the broker at {broker}"))?;
+        }
+        Ok(link)
+    })
+}
+
+/// The agent's link to the broker: TLS, or the plain TCP of an old agent.
+pub trait AgentLink: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> AgentLink for T {}
+
+/// A PC played by a thread: it answers pings, sends what the test gives it and passes on
+/// every other message of the broker.
+pub struct Agent {
+    out: std::sync::mpsc::Sender<proto::agent::AgentMessage>,
+    inbox: std::sync::mpsc::Receiver<Option<proto::agent::BrokerMessage>>,
+}
+
+impl Agent {
+    /// Connects from lab host `k` over TLS (trusting `ca`) and sends the hello of `mac`.
+    pub fn start(lab: &Lab, k: u32, broker: std::net::SocketAddr, ca: &Path, mac: &str, ip: &str) -> Agent {
+        let hello = agent_hello(mac, ip);
+        let link = agent_tls(lab, k, broker, ca).unwrap();
+        link.sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Self::run(Box::new(link), hello)
+    }
+
+    /// Connects from lab host `k` over plain TCP, as an agent from before TLS would.
+    pub fn start_plain(lab: &Lab, k: u32, broker: std::net::SocketAddr, mac: &str, ip: &str) -> Agent {
+        let tcp = lab.on_host(k, move || std::net::TcpStream::connect_timeout(&broker, Duration::from_secs(5)).unwrap());
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Self::run(Box::new(tcp), agent_hello(mac, ip))
+    }
+
+    /// Sends the hello on `link`, then answers pings and passes the rest on, in a thread.
+    fn run(mut link: Box<dyn AgentLink>, hello: proto::agent::Hello) -> Agent {
+        let (out, rx_out) = std::sync::mpsc::channel::<proto::agent::AgentMessage>();
+        let (tx_in, inbox) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut dec = proto::agent::Decoder::<proto::agent::BrokerMessage>::new();
+            let mut buf = [0u8; 8192];
+            let write = |link: &mut Box<dyn AgentLink>, m: &proto::agent::AgentMessage| {
+                link.write_all(&proto::agent::encode(m).unwrap()).is_ok() && link.flush().is_ok()
+            };
+            if !write(&mut link, &proto::agent::AgentMessage::Hello(hello)) {
+                return;
+            }
+            loop {
+                loop {
+                    match rx_out.try_recv() {
+                        Ok(m) if !write(&mut link, &m) => return,
+                        Ok(_) => {}
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        // The test dropped the agent: the PC goes away (its connection ends).
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    }
+                }
+                match link.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = tx_in.send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        for m in dec.feed(&buf[..n]) {
+                            match m {
+                                Ok(proto::agent::BrokerMessage::Ping { seq }) => {
+                                    write(&mut link, &proto::agent::AgentMessage::Pong { seq });
+                                }
+                                Ok(m) => {
+                                    if tx_in.send(Some(m)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => panic!("the broker sent a bad frame: {e}"),
+                            }
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => {
+                        let _ = tx_in.send(None);
+                        return;
+                    }
+                }
+            }
+        });
+        Agent { out, inbox }
+    }
+
+    pub fn send(&self, m: proto::agent::AgentMessage) {
+        self.out.send(m).unwrap();
+    }
+
+    pub fn login(&self, user: &str, password: &str) {
+        self.send(proto::agent::AgentMessage::Login { user: user.into(), password: proto::agent::Password::new(password.into()) });
+    }
+
+    /// The broker's next message (`None`: the connection ended).
+    pub fn next(&self, within: Duration, what: &str, logs: &dyn Fn() -> String) -> Option<proto::agent::BrokerMessage> {
+        match self.inbox.recv_timeout(within) {
+            Ok(m) => m,
+            Err(_) => panic!("no message ({what}) within {within:?}\n{}", logs()),
+        }
+    }
+
+    /// Nothing arrives for `d`.
+    pub fn quiet(&self, d: Duration) -> Option<Option<proto::agent::BrokerMessage>> {
+        self.inbox.recv_timeout(d).ok()
+    }
+}
+
 /// A hello as our agent sends it from a 1-CPU, 256 MiB QEMU PC with `mac` and `ip`, for
 /// tests and benchmarks that speak the agent protocol themselves.
 pub fn agent_hello(mac: &str, ip: &str) -> proto::agent::Hello {

@@ -61,12 +61,31 @@ async fn new_token(State(c): State<Ctx>, Path(user): Path<String>, Json(_): Json
     }
 }
 
+/// `POST /api/vms/{vm}/stop` (a JSON body, `{}`): stops a desktop VM the way a person's
+/// desktop stops when nobody comes back for it (the orchestrator's leave): its viewer is cut
+/// off, the VM stops, and a persistent desktop's data disk stays on its host for the next login.
+async fn stop(State(c): State<Ctx>, Path(vm): Path<String>, Json(_): Json<serde_json::Value>) -> Response {
+    let err = |status, text: String| (status, Json(serde_json::json!({ "error": text }))).into_response();
+    let Some(user) = c.orch.desktops().into_iter().find(|d| d.vm == vm).map(|d| d.user) else {
+        return err(StatusCode::NOT_FOUND, format!("no desktop VM {vm}"));
+    };
+    c.orch.disconnect_viewer(&user);
+    match c.orch.leave(&user).await {
+        Ok(()) => {
+            log::info!("admin: stopped {}'s desktop {}", crate::logsafe::Esc(&user), crate::logsafe::Esc(&vm));
+            Json(serde_json::json!({ "vm": vm, "user": user })).into_response()
+        }
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, format!("stopping {vm}: {e:#}")),
+    }
+}
+
 /// `GET /api/hosts`, `/api/vms`, `/api/pool`, `/api/level`, `/api/decisions`, `/api/sessions`;
-/// `POST /api/sessions/{user}/token`.
+/// `POST /api/sessions/{user}/token`, `/api/vms/{vm}/stop`.
 pub fn router(orch: Arc<Orchestrator>, hosts: Arc<HostRegistry>, proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route("/api/hosts", get(self::hosts))
         .route("/api/vms", get(vms))
+        .route("/api/vms/:vm/stop", post(stop))
         .route("/api/pool", get(pool))
         .route("/api/level", get(level))
         .route("/api/decisions", get(decisions))

@@ -5,8 +5,9 @@
 //! rows follow the broker live through `GET /api/events` ([`events`]).
 //!
 //! - `GET  /login`, `POST /login` (a form: `name`, `password`), `POST /logout` (CSRF header)
-//! - `GET  /pcs`, `/overview`, `/people`, `/desktops` (the last two of these only with
-//!   `[desktops]`), and `/assets/*` (compiled into the binary)
+//! - `GET  /pcs`, `/overview`, `/people`, `/desktops`, `/hosts`, `/analysis` (all but the
+//!   first and third only with `[desktops]`), and `/assets/*` (compiled into the binary; uPlot
+//!   for the charts, from npm, with its license)
 
 pub mod events;
 mod pages;
@@ -235,7 +236,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/assets/console.js", get(|| async { asset("text/javascript", include_str!("assets/console.js")) }))
-        .route("/assets/console.css", get(|| async { asset("text/css", include_str!("assets/console.css")) }));
+        .route("/assets/console.css", get(|| async { asset("text/css", include_str!("assets/console.css")) }))
+        .route("/assets/uPlot.iife.min.js", get(|| async { asset("text/javascript", include_str!("assets/uPlot.iife.min.js")) }))
+        .route("/assets/uPlot.min.css", get(|| async { asset("text/css", include_str!("assets/uPlot.min.css")) }))
+        .route("/assets/uPlot.LICENSE", get(|| async { asset("text/plain; charset=utf-8", include_str!("assets/uPlot.LICENSE")) }));
     for p in console.pages() {
         r = r.route(p.path(), get(move |State(c): State<Arc<Console>>, h: HeaderMap| async move { page(&c, &h, p).await }));
     }

@@ -12,10 +12,12 @@ pub enum Page {
     Overview,
     People,
     Desktops,
+    Hosts,
+    Analysis,
 }
 
 impl Page {
-    pub const ALL: [Page; 4] = [Page::Pcs, Page::Overview, Page::People, Page::Desktops];
+    pub const ALL: [Page; 6] = [Page::Pcs, Page::Overview, Page::People, Page::Desktops, Page::Hosts, Page::Analysis];
 
     pub fn path(self) -> &'static str {
         match self {
@@ -23,6 +25,8 @@ impl Page {
             Page::Overview => "/overview",
             Page::People => "/people",
             Page::Desktops => "/desktops",
+            Page::Hosts => "/hosts",
+            Page::Analysis => "/analysis",
         }
     }
 
@@ -32,22 +36,33 @@ impl Page {
             Page::Overview => "Overview",
             Page::People => "People",
             Page::Desktops => "Desktops",
+            Page::Hosts => "Hosts",
+            Page::Analysis => "Analysis",
         }
     }
 
     /// Pages that show what only `[desktops]` has (hosts, VMs, the memory level).
     pub fn needs_desktops(self) -> bool {
-        matches!(self, Page::Overview | Page::Desktops)
+        matches!(self, Page::Overview | Page::Desktops | Page::Hosts | Page::Analysis)
+    }
+
+    /// Pages that draw charts, and so load uPlot.
+    fn charts(self) -> bool {
+        matches!(self, Page::Hosts | Page::Analysis)
     }
 }
 
-fn head(title: &str) -> Markup {
+fn head(title: &str, charts: bool) -> Markup {
     html! {
         head {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · bootserver" }
             link rel="stylesheet" href="/assets/console.css";
+            @if charts {
+                link rel="stylesheet" href="/assets/uPlot.min.css";
+                script src="/assets/uPlot.iife.min.js" {}
+            }
         }
     }
 }
@@ -57,7 +72,7 @@ pub fn login(message: Option<&str>) -> Html<String> {
         html! {
             (DOCTYPE)
             html lang="en" {
-                (head("Log in"))
+                (head("Log in", false))
                 body.login {
                     form method="post" action="/login" {
                         h1 { "bootserver console" }
@@ -80,12 +95,14 @@ pub fn render(page: Page, who: &Session, pages: &[Page]) -> Html<String> {
         Page::Overview => overview(),
         Page::People => people(),
         Page::Desktops => desktops(),
+        Page::Hosts => hosts(),
+        Page::Analysis => analysis(),
     };
     Html(
         html! {
             (DOCTYPE)
             html lang="en" {
-                (head(page.title()))
+                (head(page.title(), page.charts()))
                 body data-page=(page.title().to_lowercase()) data-can-change=(who.may_change()) {
                     header {
                         strong { "bootserver" }
@@ -156,7 +173,35 @@ fn people() -> Markup {
 
 fn desktops() -> Markup {
     html! {
-        (table("vms", &["User", "Host", "VM", "Memory", "Level", "Template", "Kind", "Since"]))
-        p.note { "Desktops stop when their person logs out or their PC leaves." }
+        (table("vms", &["User", "Host", "VM", "Memory", "Level", "Template", "Kind", "Since", "Actions"]))
+        p.note { "Desktops stop when their person logs out or their PC leaves. Stop here stops the VM now; \
+                  a persistent desktop's data disk stays for the next login." }
+    }
+}
+
+fn hosts() -> Markup {
+    html! {
+        label.range {
+            "Range "
+            select #range {
+                option value="1h" selected { "last hour (every sample)" }
+                option value="1d" { "last day (every sample)" }
+                option value="30d" { "last 30 days (5-minute means)" }
+                option value="1y" { "last year (hourly means)" }
+            }
+        }
+        div #charts {}
+    }
+}
+
+fn analysis() -> Markup {
+    html! {
+        section #summary {}
+        h2 { "By hour of the week (UTC)" }
+        div #week-chart.chart {}
+        h2 { "Hours with arrivals or desktops in use" }
+        (table("hours", &["Hour", "Arrivals", "Per week", "Most in a week", "Desktops in use (mean)", "Most in use", "Pool needed", "Pool configured"]))
+        p.note { "Pool needed: the pre-booted VMs that would have met every arrival of that hour without a cold start, \
+                  given that a used pool VM is replaced after the configured refill time." }
     }
 }

@@ -139,11 +139,110 @@ const pages = {
 
   async desktops() {
     const vms = await api("GET", "/api/vms");
-    fill("vms", vms.map((v) => el("tr", {}, el("td", {}, v.user), el("td", {}, v.host), el("td", {}, v.vm),
+    fill("vms", vms.map((v) => el("tr", { "data-vm": v.vm }, el("td", {}, v.user), el("td", {}, v.host), el("td", {}, v.vm),
       el("td", {}, v.memory_mib + " MiB"), el("td", {}, v.level), el("td", {}, v.template),
-      el("td", {}, v.one_time ? "one-time" : "persistent"), el("td", {}, ago(now() - v.since)))));
+      el("td", {}, v.one_time ? "one-time" : "persistent"), el("td", {}, ago(now() - v.since)),
+      el("td", {}, button("Stop", () => {
+        if (window.confirm("Stop " + v.user + "'s desktop " + v.vm + "?")) act("stop " + v.vm, "POST", "/api/vms/" + v.vm + "/stop", {});
+      }, "stop")))));
+  },
+
+  async hosts() {
+    const range = document.getElementById("range").value;
+    const hosts = await api("GET", "/api/hosts");
+    const all = await Promise.all(hosts.map((h) =>
+      api("GET", "/api/hosts/" + encodeURIComponent(h.name) + "/series?range=" + range)));
+    const box = document.getElementById("charts");
+    if (box.dataset.range !== range) { box.replaceChildren(); charts.clear(); box.dataset.range = range; }
+    for (const [i, s] of all.entries()) drawHost(box, hosts[i], s);
+    // Live: fetch again when the next sample is due (at most once a minute for the averages).
+    clearTimeout(nextSeries);
+    const step = all.length ? all[0].step : 10;
+    nextSeries = setTimeout(refresh, 1000 * Math.min(Math.max(step, 2), 60));
+  },
+
+  async analysis() {
+    const a = await api("GET", "/api/analysis");
+    document.getElementById("summary").replaceChildren(
+      el("div", { class: "figure" }, el("b", {}, String(a.arrivals)), " arrivals in " + a.weeks + (a.weeks === 1 ? " week" : " weeks")),
+      el("div", { class: "figure" }, "pool needed ", el("b", {}, String(a.pool_needed_max)), " at most"),
+      el("div", { class: "figure" }, "pool configured ", el("b", {}, String(a.pool_configured))),
+      el("div", { class: "figure" }, "a used pool VM is replaced after ", el("b", {}, a.refill_secs + " s")));
+    const h = a.hours;
+    const data = [h.map((x) => x.hour_of_week), h.map((x) => x.arrivals_per_week), h.map((x) => x.active_mean),
+      h.map((x) => x.pool_needed), h.map(() => a.pool_configured)];
+    const box = document.getElementById("week-chart");
+    box.dataset.points = String(h.length);
+    const old = charts.get("week");
+    if (old) { old.setData(data); } else {
+      charts.set("week", new uPlot({
+        width: Math.max(600, box.clientWidth - 40), height: 260,
+        scales: { x: { time: false } },
+        axes: [{ splits: () => [0, 24, 48, 72, 96, 120, 144, 168], values: (u, vals) => vals.map(hourName) }, {}],
+        series: [{ label: "hour", value: (u, v) => v == null ? "-" : hourName(v) },
+          { label: "arrivals per week", stroke: "#1f6fb2", width: 2 },
+          { label: "desktops in use (mean)", stroke: "#2a9d4b", width: 2 },
+          { label: "pool needed", stroke: "#c0392b", width: 2 },
+          { label: "pool configured", stroke: "#7f8c8d", dash: [6, 4], width: 2 }],
+      }, data, box));
+    }
+    fill("hours", h.filter((x) => x.arrivals > 0 || x.active_max > 0).map((x) => el("tr", {},
+      el("td", {}, x.day + " " + String(x.hour).padStart(2, "0") + ":00"), el("td", {}, x.arrivals),
+      el("td", {}, x.arrivals_per_week.toFixed(1)), el("td", {}, x.arrivals_max), el("td", {}, x.active_mean.toFixed(1)),
+      el("td", {}, x.active_max), el("td", { class: x.pool_needed > a.pool_configured ? "error" : "" }, x.pool_needed),
+      el("td", {}, a.pool_configured))));
   },
 };
+
+const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+function hourName(v) { return DAYS[Math.floor(v / 24) % 7] + " " + String(v % 24).padStart(2, "0") + "h"; }
+
+// uPlot charts by key, kept so that new samples only replace their data.
+const charts = new Map();
+let nextSeries = null;
+const MiB = 1048576;
+
+// Each host's five charts: what each draws from the series' fields, and how.
+const HOST_CHARTS = [
+  { key: "cpu", title: "CPU", unit: "%", series: [["busy", "#1f6fb2", (s) => s.cpu.map((v) => v == null ? null : 100 * v)]] },
+  { key: "mem", title: "Memory", unit: "MiB", series: [
+    ["used", "#1f6fb2", (s) => s.mem_used.map((v) => v / MiB)],
+    ["committed to VMs", "#e67e22", (s) => s.mem_committed.map((v) => v / MiB)],
+    ["total", "#7f8c8d", (s) => s.mem_total.map((v) => v / MiB)]] },
+  { key: "load", title: "Load (1 min)", unit: "", series: [["load", "#8e44ad", (s) => s.load]] },
+  { key: "vms", title: "VMs", unit: "", series: [["VMs", "#2a9d4b", (s) => s.vms]] },
+  { key: "net", title: "Network", unit: "KiB/s", series: [
+    ["received", "#1f6fb2", (s) => s.net_rx.map((v) => v / 1024)],
+    ["sent", "#c0392b", (s) => s.net_tx.map((v) => v / 1024)]] },
+];
+
+function drawHost(box, host, s) {
+  let section = box.querySelector('section[data-host="' + CSS.escape(host.name) + '"]');
+  if (!section) {
+    section = el("section", { class: "host-charts", "data-host": host.name }, el("h2", {}, host.name));
+    for (const c of HOST_CHARTS) section.append(el("div", { class: "chart", "data-chart": c.key }));
+    box.append(section);
+  }
+  section.querySelector("h2").textContent = host.name + (host.up ? "" : " (down)") + ": " + s.t.length +
+    " points, one every " + s.step + " s";
+  const width = Math.max(360, Math.floor((box.clientWidth - 60) / 2));
+  for (const c of HOST_CHARTS) {
+    const data = [s.t, ...c.series.map(([, , f]) => f(s))];
+    const div = section.querySelector('[data-chart="' + c.key + '"]');
+    div.dataset.points = String(s.t.length);
+    const key = host.name + "/" + c.key;
+    const old = charts.get(key);
+    if (old) { old.setData(data); continue; }
+    charts.set(key, new uPlot({
+      title: c.title + (c.unit ? " (" + c.unit + ")" : ""), width, height: 180,
+      series: [{}, ...c.series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { show: s.t.length < 60 } }))],
+      axes: [{}, { size: 60 }],
+    }, data, div));
+  }
+}
+
+const range = document.getElementById("range");
+if (range) range.addEventListener("change", refresh);
 
 let pending = null;
 function refresh() {
