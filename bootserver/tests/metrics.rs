@@ -125,18 +125,6 @@ fn curl(lab: &Lab, args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// Kills the host's QEMUs when the test ends, however it ends.
-struct Qemus(PathBuf);
-
-impl Drop for Qemus {
-    fn drop(&mut self) {
-        for pid in testkit::server_host_qemu_pids(&self.0) {
-            // SAFETY: kill(2) on a QEMU of this test's server-host (its pidfile and command line).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
 #[test]
 fn host_series_metrics_and_every_documented_route_on_a_running_server() {
     let t_start = Instant::now();
@@ -154,7 +142,8 @@ fn host_series_metrics_and_every_documented_route_on_a_running_server() {
     let cfg = dir.path().join("server-host.toml");
     std::fs::write(&cfg, testkit::server_host_config(&pki.tls_dir, &format!("{HOST_IP}:8470"), &sh_state, &templates)).unwrap();
     let sh_log = dir.path().join("server-host.log");
-    let _qemus = Qemus(sh_state.clone());
+    // Kills the host's QEMUs when the test ends, however it ends.
+    let _qemus = testkit::HostVms(sh_state.clone());
     let _host = KillOnDrop::spawn(
         lab.host_cmd(1, sibling_bin("server-host"))
             .args(["serve", "--config"])

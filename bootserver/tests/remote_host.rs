@@ -110,18 +110,6 @@ fn curl(lab: &Lab, tls: &[std::ffi::OsString]) -> u16 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
-/// Kills the host's QEMUs when the test ends, however it ends.
-struct Qemus(PathBuf);
-
-impl Drop for Qemus {
-    fn drop(&mut self) {
-        for pid in testkit::server_host_qemu_pids(&self.0) {
-            // SAFETY: kill(2) on a QEMU of this test's server-host (its pidfile and command line).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
 #[test]
 fn a_remote_host_serves_api_and_vnc_to_the_brokers_certificate_only() {
     let st = Command::new(testkit::repo_root().join("scripts/build-desktop-template")).status().unwrap();
@@ -144,7 +132,8 @@ fn a_remote_host_serves_api_and_vnc_to_the_brokers_certificate_only() {
     );
     std::fs::write(&cfg, format!("{text}vnc_tcp_host = \"{HOST_IP}\"\n")).unwrap();
     let log = dir.path().join("server-host.log");
-    let _qemus = Qemus(state.clone());
+    // Kills the host's QEMUs when the test ends, however it ends.
+    let _qemus = testkit::HostVms(state.clone());
     let _host = KillOnDrop::spawn(
         lab.host_cmd(1, sibling_bin("server-host"))
             .args(["serve", "--config"])
